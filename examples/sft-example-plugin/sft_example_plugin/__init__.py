@@ -1,0 +1,52 @@
+"""sft-example-plugin: one sftcore component of each kind, registered lazily.
+
+This module is what the ``sftcore`` entry point loads. It must stay cheap: no torch import here.
+Each component lives in its own module and is registered as a ``"module:attr"`` string that
+sftcore imports only when the component is built. To add a component, write its module and add
+one line to the matching table below.
+"""
+
+from sftcore import hookimpl
+
+_PKG = __name__
+
+# name -> (module:attr inside this package, one-line description shown by `sft list`)
+DATASETS = {
+    "stripes": ("stripes:stripes",
+                "Procedural striped images (4 classes by stripe orientation), generated from the seed"),
+}
+BACKBONES = {
+    "tiny_cnn": ("tiny_cnn:tiny_cnn",
+                 "A two-stage CNN (conv-bn-relu-pool x2, global pool) that trains in seconds on a CPU"),
+}
+REGULARIZERS = {
+    "l1": ("l1:L1", "alpha * sum(|w|) over conv/linear weights (sparsity-inducing)"),
+}
+HEADS = {
+    "zero_init": ("zero_init:ZeroInit", "A new linear head with zero weights and bias; train everything"),
+}
+
+
+def _register_all(register, table):
+    for name, (target, description) in table.items():
+        register(name, f"{_PKG}.{target}", description)
+
+
+@hookimpl
+def register_datasets(register):
+    _register_all(register, DATASETS)
+
+
+@hookimpl
+def register_backbones(register):
+    _register_all(register, BACKBONES)
+
+
+@hookimpl
+def register_regularizers(register):
+    _register_all(register, REGULARIZERS)
+
+
+@hookimpl
+def register_heads(register):
+    _register_all(register, HEADS)

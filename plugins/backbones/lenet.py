@@ -1,0 +1,41 @@
+"""The seed document's CNN, split into a feature extractor and a head so that any head transfers."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from sftcore.api import Backbone, BackboneContext, read_checkpoint
+
+
+def lenet(ctx: BackboneContext, in_chans: int = 3, img_size: int = 32, weights: str | None = None) -> Backbone:
+    """conv 6@5x5, pool, conv 16@5x5, pool, fc 120, fc 84 (the head, fc -> classes, is separate)."""
+    from sftcore.errors import ConfigError
+
+    side = ((img_size - 4) // 2 - 4) // 2
+    if side < 1:
+        raise ConfigError(f"config: backbone lenet needs img_size >= 16, got {img_size}")
+    features = nn.Sequential(OrderedDict(
+        stage1=nn.Sequential(nn.Conv2d(in_chans, 6, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
+        stage2=nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
+        flatten=nn.Flatten(),
+        fc1=nn.Sequential(nn.Linear(16 * side * side, 120), nn.ReLU(inplace=True)),
+        fc2=nn.Sequential(nn.Linear(120, 84), nn.ReLU(inplace=True)),
+    ))
+    head, classes = None, None
+    if weights and not ctx.random_init:
+        state = read_checkpoint(weights)
+        try:
+            features.load_state_dict(state.backbone)
+        except RuntimeError as exc:
+            raise ConfigError(f"config: backbone.weights '{weights}' does not fit lenet(in_chans={in_chans}, "
+                              f"img_size={img_size}): {str(exc).splitlines()[0]}") from None
+        if state.head:
+            head = nn.Linear(84, state.head["weight"].shape[0])
+            head.load_state_dict(state.head)
+        classes = state.classes
+    return Backbone(features=features, num_features=84, input_size=(in_chans, img_size, img_size), head=head,
+                    source_classes=classes, blocks=["stage1", "stage2", "fc1", "fc2"],
+                    feature_maps=["stage1", "stage2"])

@@ -1,0 +1,219 @@
+"""Your own images, one sub-folder per class, resized once to the backbone's input size.
+
+Resizing happens here, once per image, rather than per batch: user images come in any size and
+mode, and decoding a 4000x3000 JPEG every epoch would dominate training. Images are held in
+memory as uint8 when they fit in ``ctx.max_memory_bytes``; otherwise a FileSet decodes them on
+demand in the runner's DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sftcore.api import Augment, DatasetContext, DataSplits, FileSet, ImageSet
+from sftcore.errors import ConfigError, SftError
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+_SKIP = {"__MACOSX"}  # archive debris, not a class
+_LAYOUT = ("one sub-folder per class (root/<class>/*.jpg), or root/train/<class>/* with optional "
+           "root/val/<class>/* and root/test/<class>/*")
+
+
+def image_folder(ctx: DatasetContext, root: str | None = None, test_ratio: float = 0.2,
+                 in_memory: bool | str = "auto", crop_padding: int | None = None, flip: bool = True,
+                 extensions: list[str] | None = None) -> DataSplits:
+    """Images in class sub-folders; layout root/train|val|test/<class>/ or root/<class>/ split by test_ratio."""
+    where = f"config: {ctx.stage}.dataset"
+    if root is None:
+        raise ConfigError(f"{where} image_folder needs root: the folder holding your images, " + _LAYOUT)
+    if in_memory not in ("auto", True, False):
+        raise ConfigError(f"{where}.in_memory must be auto, true or false, got {in_memory!r}")
+    if isinstance(test_ratio, bool) or not isinstance(test_ratio, (int, float)) or not 0 <= test_ratio < 1:
+        raise ConfigError(f"{where}.test_ratio must be a number in [0, 1), got {test_ratio!r}")
+    if not isinstance(flip, bool):
+        raise ConfigError(f"{where}.flip must be true or false, got {flip!r}")
+    channels, height, width = ctx.input_size
+    if channels not in (1, 3):
+        raise SftError(f"{where} image_folder makes 1- or 3-channel images, but the backbone takes {channels}; "
+                       "choose a backbone with 1 or 3 input channels")
+    if crop_padding is None:
+        crop_padding = round(height / 8)
+    elif isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
+        raise ConfigError(f"{where}.crop_padding must be a whole number >= 0, got {crop_padding!r}")
+    exts = _extensions(extensions, where)
+    root_path = Path(os.path.expanduser(str(root)))
+    if not root_path.is_dir():
+        raise SftError(f"dataset image_folder: root {root_path.resolve()} is not a folder; point root at "
+                       "the folder holding your images, " + _LAYOUT)
+    classes, splits = _scan(root_path, exts, test_ratio, ctx.seed)
+    shape = (channels, height, width)
+    total = sum(len(items) for items in splits.values() if items) * channels * height * width
+    memory = total <= ctx.max_memory_bytes if in_memory == "auto" else in_memory
+    make = _decode_all if memory else _file_set
+    sets = {name: make(items, shape) if items else None for name, items in splits.items()}
+    return DataSplits(classes=classes, train=sets["train"], val=sets["val"], test=sets["test"],
+                      augment=Augment(crop_padding=crop_padding, flip=flip))
+
+
+# --------------------------------------------------------------------------- finding files
+def _extensions(extensions, where: str) -> tuple[str, ...]:
+    if extensions is None:
+        return EXTENSIONS
+    if isinstance(extensions, str):
+        extensions = [extensions]
+    if not isinstance(extensions, (list, tuple)) or not extensions or not all(
+            isinstance(e, str) and e.strip(".") for e in extensions):
+        raise ConfigError(f"{where}.extensions must be a list like [.jpg, .png], got {extensions!r}")
+    return tuple("." + e.lower().lstrip(".") for e in extensions)
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in _SKIP)
+
+
+def _images(folder: Path, exts: tuple[str, ...]) -> list[str]:
+    """Image files under a class folder (recursively, sorted, hidden files skipped)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+                   if not f.startswith(".") and f.lower().endswith(exts))
+    return out
+
+
+def _class_files(folder: Path, exts) -> dict[str, list[str]]:
+    found = {d.name: _images(d, exts) for d in _visible_dirs(folder)}
+    empty = [name for name, files in found.items() if not files]
+    if empty:
+        raise SftError(f"dataset image_folder: class folder(s) {', '.join(empty)} in {folder.resolve()} hold no "
+                       f"images ({' '.join(exts)}); add images, remove the folder(s), or set extensions")
+    return found
+
+
+def _scan(root: Path, exts, test_ratio: float, seed: int):
+    """Class names and, per split, a list of (path, label); layout A when root/train holds class folders."""
+    train_dir = root / "train"
+    layout_a = train_dir.is_dir() and bool(_visible_dirs(train_dir))
+    found = _class_files(train_dir if layout_a else root, exts)
+    if not found:
+        raise SftError(f"dataset image_folder: found no class folders in {root.resolve()}; expected " + _LAYOUT)
+    classes = sorted(found)
+    index = {c: i for i, c in enumerate(classes)}
+    if not layout_a:
+        train, test = _stratified_split(found, index, test_ratio, seed)
+        return classes, {"train": train, "val": None, "test": test}
+    splits = {"train": [(p, index[c]) for c in classes for p in found[c]], "val": None, "test": None}
+    for name in ("val", "test"):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        other = _class_files(folder, exts)
+        unknown = sorted(set(other) - set(classes))
+        if unknown:
+            raise SftError(f"dataset image_folder: {folder.resolve()} has class folder(s) {', '.join(unknown)} "
+                           f"that {train_dir.resolve()} lacks; every {name} class needs training images; "
+                           "add them to train or remove those folders")
+        splits[name] = [(p, index[c]) for c in sorted(other) for p in other[c]] or None
+    return classes, splits
+
+
+def _stratified_split(found: dict[str, list[str]], index: dict[str, int], test_ratio: float, seed: int):
+    """Per class, a seeded shuffle; round(n * test_ratio) to test, at least one left for training."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in sorted(found):
+        files = found[c]
+        order = torch.randperm(len(files), generator=g).tolist()
+        n = min(len(files) - 1, max(1, round(len(files) * test_ratio))) if test_ratio > 0 and len(files) > 1 else 0
+        test.extend((files[i], index[c]) for i in sorted(order[:n]))
+        train.extend((files[i], index[c]) for i in sorted(order[n:]))
+    return train, test or None
+
+
+# --------------------------------------------------------------------------- decoding
+def decode(path: str, shape: tuple[int, int, int]):
+    """One image file -> uint8 [C, H, W]: upright, RGB or L, shorter side scaled to cover H x W, center crop."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    channels, height, width = shape
+    try:
+        with Image.open(path) as img:
+            # JPEG can decode at 1/2, 1/4, 1/8 scale, never below the requested size: far faster for
+            # photos. The scale covers the target whichever way the EXIF orientation turns the image.
+            w0, h0 = img.size
+            k = max(height, width) / min(w0, h0)
+            img.draft("RGB" if channels == 3 else "L", (round(w0 * k), round(h0 * k)))
+            img = ImageOps.exif_transpose(img)
+            img = _to_mode(img, "RGB" if channels == 3 else "L")
+    except MemoryError:
+        raise
+    except Exception as exc:  # PIL raises many types for broken files  # noqa: BLE001
+        raise SftError(f"dataset image_folder: cannot read image {path} ({exc}); fix or remove it") from None
+    w0, h0 = img.size
+    scale = max(height / h0, width / w0)
+    w1, h1 = max(width, round(w0 * scale)), max(height, round(h0 * scale))
+    left, top = (w1 - width) // 2, (h1 - height) // 2
+    if (w1, h1) != (w0, h0):
+        img = img.resize((w1, h1), Image.Resampling.BICUBIC)
+    img = img.crop((left, top, left + width, top + height))
+    array = np.asarray(img, dtype=np.uint8)  # read-only view of PIL's buffer: copied once below
+    array = array[None].copy() if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
+    return torch.from_numpy(array)
+
+
+def _to_mode(img, mode: str):
+    """Convert to RGB or L. Transparent images go onto white (PIL's convert would expose whatever lies
+    under alpha 0); 16-bit and float images are scaled to 8 bits (PIL's convert clips them to white)."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode.startswith("I") or img.mode == "F":
+        a = np.asarray(img, dtype=np.float32)
+        if img.mode.startswith("I;16") or (img.mode == "I" and a.size and a.max() > 255):
+            a = a / 257.0
+        elif img.mode == "F" and a.size and a.max() <= 1.0:
+            a = a * 255.0
+        img = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))  # 2-D uint8: mode L
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img if img.mode == mode else img.convert(mode)
+
+
+def _decode_all(items: list[tuple[str, int]], shape) -> ImageSet:
+    """Decode into one preallocated tensor with a thread pool (PIL releases the GIL while decoding)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    images = torch.empty((len(items), *shape), dtype=torch.uint8)
+
+    def one(i: int) -> None:
+        images[i] = decode(items[i][0], shape)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(one, range(len(items))))
+    return ImageSet(images=images, labels=torch.tensor([y for _, y in items], dtype=torch.int64))
+
+
+class ImageLoader:
+    """``load(i)`` for a FileSet; a plain class so DataLoader workers can pickle it."""
+
+    def __init__(self, paths: list[str], shape: tuple[int, int, int]):
+        self.paths, self.shape = paths, tuple(shape)
+
+    def __call__(self, i: int):
+        return decode(self.paths[i], self.shape)
+
+
+def _file_set(items: list[tuple[str, int]], shape) -> FileSet:
+    import torch
+
+    return FileSet(load=ImageLoader([p for p, _ in items], shape),
+                   labels=torch.tensor([y for _, y in items], dtype=torch.int64), image_shape=tuple(shape))

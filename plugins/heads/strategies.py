@@ -1,0 +1,149 @@
+"""Head-transfer strategies. The freeze state of every epoch follows from the epoch number alone,
+so a resumed run freezes what the interrupted one had frozen (Lightning #21901, #6551)."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from sftcore.api import HeadStrategy, TrainContext, freeze, unfreeze
+from sftcore.errors import ConfigError
+
+
+def _train_everything(ctx: TrainContext) -> None:
+    unfreeze(ctx.model)
+
+
+class Reinit(HeadStrategy):
+    """A new, randomly initialised head; everything trains from the first epoch."""
+
+    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
+        _train_everything(ctx)
+
+
+class LinearProbe(HeadStrategy):
+    """Backbone frozen (its norm layers keep their statistics); only the head trains."""
+
+    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
+        freeze(ctx.model.backbone)
+        unfreeze(ctx.model.head)
+
+
+class LPFT(HeadStrategy):
+    """Linear probe for ``probe_epochs`` (default: half the stage), then finetune everything."""
+
+    def __init__(self, probe_epochs: int | None = None):
+        if probe_epochs is not None and (not isinstance(probe_epochs, int) or probe_epochs < 0):
+            raise ConfigError(f"config: head lp_ft: probe_epochs must be a non-negative integer, got {probe_epochs!r}")
+        self.probe_epochs = probe_epochs
+
+    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
+        probe = self.probe_epochs if self.probe_epochs is not None else ctx.epochs // 2
+        if epoch < probe:
+            freeze(ctx.model.backbone)
+            unfreeze(ctx.model.head)
+        else:
+            _train_everything(ctx)
+
+
+class GradualUnfreeze(HeadStrategy):
+    """Head only at first; every ``every`` epochs one more backbone block unfreezes, from the top."""
+
+    def __init__(self, every: int = 1, blocks_per_step: int = 1):
+        for key, value in (("every", every), ("blocks_per_step", blocks_per_step)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"config: head gradual_unfreeze: {key} must be an integer >= 1, got {value!r}")
+        self.every, self.blocks_per_step = every, blocks_per_step
+
+    def unfrozen_blocks(self, epoch: int) -> int:
+        return (epoch // self.every) * self.blocks_per_step
+
+    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
+        model = ctx.model
+        freeze(model.backbone)
+        unfreeze(model.head)
+        blocks = model.blocks()
+        k = min(len(blocks), self.unfrozen_blocks(epoch))
+        for _, block in blocks[len(blocks) - k:]:
+            unfreeze(block)
+        if k == len(blocks):  # parameters outside any declared block go with the last step
+            unfreeze(model.backbone)
+
+
+def _norm_name(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", str(name)).strip().lower()
+
+
+class MatchClasses(HeadStrategy):
+    """Copy the source head's row for every target class whose name matches a source class.
+
+    ``aliases`` maps a target class to a differently named source class.
+    """
+
+    def __init__(self, aliases: dict | None = None):
+        self.aliases = {_norm_name(k): _norm_name(v) for k, v in (aliases or {}).items()}
+        self.matched: dict[str, str] = {}
+
+    def build_head(self, ctx: TrainContext) -> nn.Module:
+        head = super().build_head(ctx)
+        src = ctx.source_head
+        if not isinstance(src, nn.Linear) or not ctx.source_classes:
+            raise ConfigError("config: head match_classes needs a source head with class names: add a pretrain "
+                              "stage, or backbone weights that come with classes; or use head: reinit")
+        if src.in_features != head.in_features:
+            raise ConfigError(f"config: head match_classes: the source head takes {src.in_features} features, "
+                              f"the backbone gives {head.in_features}")
+        source = {_norm_name(c): i for i, c in enumerate(ctx.source_classes)}
+        self.matched = {}
+        with torch.no_grad():
+            for t, name in enumerate(ctx.classes):
+                key = self.aliases.get(_norm_name(name), _norm_name(name))
+                s = source.get(key)
+                if s is None:
+                    continue
+                head.weight[t].copy_(src.weight[s])
+                if head.bias is not None and src.bias is not None:
+                    head.bias[t].copy_(src.bias[s])
+                self.matched[name] = ctx.source_classes[s]
+        return head
+
+    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
+        _train_everything(ctx)
+
+    def state_dict(self) -> dict:
+        return {"matched": self.matched}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.matched = dict(state.get("matched", {}))
+
+
+class Imprint(HeadStrategy):
+    """Each class's row = the normalised mean of its examples' normalised features (Qi et al., 2018).
+
+    Rows are scaled so that logits are about ``scale`` times a cosine similarity; bias starts at 0.
+    """
+
+    def __init__(self, scale: float = 10.0):
+        if not isinstance(scale, (int, float)) or scale <= 0:
+            raise ConfigError(f"config: head imprint: scale must be a positive number, got {scale!r}")
+        self.scale = float(scale)
+
+    def build_head(self, ctx: TrainContext) -> nn.Module:
+        head = super().build_head(ctx)
+        features, labels = ctx.extract_features()
+        features = features.float().cpu()
+        labels = labels.cpu()
+        mean_norm = features.norm(dim=1).mean().clamp_min(1e-6)
+        unit = nn.functional.normalize(features, dim=1)
+        with torch.no_grad():
+            for c in range(ctx.num_classes):
+                rows = unit[labels == c]
+                if len(rows):
+                    head.weight[c].copy_(nn.functional.normalize(rows.mean(0), dim=0) * self.scale / mean_norm)
+            head.bias.zero_()
+        return head
+
+    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
+        _train_everything(ctx)

@@ -1,0 +1,27 @@
+"""L2 as a loss term. With SGD it equals weight_decay=alpha; with Adam-type optimizers it does not
+(AdamW decays decoupled from the gradient), so both stay available."""
+
+from __future__ import annotations
+
+import torch
+
+from sftcore.api import Regularizer, Step, TrainContext
+
+from .selection import check, selected
+
+
+class L2(Regularizer):
+    """alpha/2 * ||w||^2 over the model's trainable parameters (conv/linear weights by default)."""
+
+    def __init__(self, alpha: float = 0.01, params: str = "weights", match: str | None = None):
+        check(params, "l2")
+        self.alpha, self.params, self.match = float(alpha), params, match
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.weights = [p for _, p in selected(ctx.model.named_parameters(), self.params, self.match)]
+
+    def penalty(self, step: Step) -> torch.Tensor:
+        live = [p for p in self.weights if p.requires_grad]  # frozen weights add a constant: skip them
+        if not live:
+            return step.logits.new_zeros(())
+        return 0.5 * self.alpha * sum(p.pow(2).sum() for p in live)

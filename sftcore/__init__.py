@@ -1,0 +1,17 @@
+"""sftcore: pretrain on a source task, finetune on a few-label target task, and say whether it helped.
+
+Plugins implement the hooks in :mod:`sftcore.hookspecs` with :data:`hookimpl` and return the
+objects described in :mod:`sftcore.api`.
+"""
+
+from .hookspecs import hookimpl
+
+__version__ = "0.1.0"
+__all__ = ["hookimpl", "run", "__version__"]
+
+
+def run(config=None, *, out=None, overrides=(), progress=None):
+    """Run the pipeline a config describes (a dict, a YAML path, or None for the default); returns the summary."""
+    from .runner import run as _run
+
+    return _run(config, out=out, overrides=overrides, progress=progress)

@@ -1,0 +1,311 @@
+"""The public plugin API: what a component's factory returns and what it is handed.
+
+Importing this module does not import torch, so a plugin module may import it at the top
+and still keep ``sft list`` fast. Tensors and modules appear in annotations only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from .model import TransferModel
+
+__all__ = [
+    "Augment", "ImageSet", "FileSet", "DataSplits", "DatasetContext", "BackboneContext", "Backbone",
+    "TrainContext", "Step", "Regularizer", "HeadStrategy", "freeze", "unfreeze", "Checkpoint", "read_checkpoint",
+]
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation a dataset asks for; applied per batch on the training device."""
+
+    crop_padding: int = 0  # random crop of the original size after zero-padding by this many pixels
+    flip: bool = False  # random horizontal flip
+
+
+@dataclass
+class ImageSet:
+    """Images held in memory as uint8 ``[N, C, H, W]`` with int64 labels ``[N]``."""
+
+    images: "torch.Tensor"
+    labels: "torch.Tensor"
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: "torch.Tensor") -> "ImageSet":
+        return ImageSet(self.images[index], self.labels[index])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.numel() * self.images.element_size()
+
+
+@dataclass
+class FileSet:
+    """Images decoded on demand (by DataLoader workers) for data too large to hold in memory.
+
+    ``load(i)`` returns a uint8 ``[C, H, W]`` tensor of ``image_shape``.
+    """
+
+    load: Callable[[int], "torch.Tensor"]
+    labels: "torch.Tensor"
+    image_shape: tuple[int, int, int]
+    index: "torch.Tensor | None" = None  # a view onto a subset of the items
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: "torch.Tensor") -> "FileSet":
+        base = index if self.index is None else self.index[index]
+        return FileSet(self.load, self.labels[index], self.image_shape, base)
+
+    def item(self, i: int) -> "torch.Tensor":
+        return self.load(int(i if self.index is None else self.index[i]))
+
+
+@dataclass
+class DataSplits:
+    """What a dataset factory returns. ``val`` is optional: the runner holds one out of ``train``."""
+
+    classes: list[str]
+    train: ImageSet | FileSet
+    test: ImageSet | FileSet | None = None
+    val: ImageSet | FileSet | None = None
+    mean: Sequence[float] = (0.5, 0.5, 0.5)
+    std: Sequence[float] = (0.5, 0.5, 0.5)
+    augment: Augment = field(default_factory=lambda: Augment(crop_padding=4, flip=True))
+
+
+@dataclass
+class DatasetContext:
+    """Handed to a dataset factory as its first argument."""
+
+    seed: int
+    input_size: tuple[int, int, int]  # (C, H, W) the backbone takes; datasets of any size resize to it
+    stage: str  # "pretrain", "finetune" or "baseline"
+    max_memory_bytes: int = 4 << 30  # above this, prefer a FileSet to an ImageSet
+
+
+# --------------------------------------------------------------------------- backbones
+@dataclass
+class BackboneContext:
+    """Handed to a backbone factory as its first argument."""
+
+    seed: int
+    random_init: bool = False  # True for the scratch baseline: same architecture, no weights loaded
+
+
+@dataclass
+class Backbone:
+    """Every backbone reaches the runner in this one shape: features, then a separate head.
+
+    ``features`` maps a normalised batch ``[N, C, H, W]`` to ``[N, num_features]``.
+    ``head`` is the classifier that came with pretrained weights (``None`` if there is none);
+    ``source_classes`` names its rows when known. ``blocks`` names submodules of ``features``
+    (a name, or a list of names forming one block) from input to output (gradual unfreezing, per-block learning rates); ``feature_maps``
+    names the submodules whose outputs are stage feature maps (DELTA-style regularizers).
+    """
+
+    features: "nn.Module"
+    num_features: int
+    input_size: tuple[int, int, int]
+    head: "nn.Module | None" = None
+    source_classes: list[str] | None = None
+    blocks: list[str | list[str]] = field(default_factory=list)
+    feature_maps: list[str] = field(default_factory=list)
+    mean: Sequence[float] | None = None  # normalisation the weights were trained with, if any
+    std: Sequence[float] | None = None
+    fixed_input_size: bool = True  # False: any spatial size works, no resize needed
+
+
+# --------------------------------------------------------------------------- training
+class TrainContext:
+    """What head strategies and regularizers see for one training stage.
+
+    The runner fills it in; plugins read from it. ``model`` is ``None`` while
+    ``HeadStrategy.build_head`` runs (the head does not exist yet).
+    """
+
+    def __init__(self, *, stage: str, backbone: Backbone, classes: list[str], epochs: int, device: Any,
+                 seed: int, extract_features: Callable[[], tuple["torch.Tensor", "torch.Tensor"]],
+                 train_batches: Callable[[], Iterator[tuple["torch.Tensor", "torch.Tensor"]]],
+                 source_classes: list[str] | None = None, source_head: "nn.Module | None" = None):
+        self.stage = stage
+        self.backbone = backbone
+        self.classes = classes
+        self.epochs = epochs
+        self.device = device
+        self.seed = seed
+        self.source_classes = source_classes
+        self.source_head = source_head
+        self.model: "TransferModel | None" = None
+        self._extract_features = extract_features
+        self._train_batches = train_batches
+        self._start_state: dict | None = None
+        self._start_params: dict | None = None
+        self._start_model = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def extract_features(self) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Features ``[N, D]`` and labels ``[N]`` of the labelled training data, current backbone,
+        evaluation transforms, no gradient."""
+        return self._extract_features()
+
+    def train_batches(self) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+        """One pass over the training data as normalised, un-augmented ``(inputs, targets)``."""
+        return self._train_batches()
+
+    def snapshot(self, state: dict | None = None) -> None:
+        """Record the model as it is now (or ``state``, when resuming) as the stage's start."""
+        if state is None:
+            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._start_state, self._start_params, self._start_model = state, None, None
+
+    def start_state(self) -> dict[str, "torch.Tensor"]:
+        """Parameter values at the start of the stage (w⁰), by ``model.named_parameters()`` name."""
+        if self._start_state is None:
+            self.snapshot()
+        if self._start_params is None:
+            self._start_params = {n: self._start_state[n] for n, _ in self.model.named_parameters()}
+        return self._start_params
+
+    def start_model(self) -> "TransferModel":
+        """A frozen copy of the model as it was at the start of the stage (made on first use)."""
+        if self._start_model is None:
+            import copy
+
+            state = self._start_state
+            model = copy.deepcopy(self.model)
+            if state is not None:
+                model.load_state_dict(state)
+            model.eval()
+            freeze(model)
+            self._start_model = model
+        return self._start_model
+
+
+@dataclass
+class Step:
+    """One training batch as a regularizer sees it."""
+
+    ctx: TrainContext
+    epoch: int
+    inputs: "torch.Tensor"
+    targets: "torch.Tensor"
+    logits: "torch.Tensor"
+    features: "torch.Tensor"
+    feature_maps: dict[str, "torch.Tensor"] = field(default_factory=dict)
+    _start: Any = None
+
+    def start_outputs(self) -> tuple["torch.Tensor", "torch.Tensor", dict[str, "torch.Tensor"]]:
+        """``(logits, features, feature_maps)`` of the stage's starting model on the same inputs."""
+        if self._start is None:
+            import torch
+
+            with torch.no_grad():
+                self._start = self.ctx.start_model().forward_all(self.inputs, feature_maps=True)
+        return self._start
+
+
+class Regularizer:
+    """Adds ``penalty(step)`` to the training loss. Regularizers in a list add up."""
+
+    #: set True to receive ``step.feature_maps`` of the current model on every batch
+    needs_feature_maps: bool = False
+
+    def setup(self, ctx: TrainContext) -> None:
+        """Called once at the start of the stage, after the head is built and before the first step."""
+
+    def penalty(self, step: Step) -> "torch.Tensor":
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class HeadStrategy:
+    """How the classifier head is made and how the network is frozen/unfrozen over epochs.
+
+    The freeze state must follow from ``epoch`` alone (plus ``state_dict``), so that a resumed
+    run freezes exactly what the interrupted one had frozen.
+    """
+
+    def build_head(self, ctx: TrainContext) -> "nn.Module":
+        """A new head for ``ctx.num_classes``; the default is a freshly initialised linear layer."""
+        from torch import nn
+
+        return nn.Linear(ctx.backbone.num_features, ctx.num_classes)
+
+    def param_groups(self, ctx: TrainContext, lr: float, backbone_lr_mult: float) -> list[dict]:
+        """Optimizer parameter groups; the default gives the backbone ``lr * backbone_lr_mult``."""
+        return [
+            {"name": "backbone", "params": list(ctx.model.backbone.parameters()), "lr": lr * backbone_lr_mult},
+            {"name": "head", "params": list(ctx.model.head.parameters()), "lr": lr},
+        ]
+
+    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
+        """Freeze or unfreeze parts of ``ctx.model`` for this epoch (default: train everything)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def freeze(module: "nn.Module") -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def unfreeze(module: "nn.Module") -> None:
+    for p in module.parameters():
+        p.requires_grad_(True)
+
+
+@dataclass
+class Checkpoint:
+    """The parts of a sftcore model file (``checkpoints/<stage>.pt`` of an earlier run)."""
+
+    backbone: dict
+    head: dict
+    classes: list[str] | None
+
+
+def read_checkpoint(path: str) -> Checkpoint:
+    """Read a sftcore model file, so that a backbone can start from an earlier run's weights."""
+    import torch
+
+    from .errors import ConfigError
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"config: weights file '{path}' not found") from None
+    except Exception as exc:
+        raise ConfigError(f"config: cannot read weights file '{path}': {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    model = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(model, dict):
+        raise ConfigError(f"config: '{path}' is not a sftcore model file (no 'model' state dict); "
+                          "use checkpoints/<stage>.pt from an earlier run")
+    part = lambda prefix: {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}  # noqa: E731
+    return Checkpoint(part("backbone."), part("head."), state.get("classes"))

@@ -1,0 +1,328 @@
+"""The run config: defaults, YAML loading, ``--set`` overrides and one-line validation errors."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .registry import suggest
+
+DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SELECT = ("best", "last")
+
+# Keys of a stage's `dataset:` the runner consumes itself; the rest go to the dataset's factory.
+DATASET_RUNNER_KEYS = {
+    "labels_per_class": None,  # few-label subset: N labelled examples per class (stratified, seeded)
+    "fraction": None,  # or this fraction of the training split
+    "val_fraction": 0.1,  # held out of the (subset) training data for model selection
+}
+
+OPTIMIZERS = {
+    "sgd": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False},
+    "adamw": {"lr": 0.001, "weight_decay": 0.01, "betas": [0.9, 0.999]},
+}
+SCHEDULES = {
+    "cosine": {"warmup_epochs": 0},
+    "step": {"step_size": 10, "gamma": 0.1, "warmup_epochs": 0},
+    "none": {"warmup_epochs": 0},
+}
+
+STAGE_DEFAULTS: dict[str, Any] = {
+    "dataset": None,
+    "epochs": 10,
+    "batch_size": 128,
+    "eval_batch_size": 512,
+    "optimizer": {"name": "sgd"},
+    "schedule": {"name": "cosine"},
+    "head": {"name": "reinit"},
+    "regularizers": [],
+    "backbone_lr_mult": 1.0,
+    "select": "best",
+    "label_smoothing": 0.0,
+}
+
+RUN_DEFAULTS: dict[str, Any] = {
+    "name": "run",
+    "seed": 0,
+    "device": "auto",
+    "backbone": {"name": "lenet"},
+    "pretrain": None,
+    "finetune": None,
+    "baseline": None,
+    "precision": "auto",
+    "channels_last": "auto",
+    "compile": "auto",
+    "checkpoints": True,
+}
+
+STAGES = ("pretrain", "finetune", "baseline")
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' not found; pass an existing YAML file or omit it for the default")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{p}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping of keys, not a {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set '{text}' must look like key.path=value, e.g. finetune.epochs=5")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_override(config: dict, path: list[str], value: Any) -> None:
+    node: Any = config
+    for i, part in enumerate(path[:-1]):
+        nxt = _child(node, part, path[: i + 1])
+        if nxt is None or isinstance(nxt, str):
+            # `backbone=lenet` style shorthand becomes a mapping once a sub-key is set
+            nxt = {"name": nxt} if isinstance(nxt, str) else {}
+            _set(node, part, nxt, path[: i + 1])
+        node = nxt
+    _set(node, path[-1], value, path)
+
+
+def _child(node: Any, part: str, where: list[str]) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, where)]
+    if isinstance(node, dict):
+        return node.get(part)
+    raise ConfigError(f"--set {'.'.join(where)}: '{'.'.join(where[:-1])}' is not a mapping")
+
+
+def _set(node: Any, part: str, value: Any, where: list[str]) -> None:
+    if isinstance(node, list):
+        node[_index(node, part, where)] = value
+    elif isinstance(node, dict):
+        node[part] = value
+    else:
+        raise ConfigError(f"--set {'.'.join(where)}: '{'.'.join(where[:-1])}' is not a mapping")
+
+
+def _index(node: list, part: str, where: list[str]) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"--set {'.'.join(where)}: '{part}' is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def load(config: dict | str | os.PathLike | None = None, overrides=()) -> dict:
+    """Raw config (not yet validated) from a dict, a YAML path or the embedded default, plus overrides."""
+    if config is None:
+        raw = load_yaml(DEFAULT_CONFIG)
+    elif isinstance(config, dict):
+        raw = copy.deepcopy(config)
+    else:
+        raw = load_yaml(config)
+    for item in overrides:
+        path, value = parse_override(item)
+        apply_override(raw, path, value)
+    return raw
+
+
+# --------------------------------------------------------------------------- validation
+def _where(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check_keys(mapping: dict, allowed, path: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(
+                f"config: unknown key '{_where(path, str(key))}'{suggest(str(key), allowed)}; "
+                f"allowed here: {', '.join(sorted(allowed))}"
+            )
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _int(value: Any, path: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"config: {path} must be an integer, got {_type_name(value)} {value!r}")
+    if value < minimum:
+        raise ConfigError(f"config: {path} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(value: Any, path: str, low: float | None = None, high: float | None = None,
+           low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"config: {path} must be a number, got {_type_name(value)} {value!r}")
+    value = float(value)
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ConfigError(f"config: {path} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise ConfigError(f"config: {path} must be <= {high}, got {value}")
+    return value
+
+
+def _choice(value: Any, choices, path: str) -> Any:
+    if value not in choices:
+        raise ConfigError(
+            f"config: {path} must be one of {', '.join(map(str, choices))}, got {value!r}{suggest(str(value), choices)}"
+        )
+    return value
+
+
+def _tristate(value: Any, path: str) -> Any:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ConfigError(f"config: {path} must be auto, true or false, got {value!r}")
+
+
+def _component(value: Any, path: str) -> dict:
+    """A component is `name` or a mapping with a `name` key plus its options."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, dict):
+        if not isinstance(value.get("name"), str):
+            raise ConfigError(f"config: {path} needs a 'name' (a string), e.g. {path}: {{name: ...}}")
+        return dict(value)
+    raise ConfigError(f"config: {path} must be a name or a mapping with 'name', got {_type_name(value)}")
+
+
+def _named_options(value: Any, table: dict, path: str, what: str) -> dict:
+    value = _component(value, path)
+    name = value["name"]
+    if name not in table:
+        raise ConfigError(f"config: unknown {what} '{name}' at {path}{suggest(name, table)}; "
+                          f"available: {', '.join(table)}")
+    allowed = {"name", *table[name]}
+    _check_keys(value, allowed, path)
+    merged = {"name": name, **copy.deepcopy(table[name]), **value}
+    for key, default in table[name].items():
+        if isinstance(default, bool):
+            if not isinstance(merged[key], bool):
+                raise ConfigError(f"config: {path}.{key} must be true or false, got {merged[key]!r}")
+        elif isinstance(default, (int, float)):
+            merged[key] = _float(merged[key], f"{path}.{key}", 0.0) if isinstance(default, float) else \
+                _int(merged[key], f"{path}.{key}")
+    if "lr" in merged:
+        merged["lr"] = _float(merged["lr"], f"{path}.lr", 0.0, low_open=True)
+    return merged
+
+
+def _dataset(value: Any, path: str, registry) -> dict:
+    value = _component(value, path)
+    runner = {k: value.get(k, d) for k, d in DATASET_RUNNER_KEYS.items()}
+    if runner["labels_per_class"] is not None:
+        _int(runner["labels_per_class"], f"{path}.labels_per_class", 1)
+    if runner["fraction"] is not None:
+        _float(runner["fraction"], f"{path}.fraction", 0.0, 1.0, low_open=True)
+    if runner["labels_per_class"] is not None and runner["fraction"] is not None:
+        raise ConfigError(f"config: {path} sets both labels_per_class and fraction; keep one")
+    runner["val_fraction"] = _float(runner["val_fraction"], f"{path}.val_fraction", 0.0, 0.9)
+    options = {k: v for k, v in value.items() if k not in DATASET_RUNNER_KEYS and k != "name"}
+    if registry is not None:
+        registry.get("datasets", value["name"]).check_options(options, f"config: {path}")
+    return {"name": value["name"], **runner, **options}
+
+
+def _checked_component(value: Any, kind: str, path: str, registry) -> dict:
+    value = _component(value, path)
+    if registry is not None:
+        try:
+            comp = registry.get(kind, value["name"])
+        except ConfigError as exc:
+            raise ConfigError(f"config: {path}: {exc}") from None
+        comp.check_options({k: v for k, v in value.items() if k != "name"}, f"config: {path}")
+    return value
+
+
+def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"config: {path} must be a mapping of stage settings, got {_type_name(value)}")
+    _check_keys(value, STAGE_DEFAULTS, path)
+    stage = {**copy.deepcopy(base if base is not None else STAGE_DEFAULTS), **copy.deepcopy(value)}
+    if stage["dataset"] is None:
+        raise ConfigError(f"config: {path}.dataset is required, e.g. {path}: {{dataset: {{name: shapes}}}}")
+    stage["dataset"] = _dataset(stage["dataset"], f"{path}.dataset", registry)
+    stage["epochs"] = _int(stage["epochs"], f"{path}.epochs", 0)
+    stage["batch_size"] = _int(stage["batch_size"], f"{path}.batch_size", 1)
+    stage["eval_batch_size"] = _int(stage["eval_batch_size"], f"{path}.eval_batch_size", 1)
+    stage["optimizer"] = _named_options(stage["optimizer"], OPTIMIZERS, f"{path}.optimizer", "optimizer")
+    stage["schedule"] = _named_options(stage["schedule"], SCHEDULES, f"{path}.schedule", "schedule")
+    stage["head"] = _checked_component(stage["head"], "heads", f"{path}.head", registry)
+    regs = stage["regularizers"] if stage["regularizers"] is not None else []
+    if not isinstance(regs, list):
+        raise ConfigError(f"config: {path}.regularizers must be a list, e.g. [{{name: l2_sp, alpha: 0.1}}]")
+    stage["regularizers"] = [
+        _checked_component(r, "regularizers", f"{path}.regularizers[{i}]", registry) for i, r in enumerate(regs)
+    ]
+    stage["backbone_lr_mult"] = _float(stage["backbone_lr_mult"], f"{path}.backbone_lr_mult", 0.0)
+    stage["select"] = _choice(stage["select"], SELECT, f"{path}.select")
+    stage["label_smoothing"] = _float(stage["label_smoothing"], f"{path}.label_smoothing", 0.0, 1.0)
+    return stage
+
+
+def _baseline(value: Any, finetune: dict | None, registry) -> dict | None:
+    if value is None or value is False:
+        return None
+    if finetune is None:
+        raise ConfigError("config: baseline needs a finetune stage to compare with; add finetune: or drop baseline:")
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict) or value.get("name", "scratch") != "scratch":
+        raise ConfigError(f"config: baseline must be 'scratch' (or a mapping with name: scratch), got {value!r}")
+    # Same data, budget and optimizer as finetune, from a random init, trained plainly.
+    base = {**copy.deepcopy(finetune), "head": {"name": "reinit"}, "regularizers": [], "backbone_lr_mult": 1.0}
+    options = {k: v for k, v in value.items() if k != "name"}
+    return {"name": "scratch", **_stage(options, "baseline", registry, base=base)}
+
+
+def resolve(raw: dict, registry=None) -> dict:
+    """Validate and fill in defaults. With a registry, component names and options are checked too."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config must be a mapping, got {_type_name(raw)}")
+    _check_keys(raw, RUN_DEFAULTS, "")
+    cfg = {**copy.deepcopy(RUN_DEFAULTS), **copy.deepcopy(raw)}
+    if not isinstance(cfg["name"], str) or not cfg["name"].strip():
+        raise ConfigError("config: name must be a non-empty string")
+    cfg["seed"] = _int(cfg["seed"], "seed", 0)
+    cfg["device"] = _choice(cfg["device"], DEVICES, "device")
+    cfg["precision"] = _choice(cfg["precision"], PRECISIONS, "precision")
+    cfg["channels_last"] = _tristate(cfg["channels_last"], "channels_last")
+    cfg["compile"] = _tristate(cfg["compile"], "compile")
+    if not isinstance(cfg["checkpoints"], bool):
+        raise ConfigError(f"config: checkpoints must be true or false, got {cfg['checkpoints']!r}")
+    cfg["backbone"] = _checked_component(cfg["backbone"], "backbones", "backbone", registry)
+    for stage in ("pretrain", "finetune"):
+        if cfg[stage] is not None:
+            cfg[stage] = _stage(cfg[stage], stage, registry)
+    cfg["baseline"] = _baseline(cfg["baseline"], cfg["finetune"], registry)
+    if cfg["pretrain"] is None and cfg["finetune"] is None:
+        raise ConfigError("config: nothing to run; add a pretrain: and/or finetune: stage")
+    return cfg
+
+
+def dump(cfg: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None, width=100)

@@ -1,0 +1,134 @@
+"""Components by kind and name, each tagged with the plugin that registered it."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import fnmatch
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import ConfigError, PluginError
+
+KINDS = ("datasets", "backbones", "regularizers", "heads")
+SINGULAR = {"datasets": "dataset", "backbones": "backbone", "regularizers": "regularizer", "heads": "head"}
+# Factories of these kinds take a context object as their first positional argument.
+_CONTEXT_ARG = {"datasets": True, "backbones": True, "regularizers": False, "heads": False}
+
+
+@dataclass
+class Component:
+    kind: str
+    name: str
+    factory: Callable[..., Any] | str
+    plugin: str
+    description: str
+
+    def load(self) -> Callable[..., Any]:
+        """Resolve a lazy ``"module:attr"`` factory (imports happen here, not at listing)."""
+        if isinstance(self.factory, str):
+            module, _, attr = self.factory.partition(":")
+            obj: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+            self.factory = obj
+        return self.factory
+
+    def option_names(self) -> tuple[list[str], bool]:
+        """The keyword options the factory accepts, and whether it takes ``**kwargs``."""
+        params = list(inspect.signature(self.load()).parameters.values())
+        if _CONTEXT_ARG[self.kind] and params and params[0].kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            params = params[1:]
+        names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+    def check_options(self, options: dict, where: str) -> None:
+        names, open_ended = self.option_names()
+        if open_ended:
+            return
+        for key in options:
+            if key not in names:
+                raise ConfigError(
+                    f"{where}: {SINGULAR[self.kind]} '{self.name}' has no option '{key}'"
+                    f"{suggest(key, names)}; its options are: {', '.join(names) or '(none)'}"
+                )
+
+    def create(self, *args: Any, where: str = "", **options: Any) -> Any:
+        self.check_options(options, where or f"{SINGULAR[self.kind]} {self.name}")
+        return self.load()(*args, **options)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "plugin": self.plugin, "description": self.description}
+
+
+def suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)"
+
+
+def describe(factory: Any, description: str | None) -> str:
+    """The first line of the explicit description, else of the factory's own docstring (not inherited)."""
+    if not description and not isinstance(factory, str):
+        while isinstance(factory, functools.partial):
+            factory = factory.func
+        description = factory.__doc__
+    if not description or not description.strip():
+        return ""
+    return description.strip().splitlines()[0].strip()
+
+
+@dataclass
+class Registry:
+    components: dict[str, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
+
+    def register(self, kind: str, plugin: str, name: str, factory, description: str | None = None,
+                 override: bool = False) -> Component:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin '{plugin}' registered a {SINGULAR[kind]} with an empty or non-string name")
+        if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
+            raise PluginError(
+                f"plugin '{plugin}' registered {SINGULAR[kind]} '{name}' with a factory that is neither "
+                "callable nor a 'module:attr' string"
+            )
+        text = describe(factory, description)
+        if not text:
+            raise PluginError(f"plugin '{plugin}' registered {SINGULAR[kind]} '{name}' without a description")
+        existing = self.components[kind].get(name)
+        if existing is not None and not override:
+            raise PluginError(
+                f"{SINGULAR[kind]} '{name}' is registered by both plugin '{existing.plugin}' and plugin "
+                f"'{plugin}'; rename one, or pass override=True in the one meant to replace the other"
+            )
+        component = Component(kind, name, factory, plugin, text)
+        self.components[kind][name] = component
+        return component
+
+    def get(self, kind: str, name: str) -> Component:
+        try:
+            return self.components[kind][name]
+        except KeyError:
+            names = sorted(self.components[kind])
+            raise ConfigError(
+                f"unknown {SINGULAR[kind]} '{name}'{suggest(name, names)}; available: "
+                f"{', '.join(names) or '(none)'} (see `sft list {kind}`)"
+            ) from None
+
+    def list(self, kind: str | None = None, pattern: str | None = None) -> dict[str, list[Component]]:
+        kinds = [kind] if kind else list(KINDS)
+        out = {}
+        for k in kinds:
+            items = sorted(self.components[k].values(), key=lambda c: c.name)
+            if pattern:
+                items = [c for c in items if fnmatch.fnmatchcase(c.name, pattern)]
+            out[k] = items
+        return out
+
+    def by_plugin(self, plugin: str) -> dict[str, list[str]]:
+        return {k: sorted(c.name for c in v.values() if c.plugin == plugin) for k, v in self.components.items()}

@@ -1,0 +1,275 @@
+"""The pipeline: pretrain -> finetune -> (scratch baseline) -> evaluate, wired from a resolved config."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import config as cfgmod
+from .api import (Backbone, BackboneContext, DatasetContext, DataSplits, FileSet, ImageSet, TrainContext)
+from .data import Batches, BatchTransform, few_label_index, holdout_index
+from .errors import ConfigError, PluginError
+from .model import TransferModel
+from .plugins import get_registry
+from .report import results_table, transfer_verdict
+from .training import MetricsLog, Performance, Stage, evaluate
+
+
+# --------------------------------------------------------------------------- device and precision
+def resolve_performance(cfg: dict) -> Performance:
+    """Defaults chosen by measurement (docs/performance.md): bf16 + channels_last on CUDA, plain fp32 on CPU."""
+    want = cfg["device"]
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else (
+            "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
+    elif want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config: device is cuda but torch sees no CUDA device; use device: auto or cpu")
+    elif want == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("config: device is mps but torch sees no MPS device; use device: auto or cpu")
+    device = torch.device(want)
+    precision = cfg["precision"]
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else (
+            "fp16" if device.type == "cuda" else "fp32")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"config: precision fp16 needs CUDA (device is {device.type}); use bf16 or fp32")
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    channels_last = device.type == "cuda" if cfg["channels_last"] == "auto" else cfg["channels_last"]
+    compile_ = False if cfg["compile"] == "auto" else cfg["compile"]
+    return Performance(device=device, amp_dtype=amp, channels_last=channels_last, compile=compile_)
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class StageData:
+    name: str
+    classes: list[str]
+    train: ImageSet | FileSet
+    val: ImageSet | FileSet | None
+    test: ImageSet | FileSet | None
+    splits: DataSplits
+
+    def sizes(self) -> dict:
+        return {"classes": len(self.classes), "train_examples": len(self.train),
+                "val_examples": len(self.val) if self.val is not None else 0,
+                "test_examples": len(self.test) if self.test is not None else 0}
+
+
+def _check_set(data, what: str, classes: int, plugin: str) -> None:
+    if data is None:
+        return
+    if not isinstance(data, (ImageSet, FileSet)):
+        raise PluginError(f"dataset plugin '{plugin}' returned {what} of type {type(data).__name__}, "
+                          "not an ImageSet or FileSet")
+    if isinstance(data, ImageSet):
+        if data.images.dtype != torch.uint8 or data.images.ndim != 4:
+            raise PluginError(f"dataset plugin '{plugin}': {what}.images must be uint8 [N, C, H, W], "
+                              f"got {data.images.dtype} {tuple(data.images.shape)}")
+        if len(data.images) != len(data.labels):
+            raise PluginError(f"dataset plugin '{plugin}': {what} has {len(data.images)} images but "
+                              f"{len(data.labels)} labels")
+    if len(data) and (int(data.labels.min()) < 0 or int(data.labels.max()) >= classes):
+        raise PluginError(f"dataset plugin '{plugin}': {what} labels fall outside 0..{classes - 1}")
+
+
+def load_stage_data(stage: str, ds_cfg: dict, backbone: Backbone, seed: int, registry) -> StageData:
+    comp = registry.get("datasets", ds_cfg["name"])
+    options = {k: v for k, v in ds_cfg.items() if k != "name" and k not in cfgmod.DATASET_RUNNER_KEYS}
+    splits = comp.create(DatasetContext(seed=seed, input_size=backbone.input_size, stage=stage),
+                         where=f"config: {stage}.dataset", **options)
+    if not isinstance(splits, DataSplits):
+        raise PluginError(f"dataset '{comp.name}' (plugin '{comp.plugin}') returned {type(splits).__name__}, "
+                          "not sftcore.api.DataSplits")
+    for what in ("train", "val", "test"):
+        _check_set(getattr(splits, what), what, len(splits.classes), comp.plugin)
+    train, val = splits.train, splits.val
+    sub = few_label_index(train.labels, seed, ds_cfg["labels_per_class"], ds_cfg["fraction"])
+    if sub is not None:
+        train = train.subset(sub)
+    if val is None and ds_cfg["val_fraction"] > 0:
+        # Validation comes out of the (few-label) training data, never out of the test split.
+        tr, va = holdout_index(train.labels, ds_cfg["val_fraction"], seed + 1)
+        train, val = train.subset(tr), train.subset(va)
+    if len(train) == 0:
+        raise ConfigError(f"config: {stage}.dataset '{comp.name}' leaves no training examples")
+    return StageData(comp.name, list(splits.classes), train, val, splits.test, splits)
+
+
+# --------------------------------------------------------------------------- stages
+class Pipeline:
+    def __init__(self, cfg: dict, run_dir: Path | None, progress: bool, echo: Callable[[str], None] | None):
+        self.cfg, self.run_dir, self.progress, self.echo = cfg, run_dir, progress, echo
+        self.registry = get_registry()
+        self.perf = resolve_performance(cfg)
+        self.log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None)
+        self.seed = cfg["seed"]
+
+    def say(self, text: str) -> None:
+        if self.echo is not None:
+            self.echo(text)
+
+    def build_backbone(self, random_init: bool = False) -> Backbone:
+        comp = self.registry.get("backbones", self.cfg["backbone"]["name"])
+        options = {k: v for k, v in self.cfg["backbone"].items() if k != "name"}
+        torch.manual_seed(self.seed)
+        backbone = comp.create(BackboneContext(seed=self.seed, random_init=random_init),
+                               where="config: backbone", **options)
+        if not isinstance(backbone, Backbone):
+            raise PluginError(f"backbone '{comp.name}' (plugin '{comp.plugin}') returned "
+                              f"{type(backbone).__name__}, not sftcore.api.Backbone")
+        return backbone
+
+    def _transforms(self, data: StageData, backbone: Backbone):
+        in_shape = data.train.image_shape
+        out_shape = backbone.input_size if backbone.fixed_input_size else (backbone.input_size[0], *in_shape[1:])
+        mean = backbone.mean if backbone.mean is not None else data.splits.mean
+        std = backbone.std if backbone.std is not None else data.splits.std
+        make = lambda aug: BatchTransform(mean, std, aug, in_shape, out_shape, self.perf.device,  # noqa: E731
+                                          self.perf.channels_last)
+        return make(data.splits.augment), make(None)
+
+    def train_stage(self, name: str, scfg: dict, backbone: Backbone, data: StageData,
+                    source_head=None, source_classes=None) -> tuple[TransferModel, dict]:
+        t0 = time.perf_counter()
+        perf = self.perf
+        train_tf, eval_tf = self._transforms(data, backbone)
+        stage_seed = self.seed + {"pretrain": 0, "finetune": 1, "baseline": 2}.get(name, 3)
+        train = Batches(data.train, scfg["batch_size"], perf.device, shuffle=True, seed=stage_seed)
+        val = Batches(data.val, scfg["eval_batch_size"], perf.device, shuffle=False) if data.val is not None else None
+        plain = Batches(data.train, scfg["eval_batch_size"], perf.device, shuffle=False)
+        backbone.features.to(perf.device)
+
+        def extract():
+            was = backbone.features.training
+            backbone.features.eval()
+            feats, labels = [], []
+            with torch.inference_mode(), perf.autocast():
+                for x, y in plain:
+                    feats.append(backbone.features(eval_tf(x)).float())
+                    labels.append(y)
+            backbone.features.train(was)
+            return torch.cat(feats), torch.cat(labels)
+
+        def batches():
+            for x, y in plain:
+                yield eval_tf(x), y
+
+        ctx = TrainContext(stage=name, backbone=backbone, classes=data.classes, epochs=scfg["epochs"],
+                           device=perf.device, seed=stage_seed, extract_features=extract, train_batches=batches,
+                           source_classes=source_classes, source_head=source_head)
+        heads = self.registry.get("heads", scfg["head"]["name"])
+        strategy = heads.create(where=f"config: {name}.head",
+                                **{k: v for k, v in scfg["head"].items() if k != "name"})
+        torch.manual_seed(stage_seed)
+        head = strategy.build_head(ctx)
+        model = TransferModel(backbone, head).to(perf.device)
+        if perf.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if perf.compile:
+            model.backbone.compile()
+        regs = []
+        for i, rcfg in enumerate(scfg["regularizers"]):
+            comp = self.registry.get("regularizers", rcfg["name"])
+            regs.append(comp.create(where=f"config: {name}.regularizers[{i}]",
+                                    **{k: v for k, v in rcfg.items() if k != "name"}))
+        checkpoint = None
+        if self.run_dir is not None and self.cfg["checkpoints"]:
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            checkpoint = self.run_dir / "checkpoints" / f"{name}-last.pt"
+        stage = Stage(name=name, cfg=scfg, model=model, ctx=ctx, strategy=strategy, regularizers=regs,
+                      train=train, val=val, train_transform=train_tf, eval_transform=eval_tf, perf=perf,
+                      log=self.log, checkpoint=checkpoint, progress=self.progress, echo=self.echo)
+        result = stage.run()
+        result.update(dataset=data.name, **data.sizes(), head=scfg["head"]["name"],
+                      regularizers=[r["name"] for r in scfg["regularizers"]])
+        result["correct"] = None
+        if data.test is not None and len(data.test):
+            test = Batches(data.test, scfg["eval_batch_size"], perf.device, shuffle=False)
+            ev = evaluate(model, test, eval_tf, perf)
+            result.update(test_accuracy=ev["accuracy"], test_loss=ev["loss"])
+            result["correct"] = ev["correct"]
+        else:
+            result.update(test_accuracy=None, test_loss=None)
+        if checkpoint is not None:
+            torch.save({"stage": name, "model": model.state_dict(), "classes": data.classes,
+                        "config": scfg}, self.run_dir / "checkpoints" / f"{name}.pt")
+        result["seconds"] = round(time.perf_counter() - t0, 3)
+        return model, result
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        summary: dict = {"name": cfg["name"], "seed": self.seed, "run_dir": str(self.run_dir) if self.run_dir else None,
+                         "performance": self.perf.describe()}
+        backbone = self.build_backbone()
+        source_head, source_classes = backbone.head, backbone.source_classes
+        results: dict[str, dict] = {}
+        if cfg["pretrain"] is not None:
+            data = load_stage_data("pretrain", cfg["pretrain"]["dataset"], backbone, self.seed, self.registry)
+            model, results["pretrain"] = self.train_stage("pretrain", cfg["pretrain"], backbone, data,
+                                                          source_head, source_classes)
+            source_head, source_classes = model.head, data.classes
+            self.say(f"pretrain done: test accuracy {_pct(results['pretrain']['test_accuracy'])}")
+        if cfg["finetune"] is not None:
+            data = load_stage_data("finetune", cfg["finetune"]["dataset"], backbone, self.seed, self.registry)
+            _, results["finetune"] = self.train_stage("finetune", cfg["finetune"], backbone, data,
+                                                      source_head, source_classes)
+            self.say(f"finetune done: test accuracy {_pct(results['finetune']['test_accuracy'])}")
+            if cfg["baseline"] is not None:
+                fresh = self.build_backbone(random_init=True)
+                _, results["baseline"] = self.train_stage("baseline", cfg["baseline"], fresh, data)
+                self.say(f"baseline done: test accuracy {_pct(results['baseline']['test_accuracy'])}")
+        correct = {k: v.pop("correct") for k, v in results.items()}
+        summary.update(results)
+        summary.update(transfer_verdict(results, correct))
+        summary["seconds"] = {k: v["seconds"] for k, v in results.items()}
+        summary["seconds"]["total"] = round(time.perf_counter() - t0, 3)
+        return summary
+
+
+def _pct(x) -> str:
+    return "n/a (no test split)" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def _run_dir(out, name: str) -> Path:
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / f"{name}-{stamp}"
+        i = 1
+        while path.exists():
+            i += 1
+            path = Path("runs") / f"{name}-{stamp}-{i}"
+    else:
+        path = Path(out)
+        if (path / "summary.json").exists() or (path / "metrics.jsonl").exists():
+            raise ConfigError(f"--out '{path}' already holds a run; choose a new directory or delete it")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create run directory '{path}': {exc.strerror}") from None
+    return path
+
+
+def run(config=None, *, out=None, overrides=(), progress=None, echo=None) -> dict:
+    """Resolve the config, run every stage, write the run directory, return the summary."""
+    registry = get_registry()
+    cfg = cfgmod.resolve(cfgmod.load(config, overrides), registry)
+    run_dir = _run_dir(out, cfg["name"])
+    (run_dir / "config.yaml").write_text(cfgmod.dump(cfg))
+    if progress is None:
+        import sys
+
+        progress = echo is not None and sys.stderr.isatty()
+    summary = Pipeline(cfg, run_dir, progress, echo).run()
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if echo is not None:
+        echo(results_table(summary))
+        echo(f"run directory: {run_dir}")
+    return summary

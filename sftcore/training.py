@@ -1,0 +1,253 @@
+"""The one training loop. Stages, head strategies and regularizers plug into it; nothing copies it."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .api import HeadStrategy, Regularizer, Step, TrainContext
+from .data import Batches, BatchTransform
+from .model import TransferModel
+
+
+@dataclass
+class Performance:
+    """How the run uses the device: where, at what precision, in which memory format, compiled or not."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    compile: bool = False
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def describe(self) -> dict:
+        return {
+            "device": str(self.device),
+            "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype],
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+        }
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON line per epoch per stage."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def write(self, record: dict) -> None:
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _schedule(cfg: dict, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
+    total = max(1, epochs * steps_per_epoch)
+    warmup = cfg.get("warmup_epochs", 0) * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if cfg["name"] == "cosine":
+            t = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+        if cfg["name"] == "step":
+            return cfg["gamma"] ** ((step // steps_per_epoch) // cfg["step_size"])
+        return 1.0
+
+    return factor
+
+
+def make_optimizer(groups: list[dict], cfg: dict) -> torch.optim.Optimizer:
+    """Optimizer over the strategy's groups; norm weights and biases get no weight decay (fastai, timm)."""
+    split = []
+    for group in groups:
+        decay = [p for p in group["params"] if p.ndim > 1]
+        no_decay = [p for p in group["params"] if p.ndim <= 1]
+        base = {k: v for k, v in group.items() if k != "params"}
+        if decay:
+            split.append({**base, "params": decay})
+        if no_decay:
+            split.append({**base, "params": no_decay, "weight_decay": 0.0})
+    if cfg["name"] == "sgd":
+        return torch.optim.SGD(split, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
+                               nesterov=cfg["nesterov"] and cfg["momentum"] > 0)
+    return torch.optim.AdamW(split, lr=cfg["lr"], weight_decay=cfg["weight_decay"], betas=tuple(cfg["betas"]))
+
+
+def _freeze_frozen_norms(model: torch.nn.Module) -> None:
+    """A norm layer whose parameters are all frozen keeps its running statistics too."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+
+
+@torch.no_grad()
+def evaluate(model: TransferModel, batches: Batches, transform: BatchTransform, perf: Performance) -> dict:
+    """Accuracy and loss with deterministic transforms; ``correct`` is the per-example hit vector."""
+    was_training = model.training
+    model.eval()
+    hits, loss_sum, n = [], torch.zeros((), device=perf.device), 0
+    with torch.inference_mode():
+        for x, y in batches:
+            with perf.autocast():
+                logits = model(transform(x))
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            hits.append(logits.argmax(1) == y)
+            n += len(y)
+    model.train(was_training)
+    correct = torch.cat(hits).cpu() if hits else torch.zeros(0, dtype=torch.bool)
+    return {"accuracy": correct.float().mean().item() if n else float("nan"),
+            "loss": loss_sum.item() / max(1, n), "correct": correct}
+
+
+class Stage:
+    """Trains ``model`` for one stage; the strategy and regularizers are its only extension points."""
+
+    def __init__(self, *, name: str, cfg: dict, model: TransferModel, ctx: TrainContext, strategy: HeadStrategy,
+                 regularizers: list[Regularizer], train: Batches, val: Batches | None,
+                 train_transform: BatchTransform, eval_transform: BatchTransform, perf: Performance,
+                 log: MetricsLog, checkpoint: Path | None = None, progress: bool = False,
+                 echo: Callable[[str], None] | None = None):
+        self.name, self.cfg, self.model, self.ctx = name, cfg, model, ctx
+        self.strategy, self.regularizers = strategy, regularizers
+        self.train, self.val = train, val
+        self.train_transform, self.eval_transform = train_transform, eval_transform
+        self.perf, self.log, self.checkpoint, self.progress, self.echo = perf, log, checkpoint, progress, echo
+        ctx.model = model
+        groups = strategy.param_groups(ctx, cfg["optimizer"]["lr"], cfg["backbone_lr_mult"])
+        self._check_groups(groups)
+        self.optimizer = make_optimizer(groups, cfg["optimizer"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _schedule(cfg["schedule"], cfg["epochs"], len(train)))
+        self.scaler = torch.amp.GradScaler(perf.device.type, enabled=perf.amp_dtype is torch.float16)
+        self.needs_maps = any(r.needs_feature_maps for r in regularizers)
+        if regularizers:
+            ctx.snapshot()
+        for r in regularizers:
+            r.setup(ctx)
+        self.generator = torch.Generator(device=perf.device)
+        self.start_epoch = 0
+        self.best: dict | None = None
+        self.history: list[dict] = []
+
+    def _check_groups(self, groups: list[dict]) -> None:
+        seen: set[int] = set()
+        for g in groups:
+            for p in g["params"]:
+                if id(p) in seen:
+                    raise ValueError(f"head strategy put a parameter into two optimizer groups ({g.get('name')})")
+                seen.add(id(p))
+        missing = [n for n, p in self.model.named_parameters() if id(p) not in seen]
+        if missing:
+            raise ValueError(f"head strategy left parameters out of the optimizer: {missing[:3]}")
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, epoch: int) -> dict:
+        return {
+            "stage": self.name, "epoch": epoch, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "strategy": self.strategy.state_dict(),
+            "regularizers": [r.state_dict() for r in self.regularizers],
+            "start_state": self.ctx._start_state, "best": self.best, "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume after ``state['epoch']``; the strategy re-derives the freeze state from the epoch."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.strategy.load_state_dict(state["strategy"])
+        for r, s in zip(self.regularizers, state["regularizers"]):
+            r.load_state_dict(s)
+        if state.get("start_state") is not None:
+            self.ctx.snapshot(state["start_state"])
+        self.best, self.history = state["best"], state["history"]
+        self.start_epoch = state["epoch"] + 1
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        epochs = self.cfg["epochs"]
+        model, perf = self.model, self.perf
+        for epoch in range(self.start_epoch, epochs):
+            t0 = time.perf_counter()
+            self.strategy.on_epoch_start(epoch, self.ctx)
+            model.train()
+            _freeze_frozen_norms(model)
+            self.train.set_epoch(epoch)
+            self.generator.manual_seed(self.ctx.seed * 7919 + epoch)
+            loss_sum = torch.zeros((), device=perf.device)
+            penalty_sum = torch.zeros((), device=perf.device)
+            correct = torch.zeros((), device=perf.device, dtype=torch.long)
+            seen = 0
+            batches = self.train
+            if self.progress:
+                from tqdm import tqdm
+
+                batches = tqdm(batches, desc=f"{self.name} {epoch + 1}/{epochs}", leave=False, unit="batch")
+            for x, y in batches:
+                inputs = self.train_transform(x, self.generator)
+                with perf.autocast():
+                    logits, features, maps = model.forward_all(inputs, feature_maps=self.needs_maps)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg["label_smoothing"])
+                    if self.regularizers:
+                        step = Step(self.ctx, epoch, inputs, y, logits, features, maps)
+                        penalty = sum(r.penalty(step) for r in self.regularizers)
+                        penalty_sum += penalty.detach() * len(y)
+                        loss = loss + penalty
+                self.optimizer.zero_grad(set_to_none=True)
+                if loss.requires_grad:
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                self.scheduler.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                seen += len(y)
+            record = {
+                "stage": self.name, "epoch": epoch + 1,
+                "train_loss": loss_sum.item() / max(1, seen),
+                "train_accuracy": correct.item() / max(1, seen),
+                "penalty": penalty_sum.item() / max(1, seen) if self.regularizers else None,
+                "lr": self.optimizer.param_groups[-1]["lr"],
+                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            }
+            if self.val is not None and len(self.val.data):
+                ev = evaluate(model, self.val, self.eval_transform, perf)
+                record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
+                key = (ev["accuracy"], -ev["loss"])
+                if self.cfg["select"] == "best" and (self.best is None or key > tuple(self.best["key"])):
+                    self.best = {"key": list(key), "epoch": epoch + 1,
+                                 "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            record["seconds"] = round(time.perf_counter() - t0, 3)
+            self.history.append(record)
+            self.log.write(record)
+            if self.progress and self.echo:
+                val = f" val_acc {record['val_accuracy']:.3f}" if "val_accuracy" in record else ""
+                self.echo(f"{self.name} epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.3f} "
+                          f"train_acc {record['train_accuracy']:.3f}{val}")
+            if self.checkpoint is not None:
+                torch.save(self.state_dict(epoch), self.checkpoint)
+        selected = epochs
+        if self.best is not None:
+            model.load_state_dict(self.best["state"])
+            selected = self.best["epoch"]
+        last = self.history[-1] if self.history else {}
+        chosen = next((h for h in self.history if h["epoch"] == selected), {})
+        return {"epochs": epochs, "selected_epoch": selected, "val_accuracy": chosen.get("val_accuracy"),
+                "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss")}
