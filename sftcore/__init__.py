@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 __all__ = ["hookimpl", "run", "__version__"]
 
 
-def run(config=None, *, out=None, overrides=(), progress=None):
+def run(config=None, *, out=None, overrides=(), progress=None, resume=None):
     """Run the pipeline a config describes (a dict, a YAML path, or None for the default); returns the summary."""
     from .runner import run as _run
 
-    return _run(config, out=out, overrides=overrides, progress=progress)
+    return _run(config, out=out, overrides=overrides, progress=progress, resume=resume)

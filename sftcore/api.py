@@ -189,6 +189,8 @@ class TrainContext:
         if self._start_model is None:
             import copy
 
+            if self._start_state is None:
+                self.snapshot()
             state = self._start_state
             model = copy.deepcopy(self.model)
             if state is not None:
@@ -288,6 +290,8 @@ class Checkpoint:
     backbone: dict
     head: dict
     classes: list[str] | None
+    mean: list[float] | None = None  # the normalisation the weights were trained with
+    std: list[float] | None = None
 
 
 def read_checkpoint(path: str) -> Checkpoint:
@@ -308,4 +312,4 @@ def read_checkpoint(path: str) -> Checkpoint:
         raise ConfigError(f"config: '{path}' is not a sftcore model file (no 'model' state dict); "
                           "use checkpoints/<stage>.pt from an earlier run")
     part = lambda prefix: {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}  # noqa: E731
-    return Checkpoint(part("backbone."), part("head."), state.get("classes"))
+    return Checkpoint(part("backbone."), part("head."), state.get("classes"), state.get("mean"), state.get("std"))

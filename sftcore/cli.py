@@ -110,12 +110,14 @@ def plugins_cmd(as_json):
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override a config value (YAML syntax), e.g. --set finetune.epochs=5. Repeatable.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<name>-<timestamp>).")
+@click.option("--resume", type=click.Path(file_okay=False), metavar="RUN_DIR",
+              help="Continue an interrupted run from its checkpoints (uses the run's own config).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
-def run_cmd(config, overrides, out, progress):
+def run_cmd(config, overrides, out, resume, progress):
     """Run pretrain -> finetune -> evaluate. With no CONFIG, runs the embedded shapes demo."""
     from .runner import run
 
-    run(config, out=out, overrides=overrides, progress=progress, echo=click.echo)
+    run(config, out=out, overrides=overrides, progress=progress, echo=click.echo, resume=resume)
 
 
 @cli.group("config")
@@ -146,13 +148,20 @@ def config_init(path, force):
     target = Path(path)
     if target.exists() and not force:
         raise SftError(f"'{target}' already exists; pass --force to overwrite it or choose another path")
-    target.write_text(DEFAULT_CONFIG.read_text())
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(DEFAULT_CONFIG.read_text())
+    except OSError as exc:
+        raise SftError(f"cannot write '{target}': {exc.strerror or exc}") from None
     click.echo(f"wrote {target}; run it with: sft run {target}")
 
 
 def main(argv=None, prog_name="sft"):
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        cli.main(args=argv, prog_name=prog_name, standalone_mode=True)
-    except SftError as exc:  # raised before a command ran (e.g. strict plugin loading)
+        cli.main(args=args, prog_name=prog_name, standalone_mode=True)
+    except SftError as exc:  # raised outside a command's invoke, or re-raised for --debug
+        if "--debug" in args:
+            raise
         click.echo(f"sft: error: {exc}", err=True)
         sys.exit(exc.exit_code)

@@ -64,6 +64,23 @@ RUN_DEFAULTS: dict[str, Any] = {
 STAGES = ("pretrain", "finetune", "baseline")
 
 
+def _yaml_loader():
+    """PyYAML's safe loader, reading ``1e-3`` as a float (YAML 1.2) instead of a string."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
     import yaml
 
@@ -71,7 +88,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file '{p}' not found; pass an existing YAML file or omit it for the default")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_yaml_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -90,7 +107,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set '{text}' must look like key.path=value, e.g. finetune.epochs=5")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = yaml.load(value, Loader=_yaml_loader()) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
     return key.strip().split("."), parsed
@@ -208,7 +225,9 @@ def _component(value: Any, path: str) -> dict:
     raise ConfigError(f"config: {path} must be a name or a mapping with 'name', got {_type_name(value)}")
 
 
-def _named_options(value: Any, table: dict, path: str, what: str) -> dict:
+def _named_options(value: Any, table: dict, path: str, what: str, default: str) -> dict:
+    if isinstance(value, dict) and "name" not in value:  # `--set finetune.optimizer.lr=0.1` keeps the default
+        value = {"name": default, **value}
     value = _component(value, path)
     name = value["name"]
     if name not in table:
@@ -217,13 +236,22 @@ def _named_options(value: Any, table: dict, path: str, what: str) -> dict:
     allowed = {"name", *table[name]}
     _check_keys(value, allowed, path)
     merged = {"name": name, **copy.deepcopy(table[name]), **value}
-    for key, default in table[name].items():
-        if isinstance(default, bool):
+    for key, default_value in table[name].items():
+        where = f"{path}.{key}"
+        if isinstance(default_value, bool):
             if not isinstance(merged[key], bool):
-                raise ConfigError(f"config: {path}.{key} must be true or false, got {merged[key]!r}")
-        elif isinstance(default, (int, float)):
-            merged[key] = _float(merged[key], f"{path}.{key}", 0.0) if isinstance(default, float) else \
-                _int(merged[key], f"{path}.{key}")
+                raise ConfigError(f"config: {where} must be true or false, got {merged[key]!r}")
+        elif isinstance(default_value, float):
+            merged[key] = _float(merged[key], where, 0.0)
+        elif isinstance(default_value, int):
+            merged[key] = _int(merged[key], where, 1 if key == "step_size" else 0)
+        elif key == "betas":
+            betas = merged[key]
+            if not isinstance(betas, list) or len(betas) != 2:
+                raise ConfigError(f"config: {where} must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {betas!r}")
+            merged[key] = [_float(b, where, 0.0, 1.0) for b in betas]
+            if max(merged[key]) >= 1.0:
+                raise ConfigError(f"config: {where} must be two numbers in [0, 1), got {betas!r}")
     if "lr" in merged:
         merged["lr"] = _float(merged["lr"], f"{path}.lr", 0.0, low_open=True)
     return merged
@@ -241,7 +269,11 @@ def _dataset(value: Any, path: str, registry) -> dict:
     runner["val_fraction"] = _float(runner["val_fraction"], f"{path}.val_fraction", 0.0, 0.9)
     options = {k: v for k, v in value.items() if k not in DATASET_RUNNER_KEYS and k != "name"}
     if registry is not None:
-        registry.get("datasets", value["name"]).check_options(options, f"config: {path}")
+        try:
+            comp = registry.get("datasets", value["name"])
+        except ConfigError as exc:
+            raise ConfigError(f"config: {path}: {exc}") from None
+        comp.check_options(options, f"config: {path}")
     return {"name": value["name"], **runner, **options}
 
 
@@ -267,8 +299,8 @@ def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
     stage["epochs"] = _int(stage["epochs"], f"{path}.epochs", 0)
     stage["batch_size"] = _int(stage["batch_size"], f"{path}.batch_size", 1)
     stage["eval_batch_size"] = _int(stage["eval_batch_size"], f"{path}.eval_batch_size", 1)
-    stage["optimizer"] = _named_options(stage["optimizer"], OPTIMIZERS, f"{path}.optimizer", "optimizer")
-    stage["schedule"] = _named_options(stage["schedule"], SCHEDULES, f"{path}.schedule", "schedule")
+    stage["optimizer"] = _named_options(stage["optimizer"], OPTIMIZERS, f"{path}.optimizer", "optimizer", "sgd")
+    stage["schedule"] = _named_options(stage["schedule"], SCHEDULES, f"{path}.schedule", "schedule", "cosine")
     stage["head"] = _checked_component(stage["head"], "heads", f"{path}.head", registry)
     regs = stage["regularizers"] if stage["regularizers"] is not None else []
     if not isinstance(regs, list):

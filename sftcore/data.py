@@ -61,6 +61,7 @@ class BatchTransform:
         self.resize = tuple(in_shape[1:]) != self.out_hw
         self.channels_last = channels_last
         c = self.out_channels
+        self.mean, self.std = _fit_channels(mean, c), _fit_channels(std, c)  # recorded with checkpoints
         mean = torch.as_tensor(_fit_channels(mean, c), dtype=torch.float32, device=device).view(1, c, 1, 1)
         std = torch.as_tensor(_fit_channels(std, c), dtype=torch.float32, device=device).view(1, c, 1, 1)
         # (x/255 - mean)/std as one multiply-add
@@ -81,6 +82,7 @@ class BatchTransform:
         return x
 
     def _crop_flip(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Zero-padded random crop and horizontal flip as one gather over flattened pixels."""
         b, c, h, w = x.shape
         p = self.augment.crop_padding
         dev = x.device
@@ -93,9 +95,8 @@ class BatchTransform:
         if self.augment.flip:
             flip = torch.rand((b, 1), generator=g, device=dev) < 0.5
             cols = torch.where(flip, cols.flip(1), cols)
-        bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
-        ci = torch.arange(c, device=dev).view(1, c, 1, 1)
-        return x[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+        index = (rows[:, :, None] * (w + 2 * p) + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+        return x.reshape(b, c, -1).gather(2, index).view(b, c, h, w)
 
 
 def _fit_channels(values, channels: int) -> list[float]:
@@ -133,7 +134,10 @@ class Batches:
             self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
 
     def __len__(self) -> int:
-        return math.ceil(len(self.data) / self.batch_size)
+        n = len(self.data)
+        if self.shuffle and n > 1 and n % self.batch_size == 1:
+            n -= 1  # the final batch of one that _order drops
+        return math.ceil(n / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -104,8 +104,10 @@ def load_stage_data(stage: str, ds_cfg: dict, backbone: Backbone, seed: int, reg
 
 # --------------------------------------------------------------------------- stages
 class Pipeline:
-    def __init__(self, cfg: dict, run_dir: Path | None, progress: bool, echo: Callable[[str], None] | None):
+    def __init__(self, cfg: dict, run_dir: Path | None, progress: bool, echo: Callable[[str], None] | None,
+                 resume: bool = False):
         self.cfg, self.run_dir, self.progress, self.echo = cfg, run_dir, progress, echo
+        self.resume = resume
         self.registry = get_registry()
         self.perf = resolve_performance(cfg)
         self.log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None)
@@ -179,13 +181,22 @@ class Pipeline:
             comp = self.registry.get("regularizers", rcfg["name"])
             regs.append(comp.create(where=f"config: {name}.regularizers[{i}]",
                                     **{k: v for k, v in rcfg.items() if k != "name"}))
-        checkpoint = None
+        checkpoint = final = None
         if self.run_dir is not None and self.cfg["checkpoints"]:
             (self.run_dir / "checkpoints").mkdir(exist_ok=True)
             checkpoint = self.run_dir / "checkpoints" / f"{name}-last.pt"
+            final = self.run_dir / "checkpoints" / f"{name}.pt"
+        if self.resume and final is not None and final.exists():  # finished before the interruption
+            state = torch.load(final, map_location=perf.device, weights_only=True)
+            model.load_state_dict(state["model"])
+            self.say(f"{name}: finished in the earlier session, reusing {final}")
+            return model, state["result"]
         stage = Stage(name=name, cfg=scfg, model=model, ctx=ctx, strategy=strategy, regularizers=regs,
                       train=train, val=val, train_transform=train_tf, eval_transform=eval_tf, perf=perf,
                       log=self.log, checkpoint=checkpoint, progress=self.progress, echo=self.echo)
+        if self.resume and checkpoint is not None and checkpoint.exists():
+            stage.load_state_dict(torch.load(checkpoint, map_location=perf.device, weights_only=True))
+            self.say(f"{name}: resuming after epoch {stage.start_epoch} of {scfg['epochs']}")
         result = stage.run()
         result.update(dataset=data.name, **data.sizes(), head=scfg["head"]["name"],
                       regularizers=[r["name"] for r in scfg["regularizers"]])
@@ -197,10 +208,11 @@ class Pipeline:
             result["correct"] = ev["correct"]
         else:
             result.update(test_accuracy=None, test_loss=None)
-        if checkpoint is not None:
-            torch.save({"stage": name, "model": model.state_dict(), "classes": data.classes,
-                        "config": scfg}, self.run_dir / "checkpoints" / f"{name}.pt")
         result["seconds"] = round(time.perf_counter() - t0, 3)
+        if final is not None:
+            torch.save({"stage": name, "model": model.state_dict(), "classes": data.classes,
+                        "mean": list(map(float, train_tf.mean)), "std": list(map(float, train_tf.std)),
+                        "config": scfg, "result": result}, final)
         return model, result
 
     def run(self) -> dict:
@@ -257,17 +269,29 @@ def _run_dir(out, name: str) -> Path:
     return path
 
 
-def run(config=None, *, out=None, overrides=(), progress=None, echo=None) -> dict:
-    """Resolve the config, run every stage, write the run directory, return the summary."""
+def run(config=None, *, out=None, overrides=(), progress=None, echo=None, resume=None) -> dict:
+    """Resolve the config, run every stage, write the run directory, return the summary.
+
+    ``resume=RUN_DIR`` continues an interrupted run from its checkpoints with its own config.
+    """
     registry = get_registry()
-    cfg = cfgmod.resolve(cfgmod.load(config, overrides), registry)
-    run_dir = _run_dir(out, cfg["name"])
-    (run_dir / "config.yaml").write_text(cfgmod.dump(cfg))
+    if resume is not None:
+        if config is not None or overrides or out is not None:
+            raise ConfigError("--resume takes the run's own config.yaml; drop CONFIG, --set and --out")
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoints").is_dir():
+            raise ConfigError(f"--resume '{run_dir}' is not a run directory with config.yaml and checkpoints/")
+        cfg = cfgmod.resolve(cfgmod.load(run_dir / "config.yaml"), registry)
+    else:
+        cfg = cfgmod.resolve(cfgmod.load(config, overrides), registry)
+        resolve_performance(cfg)  # a device error must not leave an empty run directory behind
+        run_dir = _run_dir(out, cfg["name"])
+        (run_dir / "config.yaml").write_text(cfgmod.dump(cfg))
     if progress is None:
         import sys
 
         progress = echo is not None and sys.stderr.isatty()
-    summary = Pipeline(cfg, run_dir, progress, echo).run()
+    summary = Pipeline(cfg, run_dir, progress, echo, resume=resume is not None).run()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if echo is not None:
         echo(results_table(summary))

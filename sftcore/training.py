@@ -46,6 +46,8 @@ class MetricsLog:
 
     def __init__(self, path: Path | None):
         self.path = path
+        if path is not None:
+            path.touch()
 
     def write(self, record: dict) -> None:
         if self.path is not None:

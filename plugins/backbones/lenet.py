@@ -24,7 +24,7 @@ def lenet(ctx: BackboneContext, in_chans: int = 3, img_size: int = 32, weights: 
         fc1=nn.Sequential(nn.Linear(16 * side * side, 120), nn.ReLU(inplace=True)),
         fc2=nn.Sequential(nn.Linear(120, 84), nn.ReLU(inplace=True)),
     ))
-    head, classes = None, None
+    head, classes, mean, std = None, None, None, None
     if weights and not ctx.random_init:
         state = read_checkpoint(weights)
         try:
@@ -35,7 +35,7 @@ def lenet(ctx: BackboneContext, in_chans: int = 3, img_size: int = 32, weights: 
         if state.head:
             head = nn.Linear(84, state.head["weight"].shape[0])
             head.load_state_dict(state.head)
-        classes = state.classes
+        classes, mean, std = state.classes, state.mean, state.std
     return Backbone(features=features, num_features=84, input_size=(in_chans, img_size, img_size), head=head,
                     source_classes=classes, blocks=["stage1", "stage2", "fc1", "fc2"],
-                    feature_maps=["stage1", "stage2"])
+                    feature_maps=["stage1", "stage2"], mean=mean, std=std)

@@ -125,10 +125,12 @@ def render(shape_fns, labels: torch.Tensor, styles: torch.Tensor, size: int, g: 
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def generate(task: str, per_class: int, seed: int, size: int, noise: float, rotation: float) -> ImageSet:
+def generate(task: str, split: str, per_class: int, seed: int, size: int, noise: float,
+             rotation: float) -> ImageSet:
     table = classes(task)
     fns = [(SOURCE_SHAPES if task == "source" else TARGET_SHAPES)[shape] for _, shape, _ in table]
-    g = torch.Generator().manual_seed(seed * 2 + (0 if task == "source" else 1))
+    stream = ["source-train", "source-test", "target-train", "target-test"].index(f"{task}-{split}")
+    g = torch.Generator().manual_seed(seed * 4 + stream)  # one stream per (seed, task, split), never shared
     labels = torch.arange(len(table)).repeat_interleave(per_class)
     labels = labels[torch.randperm(len(labels), generator=g)]
     if task == "source":
@@ -147,7 +149,7 @@ def shapes(ctx: DatasetContext, task: str = "source", train_per_class: int = 100
         raise ConfigError(f"config: dataset shapes: task must be 'source' or 'target', got {task!r}")
     if size < 16:
         raise ConfigError(f"config: dataset shapes: size must be >= 16, got {size}")
-    train = generate(task, train_per_class, seed, size, noise, rotation)
-    test = generate(task, test_per_class, seed + 10_000, size, noise, rotation)
+    train = generate(task, "train", train_per_class, seed, size, noise, rotation)
+    test = generate(task, "test", test_per_class, seed, size, noise, rotation)
     return DataSplits(classes=[name for name, _, _ in classes(task)], train=train, test=test,
                       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment=Augment(crop_padding=2, flip=True))

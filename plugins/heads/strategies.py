@@ -12,6 +12,10 @@ from sftcore.api import HeadStrategy, TrainContext, freeze, unfreeze
 from sftcore.errors import ConfigError
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _train_everything(ctx: TrainContext) -> None:
     unfreeze(ctx.model)
 
@@ -35,7 +39,7 @@ class LPFT(HeadStrategy):
     """Linear probe for ``probe_epochs`` (default: half the stage), then finetune everything."""
 
     def __init__(self, probe_epochs: int | None = None):
-        if probe_epochs is not None and (not isinstance(probe_epochs, int) or probe_epochs < 0):
+        if probe_epochs is not None and (not _is_int(probe_epochs) or probe_epochs < 0):
             raise ConfigError(f"config: head lp_ft: probe_epochs must be a non-negative integer, got {probe_epochs!r}")
         self.probe_epochs = probe_epochs
 
@@ -53,7 +57,7 @@ class GradualUnfreeze(HeadStrategy):
 
     def __init__(self, every: int = 1, blocks_per_step: int = 1):
         for key, value in (("every", every), ("blocks_per_step", blocks_per_step)):
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ConfigError(f"config: head gradual_unfreeze: {key} must be an integer >= 1, got {value!r}")
         self.every, self.blocks_per_step = every, blocks_per_step
 
@@ -95,12 +99,15 @@ class MatchClasses(HeadStrategy):
         if src.in_features != head.in_features:
             raise ConfigError(f"config: head match_classes: the source head takes {src.in_features} features, "
                               f"the backbone gives {head.in_features}")
-        source = {_norm_name(c): i for i, c in enumerate(ctx.source_classes)}
+        source: dict[str, int] = {}
+        for i, c in enumerate(ctx.source_classes):  # "tench, Tinca tinca": every synonym names the row
+            for synonym in [c, *str(c).split(",")]:
+                source.setdefault(_norm_name(synonym), i)
         self.matched = {}
         with torch.no_grad():
             for t, name in enumerate(ctx.classes):
-                key = self.aliases.get(_norm_name(name), _norm_name(name))
-                s = source.get(key)
+                keys = [_norm_name(name), *(_norm_name(part) for part in str(name).split(","))]
+                s = next((source[k] for k in (self.aliases.get(k, k) for k in keys) if k in source), None)
                 if s is None:
                     continue
                 head.weight[t].copy_(src.weight[s])
@@ -126,7 +133,7 @@ class Imprint(HeadStrategy):
     """
 
     def __init__(self, scale: float = 10.0):
-        if not isinstance(scale, (int, float)) or scale <= 0:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
             raise ConfigError(f"config: head imprint: scale must be a positive number, got {scale!r}")
         self.scale = float(scale)
 
