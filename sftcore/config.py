@@ -326,6 +326,9 @@ def _baseline(value: Any, finetune: dict | None, registry) -> dict | None:
     # Same data, budget and optimizer as finetune, from a random init, trained plainly.
     base = {**copy.deepcopy(finetune), "head": {"name": "reinit"}, "regularizers": [], "backbone_lr_mult": 1.0}
     options = {k: v for k, v in value.items() if k != "name"}
+    if options.pop("dataset", finetune["dataset"]) != finetune["dataset"]:  # a resolved config repeats it
+        raise ConfigError("config: baseline.dataset cannot be set: the baseline always trains on the finetune "
+                          "stage's data (same subset, same validation split)")
     return {"name": "scratch", **_stage(options, "baseline", registry, base=base)}
 
 

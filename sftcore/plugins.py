@@ -81,7 +81,7 @@ def _check_hook_names(info: PluginInfo, plugin: Any) -> None:
         if attr in known:
             info.hooks.append(attr)
         else:
-            _report(info, f"implements unknown hook '{attr}'{suggest(attr, known)}")
+            _report(info, f"implements unknown hook '{attr}'{suggest(attr, known)}", "ignoring that hook")
 
 
 def register_plugin(plugin: Any, name: str, distribution: str | None = None, version: str | None = None,

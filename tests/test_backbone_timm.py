@@ -292,3 +292,17 @@ def test_end_to_end_through_the_runner(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "finetune.pt"
     b = timm_backbone(ctx(), model="resnet10t", weights=str(ckpt))
     assert b.head.out_features == 5 and len(b.source_classes) == 5
+
+
+def test_img_size_resizes_batches_and_builds_fixed_size_models_for_it():
+    from sftcore.api import BackboneContext
+    from sftcore_plugins.backbones.timm_backbone import timm_backbone
+
+    cnn = timm_backbone(BackboneContext(seed=0), model="resnet10t", img_size=48)
+    assert cnn.input_size == (3, 48, 48) and cnn.fixed_input_size
+    vit = timm_backbone(BackboneContext(seed=0), model="vit_tiny_patch16_224", img_size=32,
+                        model_args={"depth": 1})
+    assert vit.input_size == (3, 32, 32)
+    assert vit.features(torch.zeros(2, 3, 32, 32)).shape == (2, vit.num_features)
+    with pytest.raises(ConfigError, match="img_size"):
+        timm_backbone(BackboneContext(seed=0), model="resnet10t", img_size=4)

@@ -33,15 +33,23 @@ _RESERVED = {"pretrained": "pretrained", "pretrained_cfg": None, "pretrained_cfg
 def timm_backbone(ctx: BackboneContext, model: str = "resnet18", pretrained: bool = False,
                   weights: str | None = None, model_args: dict | None = None, classes: list[str] | None = None,
                   in_chans: int | None = None, mean: list[float] | None = None,
-                  std: list[float] | None = None) -> Backbone:
+                  std: list[float] | None = None, img_size: int | None = None) -> Backbone:
     """Any timm model (model: resnet18, ...), hub weights or a local weights file.
 
     ``model_args`` go to ``timm.create_model`` (e.g. ``{img_size: 32}`` for a ViT); ``classes``
     names the rows of the head that came with the weights; ``mean``/``std`` override the
-    normalisation the weights were trained with.
+    normalisation the weights were trained with. ``img_size`` resizes every batch to that size
+    (e.g. 224 to meet ImageNet weights at their resolution); by default CNNs see the data's
+    own size and fixed-size models (ViTs) their configured one.
     """
     name = _check_model(model)
     args = _check_model_args(model_args)
+    if img_size is not None:
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 8:
+            raise ConfigError(f"{WHERE}.img_size must be an integer >= 8, got {img_size!r}")
+        fixed = getattr(timm.models.get_pretrained_cfg(name.split(".")[0]), "fixed_input_size", False)
+        if fixed and "img_size" not in args:  # a ViT must be built for the size it will see
+            args["img_size"] = img_size
     if in_chans is not None:
         if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
             raise ConfigError(f"{WHERE}.in_chans must be a positive integer, got {in_chans!r}")
@@ -81,7 +89,7 @@ def timm_backbone(ctx: BackboneContext, model: str = "resnet18", pretrained: boo
 
     cfg = net.pretrained_cfg
     channels = in_chans or cfg.get("input_size", (3, 224, 224))[0]
-    size = args.get("img_size") or cfg.get("input_size", (3, 224, 224))[1:]
+    size = img_size or args.get("img_size") or cfg.get("input_size", (3, 224, 224))[1:]
     size = (size, size) if isinstance(size, int) else tuple(size)
     weights_mean, weights_std = norm or (None, None)
     return Backbone(
@@ -96,8 +104,9 @@ def timm_backbone(ctx: BackboneContext, model: str = "resnet18", pretrained: boo
         feature_maps=_feature_maps(net),
         mean=_per_channel(mean if mean is not None else weights_mean, channels, "mean"),
         std=_per_channel(std if std is not None else weights_std, channels, "std"),
-        fixed_input_size=bool(cfg.get("fixed_input_size", False)) and not args.get("dynamic_img_size", False)
-        and args.get("strict_img_size", True),
+        fixed_input_size=img_size is not None or (bool(cfg.get("fixed_input_size", False))
+                                                   and not args.get("dynamic_img_size", False)
+                                                   and args.get("strict_img_size", True)),
     )
 
 
