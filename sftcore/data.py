@@ -70,13 +70,13 @@ class BatchTransform:
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if generator is not None and (self.augment.crop_padding or self.augment.flip):
             x = self._crop_flip(x, generator)
-        x = x.float()
+        x = x.float()  # a fresh copy of the uint8 batch: safe to normalise in place
         if self.in_channels != self.out_channels:
-            x = x.expand(-1, self.out_channels, -1, -1) if self.in_channels == 1 else x.mean(1, keepdim=True)
+            x = x.repeat(1, self.out_channels, 1, 1) if self.in_channels == 1 else x.mean(1, keepdim=True)
         if self.resize:
             down = self.out_hw[0] < x.shape[2]
             x = F.interpolate(x, size=self.out_hw, mode="bilinear", align_corners=False, antialias=down)
-        x = torch.addcmul(self.shift, x, self.scale)
+        x = x.mul_(self.scale).add_(self.shift)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from . import config as cfgmod
-from .api import (Backbone, BackboneContext, DatasetContext, DataSplits, FileSet, ImageSet, TrainContext)
+from .api import (Augment, Backbone, BackboneContext, DatasetContext, DataSplits, FileSet, ImageSet, TrainContext)
 from .data import Batches, BatchTransform, few_label_index, holdout_index
 from .errors import ConfigError, PluginError
 from .model import TransferModel
@@ -54,7 +54,9 @@ class StageData:
     train: ImageSet | FileSet
     val: ImageSet | FileSet | None
     test: ImageSet | FileSet | None
-    splits: DataSplits
+    mean: Sequence[float]
+    std: Sequence[float]
+    augment: Augment  # the full training split is not kept: only the subset trains
 
     def sizes(self) -> dict:
         return {"classes": len(self.classes), "train_examples": len(self.train),
@@ -99,7 +101,8 @@ def load_stage_data(stage: str, ds_cfg: dict, backbone: Backbone, seed: int, reg
         train, val = train.subset(tr), train.subset(va)
     if len(train) == 0:
         raise ConfigError(f"config: {stage}.dataset '{comp.name}' leaves no training examples")
-    return StageData(comp.name, list(splits.classes), train, val, splits.test, splits)
+    return StageData(comp.name, list(splits.classes), train, val, splits.test, splits.mean, splits.std,
+                     splits.augment)
 
 
 # --------------------------------------------------------------------------- stages
@@ -131,11 +134,11 @@ class Pipeline:
     def _transforms(self, data: StageData, backbone: Backbone):
         in_shape = data.train.image_shape
         out_shape = backbone.input_size if backbone.fixed_input_size else (backbone.input_size[0], *in_shape[1:])
-        mean = backbone.mean if backbone.mean is not None else data.splits.mean
-        std = backbone.std if backbone.std is not None else data.splits.std
+        mean = backbone.mean if backbone.mean is not None else data.mean
+        std = backbone.std if backbone.std is not None else data.std
         make = lambda aug: BatchTransform(mean, std, aug, in_shape, out_shape, self.perf.device,  # noqa: E731
                                           self.perf.channels_last)
-        return make(data.splits.augment), make(None)
+        return make(data.augment), make(None)
 
     def train_stage(self, name: str, scfg: dict, backbone: Backbone, data: StageData,
                     source_head=None, source_classes=None) -> tuple[TransferModel, dict]:

@@ -203,7 +203,13 @@ def test_validation_is_held_out_of_the_few_label_training_data(subset, per_class
     cfg = _resolved(tiny.config(pretrain=False, baseline=False,
                                 finetune={"dataset": tiny.shapes("target", val_fraction=0.34, **subset)}))
     pipe, backbone, data = tiny.stage_data(cfg, "finetune")
-    full_train = data.splits.train
+    from sftcore.api import DatasetContext
+    from sftcore.config import DATASET_RUNNER_KEYS
+    from sftcore.plugins import get_registry
+
+    ds = {k: v for k, v in cfg["finetune"]["dataset"].items() if k != "name" and k not in DATASET_RUNNER_KEYS}
+    full_train = get_registry().get("datasets", "shapes").create(
+        DatasetContext(seed=cfg["seed"], input_size=backbone.input_size, stage="finetune"), **ds).train
     train, val, test = _rows(data.train.images), _rows(data.val.images), _rows(data.test.images)
     assert len(train) == len(data.train) and len(val) == len(data.val)  # distinct images
     assert not train & val
@@ -305,9 +311,9 @@ def test_evaluate_is_deterministic_and_does_not_augment():
 
     cfg = _resolved(tiny.config(pretrain=False, baseline=False))
     pipe, backbone, data = tiny.stage_data(cfg, "finetune")
-    assert data.splits.augment != Augment()  # shapes asks for crop + flip when training...
+    assert data.augment != Augment()  # shapes asks for crop + flip when training...
     train_tf, eval_tf = pipe._transforms(data, backbone)
-    assert train_tf.augment == data.splits.augment
+    assert train_tf.augment == data.augment
     assert eval_tf.augment == Augment()  # ...and evaluation gets none
     torch.manual_seed(0)
     model = TransferModel(backbone, nn.Linear(backbone.num_features, 5))
