@@ -25,6 +25,17 @@ def plugin():
         plugins.unregister_plugin(name)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread is fastest and leaves the other core to concurrent work."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_sft(*args, env=None, cwd=None, timeout=120):
     """Run the CLI as a whole process (``python -m sftcore``); returns the CompletedProcess."""
     full_env = {**os.environ, **(env or {})}

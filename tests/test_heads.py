@@ -92,12 +92,7 @@ def make_stage(model: TransferModel, ctx: TrainContext, strat: HeadStrategy, cfg
                  eval_transform=tf, perf=Performance(CPU), log=log or MetricsLog(None), checkpoint=checkpoint)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- registry

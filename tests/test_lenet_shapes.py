@@ -23,13 +23,7 @@ def shapes(seed_ctx: int = 0, **options) -> DataSplits:
     return get_registry().get("datasets", "shapes").create(ctx, **options)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest and leaves the other cores to concurrent test runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- lenet

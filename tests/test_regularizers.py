@@ -27,13 +27,7 @@ LENET_WEIGHTS = ["backbone.stage1.0.weight", "backbone.stage2.0.weight", "backbo
 LENET_BIASES = [n.replace("weight", "bias") for n in LENET_WEIGHTS]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest and leaves the other cores to concurrent test runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- helpers

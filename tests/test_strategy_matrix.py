@@ -18,13 +18,7 @@ import sftcore
 from sftcore.plugins import get_registry
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest and leaves the other cores to concurrent test runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _builtin(kind: str) -> list[str]:
