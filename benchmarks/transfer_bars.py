@@ -6,7 +6,7 @@
    x regularizer pair of {reinit, lp_ft, imprint} x {none, l2, l2_sp}, finetuned from each
    seed's own pretrained checkpoint and compared with that seed's baseline.
 
-    python benchmarks/transfer_bars.py [--seeds 0 1 2] [--json results.json]
+    python benchmarks/transfer_bars.py [--seeds 0 1 2] [--json results.json] [--set precision=bf16 ...]
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ HEADS = ["reinit", "lp_ft", "imprint"]
 REGULARIZERS = {"none": [], "l2": [{"name": "l2"}], "l2_sp": [{"name": "l2_sp"}]}
 
 
-def default_run(seed: int, out: Path) -> tuple[float, dict]:
+def default_run(seed: int, out: Path, extra: list[str]) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sftcore", "run", "--out", str(out), "--set", f"seed={seed}",
-                    "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+    sets = [arg for item in [f"seed={seed}", *extra] for arg in ("--set", item)]
+    subprocess.run([sys.executable, "-m", "sftcore", "run", "--out", str(out), *sets, "--no-progress"],
+                   check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0, json.loads((out / "summary.json").read_text())
 
 
-def grid(seed: int, run_dir: Path, baseline: float, scratch: Path) -> dict:
+def grid(seed: int, run_dir: Path, baseline: float, scratch: Path, extra: list[str]) -> dict:
     import sftcore
 
     out = {}
@@ -41,7 +42,7 @@ def grid(seed: int, run_dir: Path, baseline: float, scratch: Path) -> dict:
             summary = sftcore.run(None, out=scratch / f"{seed}-{head}-{reg_name}", overrides=[
                 f"seed={seed}", "pretrain=null", "baseline=null", "checkpoints=false",
                 f"backbone.weights={run_dir / 'checkpoints' / 'pretrain.pt'}",
-                f"finetune.head={json.dumps(head_cfg)}", f"finetune.regularizers={json.dumps(regs)}",
+                f"finetune.head={json.dumps(head_cfg)}", f"finetune.regularizers={json.dumps(regs)}", *extra,
             ])
             acc = summary["finetune"]["test_accuracy"]
             out[f"{head}+{reg_name}"] = {"test_accuracy": acc, "gain": 100 * (acc - baseline)}
@@ -52,12 +53,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra config override for every run (repeatable)")
     args = parser.parse_args()
     results = {"seeds": args.seeds, "default": {}, "grid": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for seed in args.seeds:
-            seconds, summary = default_run(seed, tmp / f"default-{seed}")
+            seconds, summary = default_run(seed, tmp / f"default-{seed}", args.extra)
             results["default"][seed] = {
                 "seconds": round(seconds, 1), "transfer_gain": summary["transfer_gain"],
                 "ci95": summary["transfer_gain_ci95"], "finetune": summary["finetune"]["test_accuracy"],
@@ -67,7 +70,7 @@ def main() -> None:
                   f"(finetune {summary['finetune']['test_accuracy']:.3f}, "
                   f"baseline {summary['baseline']['test_accuracy']:.3f})", flush=True)
             results["grid"][seed] = grid(seed, tmp / f"default-{seed}", summary["baseline"]["test_accuracy"],
-                                         tmp / "grid")
+                                         tmp / "grid", args.extra)
     runs = list(results["default"].values())
     gains = [r["transfer_gain"] for r in runs]
     secs = [r["seconds"] for r in runs]

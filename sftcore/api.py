@@ -43,6 +43,9 @@ class ImageSet:
     def subset(self, index: "torch.Tensor") -> "ImageSet":
         return ImageSet(self.images[index], self.labels[index])
 
+    def to(self, device) -> "ImageSet":
+        return ImageSet(self.images.to(device, non_blocking=True), self.labels.to(device, non_blocking=True))
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
@@ -191,10 +194,8 @@ class TrainContext:
 
             if self._start_state is None:
                 self.snapshot()
-            state = self._start_state
             model = copy.deepcopy(self.model)
-            if state is not None:
-                model.load_state_dict(state)
+            model.load_state_dict(self._start_state)
             model.eval()
             freeze(model)
             self._start_model = model
@@ -264,7 +265,7 @@ class HeadStrategy:
         ]
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
-        """Freeze or unfreeze parts of ``ctx.model`` for this epoch (default: train everything)."""
+        """Freeze parts of ``ctx.model`` for this epoch; the loop unfreezes everything just before."""
 
     def state_dict(self) -> dict:
         return {}

@@ -148,12 +148,23 @@ def _index(node: list, part: str, where: list[str]) -> int:
     return int(part)
 
 
+def _plain(value: Any) -> Any:
+    """A deep copy in YAML's own types: paths become strings, tuples lists (the config is saved as YAML)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return copy.deepcopy(value)
+
+
 def load(config: dict | str | os.PathLike | None = None, overrides=()) -> dict:
     """Raw config (not yet validated) from a dict, a YAML path or the embedded default, plus overrides."""
     if config is None:
         raw = load_yaml(DEFAULT_CONFIG)
     elif isinstance(config, dict):
-        raw = copy.deepcopy(config)
+        raw = _plain(config)
     else:
         raw = load_yaml(config)
     for item in overrides:
@@ -284,7 +295,10 @@ def _checked_component(value: Any, kind: str, path: str, registry) -> dict:
             comp = registry.get(kind, value["name"])
         except ConfigError as exc:
             raise ConfigError(f"config: {path}: {exc}") from None
-        comp.check_options({k: v for k, v in value.items() if k != "name"}, f"config: {path}")
+        options = {k: v for k, v in value.items() if k != "name"}
+        comp.check_options(options, f"config: {path}")
+        if kind in ("heads", "regularizers"):  # cheap to build: bad values fail now, not after pretraining
+            comp.create(where=f"config: {path}", **options)
     return value
 
 
@@ -326,6 +340,10 @@ def _baseline(value: Any, finetune: dict | None, registry) -> dict | None:
     # Same data, budget and optimizer as finetune, from a random init, trained plainly.
     base = {**copy.deepcopy(finetune), "head": {"name": "reinit"}, "regularizers": [], "backbone_lr_mult": 1.0}
     options = {k: v for k, v in value.items() if k != "name"}
+    for key in ("optimizer", "schedule"):  # `optimizer: {lr: 0.1}` changes the lr, keeps the rest
+        given = options.get(key)
+        if isinstance(given, dict) and given.get("name", base[key]["name"]) == base[key]["name"]:
+            options[key] = {**base[key], **given}
     if options.pop("dataset", finetune["dataset"]) != finetune["dataset"]:  # a resolved config repeats it
         raise ConfigError("config: baseline.dataset cannot be set: the baseline always trains on the finetune "
                           "stage's data (same subset, same validation split)")

@@ -62,8 +62,8 @@ class BatchTransform:
         self.channels_last = channels_last
         c = self.out_channels
         self.mean, self.std = _fit_channels(mean, c), _fit_channels(std, c)  # recorded with checkpoints
-        mean = torch.as_tensor(_fit_channels(mean, c), dtype=torch.float32, device=device).view(1, c, 1, 1)
-        std = torch.as_tensor(_fit_channels(std, c), dtype=torch.float32, device=device).view(1, c, 1, 1)
+        mean = torch.as_tensor(self.mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
+        std = torch.as_tensor(self.std, dtype=torch.float32, device=device).view(1, c, 1, 1)
         # (x/255 - mean)/std as one multiply-add
         self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
 

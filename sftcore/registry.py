@@ -30,9 +30,13 @@ class Component:
         """Resolve a lazy ``"module:attr"`` factory (imports happen here, not at listing)."""
         if isinstance(self.factory, str):
             module, _, attr = self.factory.partition(":")
-            obj: Any = importlib.import_module(module)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
+            try:
+                obj: Any = importlib.import_module(module)
+                for part in attr.split("."):
+                    obj = getattr(obj, part)
+            except (ImportError, AttributeError) as exc:
+                raise PluginError(f"{SINGULAR[self.kind]} '{self.name}' of plugin '{self.plugin}' cannot be "
+                                  f"loaded from '{self.factory}': {type(exc).__name__}: {exc}") from None
             self.factory = obj
         return self.factory
 

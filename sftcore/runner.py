@@ -24,9 +24,9 @@ from .training import MetricsLog, Performance, Stage, evaluate
 
 # --------------------------------------------------------------------------- device and precision
 def resolve_performance(cfg: dict) -> Performance:
-    """``auto`` follows measurements (docs/performance.md): channels_last on CPU and CUDA; bf16 autocast
-    on CUDA; fp32 on the CPU (bf16 was faster there but cost the shapes demo 11 points of transfer
-    gain); no torch.compile (its compile time outweighs the runs it was measured on)."""
+    """``auto`` follows measurements (docs/performance.md): channels_last on CPU and CUDA; fp32 on the
+    CPU (bf16 was faster there but cost the shapes demo 11 points of transfer gain); bf16 autocast on
+    CUDA (usual practice, not yet measured: no GPU); no torch.compile (compile time outweighs short runs)."""
     want = cfg["device"]
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else (
@@ -39,7 +39,8 @@ def resolve_performance(cfg: dict) -> Performance:
     precision = cfg["precision"]
     if precision == "auto":
         if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            # native bf16 from Ampere (capability 8) on; older GPUs only emulate it
+            precision = "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
         else:
             precision = "fp32"
     if precision == "fp16" and device.type != "cuda":
@@ -81,6 +82,8 @@ def _check_set(data, what: str, classes: int, plugin: str) -> None:
         if len(data.images) != len(data.labels):
             raise PluginError(f"dataset plugin '{plugin}': {what} has {len(data.images)} images but "
                               f"{len(data.labels)} labels")
+    if data.labels.dtype != torch.int64:
+        raise PluginError(f"dataset plugin '{plugin}': {what}.labels must be int64, got {data.labels.dtype}")
     if len(data) and (int(data.labels.min()) < 0 or int(data.labels.max()) >= classes):
         raise PluginError(f"dataset plugin '{plugin}': {what} labels fall outside 0..{classes - 1}")
 
@@ -94,7 +97,11 @@ def load_stage_data(stage: str, ds_cfg: dict, backbone: Backbone, seed: int, reg
         raise PluginError(f"dataset '{comp.name}' (plugin '{comp.plugin}') returned {type(splits).__name__}, "
                           "not sftcore.api.DataSplits")
     for what in ("train", "val", "test"):
-        _check_set(getattr(splits, what), what, len(splits.classes), comp.plugin)
+        part = getattr(splits, what)
+        _check_set(part, what, len(splits.classes), comp.plugin)
+        if part is not None and tuple(part.image_shape) != tuple(splits.train.image_shape):
+            raise PluginError(f"dataset plugin '{comp.plugin}': {what} images are {tuple(part.image_shape)}, "
+                              f"train images {tuple(splits.train.image_shape)}; all splits must match")
     train, val = splits.train, splits.val
     sub = few_label_index(train.labels, seed, ds_cfg["labels_per_class"], ds_cfg["fraction"])
     if sub is not None:
@@ -138,6 +145,10 @@ class Pipeline:
     def _transforms(self, data: StageData, backbone: Backbone):
         in_shape = data.train.image_shape
         out_shape = backbone.input_size if backbone.fixed_input_size else (backbone.input_size[0], *in_shape[1:])
+        if in_shape[0] != out_shape[0] and 1 not in (in_shape[0], out_shape[0]):
+            raise ConfigError(f"config: the dataset '{data.name}' has {in_shape[0]}-channel images but the backbone "
+                              f"takes {out_shape[0]} channels; only 1 <-> {max(in_shape[0], out_shape[0])} is "
+                              "converted: set the backbone's in_chans to match")
         mean = backbone.mean if backbone.mean is not None else data.mean
         std = backbone.std if backbone.std is not None else data.std
         make = lambda aug: BatchTransform(mean, std, aug, in_shape, out_shape, self.perf.device,  # noqa: E731
@@ -150,9 +161,10 @@ class Pipeline:
         perf = self.perf
         train_tf, eval_tf = self._transforms(data, backbone)
         stage_seed = self.seed + {"pretrain": 0, "finetune": 1, "baseline": 2}.get(name, 3)
-        train = Batches(data.train, scfg["batch_size"], perf.device, shuffle=True, seed=stage_seed)
+        on_device = data.train.to(perf.device) if isinstance(data.train, ImageSet) else data.train  # once
+        train = Batches(on_device, scfg["batch_size"], perf.device, shuffle=True, seed=stage_seed)
         val = Batches(data.val, scfg["eval_batch_size"], perf.device, shuffle=False) if data.val is not None else None
-        plain = Batches(data.train, scfg["eval_batch_size"], perf.device, shuffle=False)
+        plain = Batches(on_device, scfg["eval_batch_size"], perf.device, shuffle=False)
         backbone.features.to(perf.device)
 
         def extract():
@@ -194,7 +206,7 @@ class Pipeline:
             checkpoint = self.run_dir / "checkpoints" / f"{name}-last.pt"
             final = self.run_dir / "checkpoints" / f"{name}.pt"
         if self.resume and final is not None and final.exists():  # finished before the interruption
-            state = torch.load(final, map_location=perf.device, weights_only=True)
+            state = torch.load(final, map_location="cpu", weights_only=True)  # result tensors stay on the CPU
             model.load_state_dict(state["model"])
             self.say(f"{name}: finished in the earlier session, reusing {final}")
             return model, state["result"]
@@ -235,6 +247,8 @@ class Pipeline:
             model, results["pretrain"] = self.train_stage("pretrain", cfg["pretrain"], backbone, data,
                                                           source_head, source_classes)
             source_head, source_classes = model.head, data.classes
+            if backbone.mean is None:  # the features were learned on inputs normalised like this
+                backbone.mean, backbone.std = data.mean, data.std
             self.say(f"pretrain done: test accuracy {_pct(results['pretrain']['test_accuracy'])}")
         if cfg["finetune"] is not None:
             data = load_stage_data("finetune", cfg["finetune"]["dataset"], backbone, self.seed, self.registry)

@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .api import HeadStrategy, Regularizer, Step, TrainContext
+from .api import HeadStrategy, Regularizer, Step, TrainContext, unfreeze
+from .errors import PluginError
 from .data import Batches, BatchTransform
 from .model import TransferModel
 
@@ -89,6 +90,13 @@ def make_optimizer(groups: list[dict], cfg: dict) -> torch.optim.Optimizer:
     return torch.optim.AdamW(split, lr=cfg["lr"], weight_decay=cfg["weight_decay"], betas=tuple(cfg["betas"]))
 
 
+def begin_epoch(strategy: HeadStrategy, epoch: int, ctx: TrainContext) -> None:
+    """Everything trainable, then the strategy freezes what it wants for this epoch: nothing stays
+    frozen from an earlier stage or epoch by accident, and the state follows from the epoch alone."""
+    unfreeze(ctx.model)
+    strategy.on_epoch_start(epoch, ctx)
+
+
 def _freeze_frozen_norms(model: torch.nn.Module) -> None:
     """A norm layer whose parameters are all frozen keeps its running statistics too."""
     for m in model.modules():
@@ -98,7 +106,6 @@ def _freeze_frozen_norms(model: torch.nn.Module) -> None:
                 m.eval()
 
 
-@torch.no_grad()
 def evaluate(model: TransferModel, batches: Batches, transform: BatchTransform, perf: Performance) -> dict:
     """Accuracy and loss with deterministic transforms; ``correct`` is the per-example hit vector."""
     was_training = model.training
@@ -152,11 +159,12 @@ class Stage:
         for g in groups:
             for p in g["params"]:
                 if id(p) in seen:
-                    raise ValueError(f"head strategy put a parameter into two optimizer groups ({g.get('name')})")
+                    raise PluginError(f"head strategy of {self.name} put a parameter into two optimizer groups "
+                                      f"({g.get('name')})")
                 seen.add(id(p))
         missing = [n for n, p in self.model.named_parameters() if id(p) not in seen]
         if missing:
-            raise ValueError(f"head strategy left parameters out of the optimizer: {missing[:3]}")
+            raise PluginError(f"head strategy of {self.name} left parameters out of the optimizer: {missing[:3]}")
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, epoch: int) -> dict:
@@ -188,7 +196,7 @@ class Stage:
         model, perf = self.model, self.perf
         for epoch in range(self.start_epoch, epochs):
             t0 = time.perf_counter()
-            self.strategy.on_epoch_start(epoch, self.ctx)
+            begin_epoch(self.strategy, epoch, self.ctx)
             model.train()
             _freeze_frozen_norms(model)
             self.train.set_epoch(epoch)

@@ -421,3 +421,31 @@ def test_device_choices_resolve_without_hardware_checks():
 def test_without_a_registry_components_are_not_checked():
     cfg = resolve({"backbone": "anything", **ft(head="whatever")}, registry=False)
     assert cfg["backbone"] == {"name": "anything"} and cfg["finetune"]["head"] == {"name": "whatever"}
+
+
+# --------------------------------------------------------------------------- values checked before anything trains
+@pytest.mark.parametrize("component, expected", [
+    ({"regularizers": [{"name": "l2", "alpha": "abc"}]}, "regularizer l2: alpha must be a number >= 0"),
+    ({"regularizers": [{"name": "l2_sp", "beta": -1}]}, "regularizer l2_sp: beta must be a number >= 0"),
+    ({"regularizers": [{"name": "l2", "params": "most"}]}, "params must be 'weights'"),
+    ({"head": {"name": "lp_ft", "probe_epochs": -1}}, "probe_epochs must be a non-negative integer"),
+    ({"head": {"name": "imprint", "scale": 0}}, "scale must be a positive number"),
+])
+def test_head_and_regularizer_values_fail_at_resolve(component, expected):
+    assert expected in error_of(ft(**component))
+
+
+def test_baseline_optimizer_override_keeps_the_rest_of_finetunes_optimizer():
+    cfg = resolve({**ft(optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.8, "weight_decay": 1e-4}),
+                   "baseline": {"name": "scratch", "optimizer": {"lr": 0.1}}})
+    assert cfg["baseline"]["optimizer"] == {"name": "sgd", "lr": 0.1, "momentum": 0.8, "weight_decay": 1e-4,
+                                            "nesterov": False}
+    assert cfg["finetune"]["optimizer"]["lr"] == 0.05
+
+
+def test_paths_and_tuples_in_a_python_config_become_yaml_types(tmp_path):
+    raw = cfgmod.load({**ft(), "backbone": {"name": "lenet", "weights": tmp_path / "w.pt"},
+                       "finetune": {"dataset": dict(DS), "regularizers": ({"name": "l2"},)}})
+    assert raw["backbone"]["weights"] == str(tmp_path / "w.pt")
+    assert raw["finetune"]["regularizers"] == [{"name": "l2"}]
+    yaml.safe_dump(raw)  # the run directory's config.yaml is written with the safe dumper

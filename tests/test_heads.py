@@ -14,10 +14,10 @@ from torch import nn
 
 from sftcore.api import Backbone, BackboneContext, HeadStrategy, ImageSet, TrainContext, freeze, unfreeze
 from sftcore.data import Batches, BatchTransform
-from sftcore.errors import ConfigError
+from sftcore.errors import ConfigError, PluginError
 from sftcore.model import TransferModel
 from sftcore.plugins import get_registry
-from sftcore.training import MetricsLog, Performance, Stage, _freeze_frozen_norms, make_optimizer
+from sftcore.training import MetricsLog, Performance, Stage, _freeze_frozen_norms, begin_epoch, make_optimizer
 
 CPU = torch.device("cpu")
 LENET_BLOCKS = ["stage1", "stage2", "fc1", "fc2"]
@@ -113,21 +113,33 @@ def test_reinit_trains_everything_every_epoch():
     strat, ctx, model = build("reinit")
     for epoch in (0, 3, 1):
         freeze(model)
-        strat.on_epoch_start(epoch, ctx)
+        begin_epoch(strat, epoch, ctx)
         assert trainable(model) == everything(model)
+
+
+def test_nothing_stays_frozen_from_an_earlier_stage():
+    """A strategy that freezes nothing itself gets a fully trainable model, whatever ran before."""
+    strat, ctx, model = build("linear_probe")
+    begin_epoch(strat, 0, ctx)
+    assert trainable(model) == {"head.weight", "head.bias"}
+    plain = HeadStrategy()  # the base class: on_epoch_start does nothing
+    ctx.model = model
+    stage = make_stage(model, ctx, plain, stage_cfg(epochs=1))
+    stage.run()
+    assert stage.history[0]["trainable_params"] == sum(p.numel() for p in model.parameters())
 
 
 def test_linear_probe_trains_only_the_head_every_epoch():
     strat, ctx, model = build("linear_probe")
     for epoch in (0, 1, 2, 3, 0):
         unfreeze(model)
-        strat.on_epoch_start(epoch, ctx)
+        begin_epoch(strat, epoch, ctx)
         assert trainable(model) == {"head.weight", "head.bias"}
 
 
 def test_linear_probe_keeps_frozen_batchnorm_in_eval_mode():
     strat, ctx, model = build("linear_probe", backbone=bn_backbone())
-    strat.on_epoch_start(0, ctx)
+    begin_epoch(strat, 0, ctx)
     model.train()
     assert model.backbone.bn.training  # model.train() switches it on ...
     _freeze_frozen_norms(model)
@@ -135,7 +147,7 @@ def test_linear_probe_keeps_frozen_batchnorm_in_eval_mode():
     assert model.training and model.head.training and model.backbone.training
     # a norm layer that trains keeps training mode
     strat2, ctx2, model2 = build("reinit", backbone=bn_backbone())
-    strat2.on_epoch_start(0, ctx2)
+    begin_epoch(strat2, 0, ctx2)
     model2.train()
     _freeze_frozen_norms(model2)
     assert model2.backbone.bn.training
@@ -158,7 +170,7 @@ def test_lp_ft_default_probe_is_half_the_epochs():
     head = {"head.weight", "head.bias"}
     for epoch, expected in [(0, head), (1, head), (2, everything(model)), (3, everything(model)),
                             (4, everything(model))]:
-        strat.on_epoch_start(epoch, ctx)
+        begin_epoch(strat, epoch, ctx)
         assert trainable(model) == expected, epoch
 
 
@@ -167,7 +179,7 @@ def test_lp_ft_default_probe_is_half_the_epochs():
 def test_lp_ft_explicit_probe_epochs(probe, epochs, frozen_epochs):
     strat, ctx, model = build("lp_ft", epochs=epochs, probe_epochs=probe)
     for epoch in reversed(range(epochs)):  # any order: the state follows from the epoch alone
-        strat.on_epoch_start(epoch, ctx)
+        begin_epoch(strat, epoch, ctx)
         expected = {"head.weight", "head.bias"} if epoch in frozen_epochs else everything(model)
         assert trainable(model) == expected, epoch
 
@@ -190,7 +202,7 @@ def test_gradual_unfreeze_unfreezes_the_top_blocks(every, per_step):
     strat, ctx, model = build("gradual_unfreeze", epochs=12, every=every, blocks_per_step=per_step)
     assert [n for n, _ in model.blocks()] == LENET_BLOCKS
     for epoch in range(12):
-        strat.on_epoch_start(epoch, ctx)
+        begin_epoch(strat, epoch, ctx)
         k = (epoch // every) * per_step
         assert strat.unfrozen_blocks(epoch) == k
         assert trainable(model) == expected_gradual(model, LENET_BLOCKS, k), epoch
@@ -209,7 +221,7 @@ def test_gradual_unfreeze_epoch_by_epoch_for_lenet():
         everything(model),
     ]
     for epoch, expected in enumerate(seq):
-        strat.on_epoch_start(epoch, ctx)
+        begin_epoch(strat, epoch, ctx)
         assert trainable(model) == expected, epoch
 
 
@@ -217,22 +229,22 @@ def test_gradual_unfreeze_freeze_state_depends_only_on_the_epoch():
     strat, ctx, model = build("gradual_unfreeze", every=1)
     reference = {}
     for epoch in range(6):
-        strat.on_epoch_start(epoch, ctx)
+        begin_epoch(strat, epoch, ctx)
         reference[epoch] = trainable(model)
     for epoch in (3, 1, 5, 0, 2, 4, 3):
         fresh = strategy("gradual_unfreeze", every=1)  # e.g. a resumed run's new instance
         for s in (strat, fresh):
             unfreeze(model) if epoch % 2 else freeze(model)  # whatever came before
-            s.on_epoch_start(epoch, ctx)
+            begin_epoch(s, epoch, ctx)
             assert trainable(model) == reference[epoch], epoch
 
 
 def test_gradual_unfreeze_without_declared_blocks_treats_the_backbone_as_one():
     strat, ctx, model = build("gradual_unfreeze", backbone=bn_backbone(blocks=()))
     assert [n for n, _ in model.blocks()] == ["backbone"]
-    strat.on_epoch_start(0, ctx)
+    begin_epoch(strat, 0, ctx)
     assert trainable(model) == {"head.weight", "head.bias"}
-    strat.on_epoch_start(1, ctx)
+    begin_epoch(strat, 1, ctx)
     assert trainable(model) == everything(model)
 
 
@@ -240,15 +252,15 @@ def test_gradual_unfreeze_grouped_blocks_and_parameters_outside_blocks():
     # "conv"+"bn" form one block; "fc" is the top block
     strat, ctx, model = build("gradual_unfreeze", backbone=bn_backbone(blocks=(["conv", "bn"], "fc")))
     assert [n for n, _ in model.blocks()] == ["conv+bn", "fc"]
-    strat.on_epoch_start(1, ctx)
+    begin_epoch(strat, 1, ctx)
     assert trainable(model) == {"head.weight", "head.bias", "backbone.fc.weight", "backbone.fc.bias"}
-    strat.on_epoch_start(2, ctx)
+    begin_epoch(strat, 2, ctx)
     assert trainable(model) == everything(model)
     # "bn" is in no block: it unfreezes with the last step
     strat, ctx, model = build("gradual_unfreeze", backbone=bn_backbone(blocks=("conv", "fc")))
-    strat.on_epoch_start(1, ctx)
+    begin_epoch(strat, 1, ctx)
     assert trainable(model) == {"head.weight", "head.bias", "backbone.fc.weight", "backbone.fc.bias"}
-    strat.on_epoch_start(2, ctx)
+    begin_epoch(strat, 2, ctx)
     assert trainable(model) == everything(model)
 
 
@@ -261,7 +273,7 @@ def test_gradual_unfreeze_rejects_bad_options(key, bad):
 def test_gradual_unfreeze_frozen_batchnorm_stays_in_eval_until_its_block_unfreezes():
     strat, ctx, model = build("gradual_unfreeze", backbone=bn_backbone(blocks=("conv", "bn", "fc")))
     for epoch, bn_trains in [(0, False), (1, False), (2, True), (3, True), (1, False)]:
-        strat.on_epoch_start(epoch, ctx)
+        begin_epoch(strat, epoch, ctx)
         model.train()
         _freeze_frozen_norms(model)
         assert model.backbone.bn.training is bn_trains, epoch
@@ -378,7 +390,7 @@ def test_match_classes_state_dict_round_trip_and_trains_everything():
     assert other.matched == {"cat": "cat"}
     ctx.model = TransferModel(ctx.backbone, head)
     freeze(ctx.model)
-    strat.on_epoch_start(0, ctx)
+    begin_epoch(strat, 0, ctx)
     assert trainable(ctx.model) == everything(ctx.model)
 
 
@@ -535,7 +547,7 @@ class _LeavesOut(HeadStrategy):
 
 def test_stage_rejects_a_parameter_in_two_groups_or_left_out():
     strat, ctx, model = build("reinit")
-    with pytest.raises(ValueError, match="two optimizer groups"):
+    with pytest.raises(PluginError, match="two optimizer groups"):
         make_stage(model, ctx, _Duplicate(), stage_cfg())
-    with pytest.raises(ValueError, match=r"left parameters out of the optimizer: \['backbone.stage1.0.weight'"):
+    with pytest.raises(PluginError, match=r"left parameters out of the optimizer: \['backbone.stage1.0.weight'"):
         make_stage(model, ctx, _LeavesOut(), stage_cfg())

@@ -252,7 +252,8 @@ def test_lazy_factory_of_a_missing_module_lists_fine_and_fails_on_load(plugin):
     )), "t-missing")
     comp = plugins.get_registry().get("heads", "t_missing")
     assert comp.description == "points nowhere"
-    with pytest.raises(ModuleNotFoundError):
+    with pytest.raises(PluginError, match=r"head 't_missing' of plugin 't-missing' cannot be loaded from "
+                                          r"'sft_no_such_module_anywhere:Thing': ModuleNotFoundError"):
         comp.load()
 
 

@@ -9,7 +9,7 @@ from sftcore import training
 from sftcore.errors import ConfigError
 
 CFG = {
-    "name": "resume", "seed": 0, "backbone": "lenet",
+    "name": "resume", "seed": 0, "backbone": "lenet", "device": "cpu",  # bit-exact: fp32 on the CPU
     "pretrain": {"dataset": {"name": "shapes", "task": "source", "train_per_class": 24, "test_per_class": 6},
                  "epochs": 2, "batch_size": 32},
     "finetune": {"dataset": {"name": "shapes", "task": "target", "train_per_class": 20, "test_per_class": 8,

@@ -519,3 +519,42 @@ def test_ten_classes_into_a_hundred(plugin, tmp_path, head):
         100, 100, 100)
     assert _ckpt(tmp_path / "r", "finetune")["model"]["head.weight"].shape == (100, 84)
     assert 0 <= s["finetune"]["test_accuracy"] <= 1
+
+
+# --------------------------------------------------------------------------- data checks at the plugin boundary
+def _splits_plugin(make):
+    def factory(ctx, kind: str = "ok"):
+        """Deliberately broken splits (t_bad, for tests)."""
+        return make(kind)
+    return tiny.dataset_plugin(t_bad=factory)
+
+
+def test_dataset_splits_are_checked_at_the_plugin_boundary(tmp_path, plugin):
+    from sftcore.api import DataSplits, ImageSet
+    from sftcore.errors import PluginError
+
+    def make(kind):
+        images = torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
+        labels = torch.tensor([0, 1, 0, 1])
+        test = ImageSet(torch.zeros(2, 3, 20, 20, dtype=torch.uint8), torch.tensor([0, 1]))
+        if kind == "float_labels":
+            return DataSplits(["a", "b"], ImageSet(images, labels.float()))
+        return DataSplits(["a", "b"], ImageSet(images, labels), test=test)
+
+    plugin(_splits_plugin(make), "t-bad")
+    cfg = tiny.config(pretrain=False, baseline=False)
+    cfg["finetune"]["dataset"] = {"name": "t_bad", "kind": "float_labels"}
+    with pytest.raises(PluginError, match="train.labels must be int64"):
+        sftcore.run(cfg, out=tmp_path / "a")
+    cfg["finetune"]["dataset"] = {"name": "t_bad", "kind": "shapes_differ"}
+    with pytest.raises(PluginError, match=r"test images are \(3, 20, 20\), train images \(3, 16, 16\)"):
+        sftcore.run(cfg, out=tmp_path / "b")
+
+
+def test_a_channel_count_that_cannot_be_converted_is_a_config_error(tmp_path):
+    from sftcore.errors import ConfigError
+
+    cfg = tiny.config(pretrain=False, baseline=False)
+    cfg["backbone"] = {"name": "timm", "model": "resnet10t", "in_chans": 4}
+    with pytest.raises(ConfigError, match="3-channel images but the backbone takes 4 channels"):
+        sftcore.run(cfg, out=tmp_path / "r")

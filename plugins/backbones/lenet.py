@@ -33,6 +33,9 @@ def lenet(ctx: BackboneContext, in_chans: int = 3, img_size: int = 32, weights: 
             raise ConfigError(f"config: backbone.weights '{weights}' does not fit lenet(in_chans={in_chans}, "
                               f"img_size={img_size}): {str(exc).splitlines()[0]}") from None
         if state.head:
+            if set(state.head) - {"weight", "bias"} or state.head["weight"].ndim != 2:
+                raise ConfigError(f"config: backbone.weights '{weights}': its head is not one linear layer, "
+                                  "which lenet's runner head needs; use a sftcore lenet checkpoint")
             head = nn.Linear(84, state.head["weight"].shape[0])
             head.load_state_dict(state.head)
         classes, mean, std = state.classes, state.mean, state.std

@@ -16,15 +16,8 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _train_everything(ctx: TrainContext) -> None:
-    unfreeze(ctx.model)
-
-
 class Reinit(HeadStrategy):
-    """A new, randomly initialised head; everything trains from the first epoch."""
-
-    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
-        _train_everything(ctx)
+    """A new, randomly initialised head; everything trains from the first epoch (the loop's default)."""
 
 
 class LinearProbe(HeadStrategy):
@@ -48,8 +41,7 @@ class LPFT(HeadStrategy):
         if epoch < probe:
             freeze(ctx.model.backbone)
             unfreeze(ctx.model.head)
-        else:
-            _train_everything(ctx)
+        # after the probe the loop's default applies: everything trains
 
 
 class GradualUnfreeze(HeadStrategy):
@@ -116,9 +108,6 @@ class MatchClasses(HeadStrategy):
                 self.matched[name] = ctx.source_classes[s]
         return head
 
-    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
-        _train_everything(ctx)
-
     def state_dict(self) -> dict:
         return {"matched": self.matched}
 
@@ -151,6 +140,3 @@ class Imprint(HeadStrategy):
                     head.weight[c].copy_(nn.functional.normalize(rows.mean(0), dim=0) * self.scale / mean_norm)
             head.bias.zero_()
         return head
-
-    def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
-        _train_everything(ctx)

@@ -7,7 +7,7 @@ import torch
 
 from sftcore.api import Regularizer, Step, TrainContext
 
-from .selection import check, selected
+from .selection import check, selected, strength
 
 
 class L2(Regularizer):
@@ -15,7 +15,7 @@ class L2(Regularizer):
 
     def __init__(self, alpha: float = 0.01, params: str = "weights", match: str | None = None):
         check(params, "l2")
-        self.alpha, self.params, self.match = float(alpha), params, match
+        self.alpha, self.params, self.match = strength(alpha, "alpha", "l2"), params, match
 
     def setup(self, ctx: TrainContext) -> None:
         self.weights = [p for _, p in selected(ctx.model.named_parameters(), self.params, self.match)]

@@ -6,7 +6,7 @@ import torch
 
 from sftcore.api import Regularizer, Step, TrainContext
 
-from .selection import check, selected
+from .selection import check, selected, strength
 
 
 class L2SP(Regularizer):
@@ -18,7 +18,8 @@ class L2SP(Regularizer):
 
     def __init__(self, alpha: float = 0.1, beta: float = 0.01, params: str = "weights", match: str | None = None):
         check(params, "l2_sp")
-        self.alpha, self.beta, self.params, self.match = float(alpha), float(beta), params, match
+        self.alpha, self.beta = strength(alpha, "alpha", "l2_sp"), strength(beta, "beta", "l2_sp")
+        self.params, self.match = params, match
 
     def setup(self, ctx: TrainContext) -> None:
         self.ctx = ctx

@@ -9,6 +9,13 @@ from sftcore.errors import ConfigError
 CHOICES = ("weights", "all")
 
 
+def strength(value, key: str, name: str) -> float:
+    """alpha, beta: a non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"config: regularizer {name}: {key} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 def check(params: str, name: str) -> None:
     if params not in CHOICES:
         raise ConfigError(f"config: regularizer {name}: params must be 'weights' (conv/linear kernels, "
