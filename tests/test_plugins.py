@@ -855,7 +855,12 @@ def test_example_l1_regularizer_is_alpha_times_sum_abs_weights(example):
     no_head = L1(alpha=0.01, include_head=False)
     no_head.setup(ctx)
     assert torch.allclose(no_head.penalty(step), expected - 0.01 * ctx.model.head.weight.abs().sum())
-    assert L1(alpha=0.0).penalty(step).item() == 0.0  # also works without an explicit setup()
+    zero = L1(alpha=0.0)
+    zero.setup(ctx)
+    assert zero.penalty(step).item() == 0.0
+    for p in ctx.model.backbone.parameters():
+        p.requires_grad_(False)  # frozen weights are left out (they would only add a constant)
+    assert torch.allclose(reg.penalty(step), 0.01 * ctx.model.head.weight.abs().sum())
     with pytest.raises(ConfigError, match=r"alpha must be a number >= 0"):
         L1(alpha=-1)
 

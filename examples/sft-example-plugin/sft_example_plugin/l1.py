@@ -16,7 +16,6 @@ class L1(Regularizer):
             raise ConfigError(f"regularizer 'l1': alpha must be a number >= 0, got {alpha!r}")
         self.alpha = float(alpha)
         self.include_head = include_head
-        self.params: list[torch.nn.Parameter] | None = None  # filled in by setup()
 
     def setup(self, ctx: TrainContext) -> None:
         # Weights are the parameters with two or more dimensions (conv kernels, linear matrices):
@@ -26,8 +25,7 @@ class L1(Regularizer):
         self.params = [p for m in modules for p in m.parameters() if p.ndim > 1]
 
     def penalty(self, step: Step) -> torch.Tensor:
-        if self.params is None:
-            self.setup(step.ctx)
-        if not self.params:
-            return torch.zeros((), device=step.logits.device)
-        return self.alpha * torch.stack([p.abs().sum() for p in self.params]).sum()
+        live = [p for p in self.params if p.requires_grad]  # a frozen weight only adds a constant
+        if not live:
+            return step.logits.new_zeros(())
+        return self.alpha * torch.stack([p.abs().sum() for p in live]).sum()
