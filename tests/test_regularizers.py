@@ -222,15 +222,21 @@ def test_l2_options_are_checked():
     assert not reg.needs_feature_maps
 
 
+def started_l2sp(backbone, **options):
+    """A model, its context snapshotted at the start, and an l2_sp set up on it."""
+    model = make_model(backbone)
+    ctx = make_ctx(model)
+    ctx.snapshot()
+    reg = regularizer("l2_sp", **options)
+    reg.setup(ctx)
+    return model, ctx, reg
+
+
 # --------------------------------------------------------------------------- L2-SP
 def test_l2sp_value_by_hand():
     alpha, beta = 0.3, 0.05
-    model = make_model(lenet_backbone())
-    ctx = make_ctx(model)
-    ctx.snapshot()
-    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
-    reg = regularizer("l2_sp", alpha=alpha, beta=beta)
-    reg.setup(ctx)
+    model, ctx, reg = started_l2sp(lenet_backbone(), alpha=alpha, beta=beta)
+    w0 = {n: t.clone() for n, t in ctx.start_state().items()}
     perturb(model, scale=0.05)
     p = params(model)
     sp = sum(sq(p[n] - w0[n]) for n in LENET_WEIGHTS)
@@ -242,11 +248,7 @@ def test_l2sp_value_by_hand():
 
 
 def test_l2sp_at_the_start_is_only_the_head_term():
-    model = make_model(lenet_backbone())
-    ctx = make_ctx(model)
-    ctx.snapshot()
-    reg = regularizer("l2_sp", alpha=10.0, beta=0.2)
-    reg.setup(ctx)
+    model, ctx, reg = started_l2sp(lenet_backbone(), alpha=10.0, beta=0.2)
     head = 0.5 * 0.2 * sq(model.head.weight)
     assert reg.penalty(step_for(ctx)).item() == pytest.approx(head, rel=1e-6)
     no_beta = regularizer("l2_sp", alpha=10.0, beta=0.0)
@@ -256,12 +258,8 @@ def test_l2sp_at_the_start_is_only_the_head_term():
 
 def test_l2sp_gradient():
     alpha, beta = 0.4, 0.1
-    model = make_model(lenet_backbone())
-    ctx = make_ctx(model)
-    ctx.snapshot()
-    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
-    reg = regularizer("l2_sp", alpha=alpha, beta=beta)
-    reg.setup(ctx)
+    model, ctx, reg = started_l2sp(lenet_backbone(), alpha=alpha, beta=beta)
+    w0 = {n: t.clone() for n, t in ctx.start_state().items()}
     perturb(model)
     reg.penalty(step_for(ctx)).backward()
     for name, p in model.named_parameters():
@@ -275,11 +273,7 @@ def test_l2sp_gradient():
 
 def test_l2sp_w0_is_the_snapshot_not_a_live_view():
     alpha = 2.0
-    model = make_model(lenet_backbone())
-    ctx = make_ctx(model)
-    ctx.snapshot()
-    reg = regularizer("l2_sp", alpha=alpha, beta=0.0)
-    reg.setup(ctx)
+    model, ctx, reg = started_l2sp(lenet_backbone(), alpha=alpha, beta=0.0)
     start = ctx.start_state()
     before = {n: t.clone() for n, t in start.items()}
     with torch.no_grad():
@@ -304,11 +298,7 @@ def test_l2sp_snapshots_on_first_use_when_nobody_did():
 
 def test_l2sp_uses_a_restored_snapshot():
     alpha = 1.5
-    model = make_model(lenet_backbone())
-    ctx = make_ctx(model)
-    ctx.snapshot()
-    reg = regularizer("l2_sp", alpha=alpha, beta=0.0)
-    reg.setup(ctx)
+    model, ctx, reg = started_l2sp(lenet_backbone(), alpha=alpha, beta=0.0)
     reg.penalty(step_for(ctx))  # caches the first start state
     other = make_model(lenet_backbone(), seed=9)
     perturb(other, seed=11)
@@ -321,11 +311,7 @@ def test_l2sp_uses_a_restored_snapshot():
 
 
 def test_l2sp_default_set_is_kernels_not_biases_or_norm_layers():
-    model = make_model(bn_backbone())
-    ctx = make_ctx(model)
-    ctx.snapshot()
-    reg = regularizer("l2_sp", alpha=1.0, beta=0.0)
-    reg.setup(ctx)
+    model, ctx, reg = started_l2sp(bn_backbone(), alpha=1.0, beta=0.0)
     assert [n for n, _ in reg.transferred] == ["backbone.conv.weight", "backbone.fc.weight"]
     with torch.no_grad():  # biases and norm parameters move: no penalty
         model.backbone.bn.weight.add_(1.0)
@@ -346,11 +332,7 @@ def test_l2sp_default_set_is_kernels_not_biases_or_norm_layers():
 
 
 def test_l2sp_beta_covers_the_head_and_params_all_adds_its_bias():
-    model = make_model(bn_backbone())
-    ctx = make_ctx(model)
-    ctx.snapshot()
-    weights = regularizer("l2_sp", alpha=0.0, beta=1.0)
-    weights.setup(ctx)
+    model, ctx, weights = started_l2sp(bn_backbone(), alpha=0.0, beta=1.0)
     assert weights.penalty(step_for(ctx)).item() == pytest.approx(0.5 * sq(model.head.weight), rel=1e-5)
     everything = regularizer("l2_sp", alpha=0.0, beta=1.0, params="all")
     everything.setup(ctx)
@@ -359,11 +341,7 @@ def test_l2sp_beta_covers_the_head_and_params_all_adds_its_bias():
 
 
 def test_l2sp_match_glob_and_frozen_parameters():
-    model = make_model(lenet_backbone())
-    ctx = make_ctx(model)
-    ctx.snapshot()
-    reg = regularizer("l2_sp", alpha=1.0, beta=1.0, match="backbone.fc*")
-    reg.setup(ctx)
+    model, ctx, reg = started_l2sp(lenet_backbone(), alpha=1.0, beta=1.0, match="backbone.fc*")
     assert [n for n, _ in reg.transferred] == ["backbone.fc1.0.weight", "backbone.fc2.0.weight"]
     with torch.no_grad():
         for n, p in model.backbone.named_parameters():
