@@ -50,10 +50,6 @@ class ImageSet:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
-    @property
-    def nbytes(self) -> int:
-        return self.images.numel() * self.images.element_size()
-
 
 @dataclass
 class FileSet:
