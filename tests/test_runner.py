@@ -23,7 +23,6 @@ from sftcore import training
 from sftcore.api import Augment
 from sftcore.errors import ConfigError
 from sftcore.plugins import get_registry
-from sftcore.runner import load_stage_data
 
 STAGES = ("pretrain", "finetune", "baseline")
 
@@ -167,7 +166,7 @@ def test_same_dict_twice_is_identical_and_a_new_seed_differs(tmp_path):
     assert tiny.accuracies(a) == tiny.accuracies(b)
     assert tiny.without_seconds(tiny.read_metrics(tmp_path / "a")) == tiny.without_seconds(
         tiny.read_metrics(tmp_path / "b"))
-    c = sftcore.run({**cfg, "seed": 1}, out=tmp_path / "c")
+    sftcore.run({**cfg, "seed": 1}, out=tmp_path / "c")
     assert tiny.without_seconds(tiny.read_metrics(tmp_path / "c")) != tiny.without_seconds(
         tiny.read_metrics(tmp_path / "a"))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
 from sftcore.api import Backbone, BackboneContext, read_checkpoint
