@@ -247,6 +247,10 @@ class HeadStrategy:
     run freezes exactly what the interrupted one had frozen.
     """
 
+    #: True when ``build_head`` makes a usable head from the source model or the data, so that
+    #: ``epochs: 0`` (evaluate the transferred model without training) is a meaningful finetune
+    usable_untrained: bool = False
+
     def build_head(self, ctx: TrainContext) -> "nn.Module":
         """A new head for ``ctx.num_classes``; the default is a freshly initialised linear layer."""
         from torch import nn

@@ -288,8 +288,10 @@ def _dataset(value: Any, path: str, registry) -> dict:
     return {"name": value["name"], **runner, **options}
 
 
-def _checked_component(value: Any, kind: str, path: str, registry) -> dict:
+def _checked_component(value: Any, kind: str, path: str, registry) -> tuple[dict, Any]:
+    """The component's config, and the object for heads and regularizers (None without a registry)."""
     value = _component(value, path)
+    made = None
     if registry is not None:
         try:
             comp = registry.get(kind, value["name"])
@@ -298,8 +300,8 @@ def _checked_component(value: Any, kind: str, path: str, registry) -> dict:
         options = {k: v for k, v in value.items() if k != "name"}
         comp.check_options(options, f"config: {path}")
         if kind in ("heads", "regularizers"):  # cheap to build: bad values fail now, not after pretraining
-            comp.create(where=f"config: {path}", **options)
-    return value
+            made = comp.create(where=f"config: {path}", **options)
+    return value, made
 
 
 def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
@@ -315,12 +317,15 @@ def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
     stage["eval_batch_size"] = _int(stage["eval_batch_size"], f"{path}.eval_batch_size", 1)
     stage["optimizer"] = _named_options(stage["optimizer"], OPTIMIZERS, f"{path}.optimizer", "optimizer", "sgd")
     stage["schedule"] = _named_options(stage["schedule"], SCHEDULES, f"{path}.schedule", "schedule", "cosine")
-    stage["head"] = _checked_component(stage["head"], "heads", f"{path}.head", registry)
+    stage["head"], strategy = _checked_component(stage["head"], "heads", f"{path}.head", registry)
+    if stage["epochs"] == 0 and not (path == "finetune" and getattr(strategy, "usable_untrained", registry is None)):
+        raise ConfigError(f"config: {path}.epochs must be >= 1, got 0 (0 only evaluates a finetune head that needs "
+                          "no training, such as head: match_classes or imprint)")
     regs = stage["regularizers"] if stage["regularizers"] is not None else []
     if not isinstance(regs, list):
         raise ConfigError(f"config: {path}.regularizers must be a list, e.g. [{{name: l2_sp, alpha: 0.1}}]")
     stage["regularizers"] = [
-        _checked_component(r, "regularizers", f"{path}.regularizers[{i}]", registry) for i, r in enumerate(regs)
+        _checked_component(r, "regularizers", f"{path}.regularizers[{i}]", registry)[0] for i, r in enumerate(regs)
     ]
     stage["backbone_lr_mult"] = _float(stage["backbone_lr_mult"], f"{path}.backbone_lr_mult", 0.0)
     stage["select"] = _choice(stage["select"], SELECT, f"{path}.select")
@@ -365,7 +370,7 @@ def resolve(raw: dict, registry=None) -> dict:
     cfg["compile"] = _tristate(cfg["compile"], "compile")
     if not isinstance(cfg["checkpoints"], bool):
         raise ConfigError(f"config: checkpoints must be true or false, got {cfg['checkpoints']!r}")
-    cfg["backbone"] = _checked_component(cfg["backbone"], "backbones", "backbone", registry)
+    cfg["backbone"] = _checked_component(cfg["backbone"], "backbones", "backbone", registry)[0]
     for stage in ("pretrain", "finetune"):
         if cfg[stage] is not None:
             cfg[stage] = _stage(cfg[stage], stage, registry)

@@ -89,6 +89,9 @@ ERRORS = {
     "zero lr": (ft(optimizer={"name": "adamw", "lr": 0}), ["finetune.optimizer.lr must be > 0"]),
     "negative momentum": (ft(optimizer={"name": "sgd", "momentum": -1}), ["finetune.optimizer.momentum must be >="]),
     "negative epochs": (ft(epochs=-1), ["finetune.epochs must be >= 0"]),
+    "zero epochs, reinit": (ft(epochs=0), ["finetune.epochs must be >= 1, got 0", "match_classes or imprint"]),
+    "zero pretrain epochs": ({"pretrain": {"dataset": {"name": "shapes"}, "epochs": 0}},
+                             ["pretrain.epochs must be >= 1"]),
     "zero batch size": (ft(batch_size=0), ["finetune.batch_size must be >= 1"]),
     "negative seed": ({"seed": -1, **ft()}, ["seed must be >= 0"]),
     "val_fraction 1.5": (ft(dataset={**DS, "val_fraction": 1.5}), ["finetune.dataset.val_fraction must be <=", "1.5"]),
@@ -346,9 +349,6 @@ def test_user_values_override_defaults_and_ints_become_floats():
     assert f["optimizer"]["momentum"] == 0.0
 
 
-def test_epochs_zero_is_allowed():
-    assert resolve(ft(epochs=0))["finetune"]["epochs"] == 0
-
 
 def test_dataset_options_pass_through():
     d = resolve(ft(dataset={"name": "shapes", "task": "source", "train_per_class": 20, "fraction": 0.5,
@@ -449,3 +449,8 @@ def test_paths_and_tuples_in_a_python_config_become_yaml_types(tmp_path):
     assert raw["backbone"]["weights"] == str(tmp_path / "w.pt")
     assert raw["finetune"]["regularizers"] == [{"name": "l2"}]
     yaml.safe_dump(raw)  # the run directory's config.yaml is written with the safe dumper
+
+
+@pytest.mark.parametrize("head", ["match_classes", "imprint"])
+def test_zero_epochs_evaluates_a_head_that_needs_no_training(head):
+    assert resolve(ft(epochs=0, head=head))["finetune"]["epochs"] == 0

@@ -428,7 +428,7 @@ def test_one_label_per_class_leaves_nothing_to_validate_on(tmp_path):
 
 def test_epochs_zero_trains_nothing(tmp_path):
     cfg = tiny.config(pretrain=False, baseline=False)
-    cfg["finetune"]["epochs"] = 0
+    cfg["finetune"].update(epochs=0, head="imprint")
     s = sftcore.run(cfg, out=tmp_path / "r")["finetune"]
     assert s["epochs"] == 0 and s["selected_epoch"] == 0
     metrics = tmp_path / "r" / "metrics.jsonl"
@@ -437,7 +437,8 @@ def test_epochs_zero_trains_nothing(tmp_path):
 
 
 def test_metrics_jsonl_exists_even_when_no_epoch_ran(tmp_path):
-    sftcore.run(tiny.config(pretrain=False, baseline=False, finetune={"epochs": 0}), out=tmp_path / "r")
+    sftcore.run(tiny.config(pretrain=False, baseline=False, finetune={"epochs": 0, "head": "imprint"}),
+                out=tmp_path / "r")
     assert (tmp_path / "r" / "metrics.jsonl").is_file()
 
 

@@ -78,6 +78,8 @@ class MatchClasses(HeadStrategy):
     ``aliases`` maps a target class to a differently named source class.
     """
 
+    usable_untrained = True
+
     def __init__(self, aliases: dict | None = None):
         self.aliases = {_norm_name(k): _norm_name(v) for k, v in (aliases or {}).items()}
         self.matched: dict[str, str] = {}
@@ -120,6 +122,8 @@ class Imprint(HeadStrategy):
 
     Rows are scaled so that logits are about ``scale`` times a cosine similarity; bias starts at 0.
     """
+
+    usable_untrained = True
 
     def __init__(self, scale: float = 10.0):
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
