@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import config as cfgmod
+from . import storage
 from .api import (Augment, Backbone, BackboneContext, DatasetContext, DataSplits, FileSet, ImageSet, TrainContext)
 from .data import Batches, BatchTransform, few_label_index, holdout_index
 from .errors import ConfigError, PluginError
@@ -225,6 +226,11 @@ class Pipeline:
             ev = evaluate(model, test, eval_tf, perf)
             result.update(test_accuracy=ev["accuracy"], test_loss=ev["loss"])
             result["correct"] = ev["correct"]
+            if self.run_dir is not None:  # for `sft plot`'s confusion matrix
+                (self.run_dir / "predictions").mkdir(exist_ok=True)
+                storage.write_json(self.run_dir / "predictions" / f"{name}.json", {
+                    "stage": name, "classes": data.classes,
+                    "targets": ev["targets"].tolist(), "predicted": ev["predicted"].tolist()}, indent=None)
         else:
             result.update(test_accuracy=None, test_loss=None)
         result["seconds"] = round(time.perf_counter() - t0, 3)

@@ -107,21 +107,26 @@ def _freeze_frozen_norms(model: torch.nn.Module) -> None:
 
 
 def evaluate(model: TransferModel, batches: Batches, transform: BatchTransform, perf: Performance) -> dict:
-    """Accuracy and loss with deterministic transforms; ``correct`` is the per-example hit vector."""
+    """Accuracy and loss with deterministic transforms; ``correct`` is the per-example hit vector,
+    ``predicted`` the per-example predicted class."""
     was_training = model.training
     model.eval()
-    hits, loss_sum, n = [], torch.zeros((), device=perf.device), 0
+    predicted, targets, loss_sum, n = [], [], torch.zeros((), device=perf.device), 0
     with torch.inference_mode():
         for x, y in batches:
             with perf.autocast():
                 logits = model(transform(x))
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-            hits.append(logits.argmax(1) == y)
+            predicted.append(logits.argmax(1))
+            targets.append(y)
             n += len(y)
     model.train(was_training)
-    correct = torch.cat(hits).cpu() if hits else torch.zeros(0, dtype=torch.bool)
+    empty = torch.zeros(0, dtype=torch.long)
+    predicted = torch.cat(predicted).cpu() if predicted else empty
+    targets = torch.cat(targets).cpu() if targets else empty
+    correct = predicted == targets
     return {"accuracy": correct.float().mean().item() if n else float("nan"),
-            "loss": loss_sum.item() / max(1, n), "correct": correct}
+            "loss": loss_sum.item() / max(1, n), "correct": correct, "predicted": predicted, "targets": targets}
 
 
 class Stage:

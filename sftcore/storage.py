@@ -1,0 +1,99 @@
+"""Files in a run directory: written atomically, read without running code.
+
+A write goes to a temporary file in the same folder, is flushed and fsynced, then renamed over
+the target, so a run killed at any moment leaves either the old file or the new one, never half
+of one. Reads use ``torch.load(weights_only=True)``: a crafted pickle cannot run code.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import SftError
+
+
+class StorageError(SftError):
+    """A file of the run could not be written or read."""
+
+
+def _write(path: Path, fill: Callable[[Any], None], binary: bool) -> None:
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        hint = ("the disk is full; free space, then resume the run" if exc.errno == errno.ENOSPC
+                else exc.strerror or str(exc))
+        raise StorageError(f"cannot write '{path}': {hint}; the previous version of the file is unchanged") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); not possible on Windows, where it is skipped."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text(path: Path, text: str) -> None:
+    _write(path, lambda f: f.write(text), binary=False)
+
+
+def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
+    write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+def save(obj: Any, path: Path) -> None:
+    """``torch.save`` made atomic."""
+    import torch
+
+    _write(path, lambda f: torch.save(obj, f), binary=True)
+
+
+def load(path: Path, what: str, fix: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors: missing, truncated, corrupt, or unsafe."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise StorageError(f"{what} '{path}' not found; {fix}") from None
+    except IsADirectoryError:
+        raise StorageError(f"{what} '{path}' is a directory, not a file; {fix}") from None
+    except pickle.UnpicklingError as exc:
+        # weights_only refused a global: the file asks to run or build arbitrary objects
+        first = str(exc).strip().splitlines()
+        detail = next((line for line in first if "Unsupported global" in line or "GLOBAL" in line), "")
+        raise StorageError(f"{what} '{path}' holds objects that are not plain tensors and containers, so it was not "
+                           f"loaded (it could run code){': ' + detail.strip() if detail else ''}; {fix}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise StorageError(f"{what} '{path}' is truncated or corrupt ({first}); {fix}") from None
