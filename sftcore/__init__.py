@@ -10,8 +10,11 @@ __version__ = "0.1.0"
 __all__ = ["hookimpl", "run", "__version__"]
 
 
-def run(config=None, *, out=None, overrides=(), progress=None, resume=None):
-    """Run the pipeline a config describes (a dict, a YAML path, or None for the default); returns the summary."""
+def run(config=None, *, out=None, overrides=(), progress=None, resume=None, force=False):
+    """Run the pipeline a config describes (a dict, a YAML path, or None for the default); returns the summary.
+
+    ``resume=RUN_DIR`` continues an interrupted run; ``force=True`` replaces an earlier run in ``out``.
+    """
     from .runner import run as _run
 
-    return _run(config, out=out, overrides=overrides, progress=progress, resume=resume)
+    return _run(config, out=out, overrides=overrides, progress=progress, resume=resume, force=force)

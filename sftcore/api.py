@@ -297,17 +297,10 @@ class Checkpoint:
 
 def read_checkpoint(path: str) -> Checkpoint:
     """Read a sftcore model file, so that a backbone can start from an earlier run's weights."""
-    import torch
-
+    from . import storage
     from .errors import ConfigError
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"config: weights file '{path}' not found") from None
-    except Exception as exc:
-        raise ConfigError(f"config: cannot read weights file '{path}': {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    state = storage.load(path, "config: weights file", "give the path of checkpoints/<stage>.pt from an earlier run")
     model = state.get("model") if isinstance(state, dict) else None
     if not isinstance(model, dict):
         raise ConfigError(f"config: '{path}' is not a sftcore model file (no 'model' state dict); "

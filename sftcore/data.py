@@ -152,12 +152,17 @@ class Batches:
         return order
 
     def __iter__(self):
+        return self.iter_from(0)
+
+    def iter_from(self, batch: int):
+        """This epoch's batches from number ``batch`` on (a run resumed mid-epoch skips the ones done)."""
         order = self._order()
+        first = batch * self.batch_size
         if self.in_memory:
             n = len(self.data) if order is None else len(order)
             if order is not None:
                 order = order.to(self.device)
-            for start in range(0, n, self.batch_size):
+            for start in range(first, n, self.batch_size):
                 if order is None:
                     sl = slice(start, start + self.batch_size)
                     yield self.images[sl], self.labels[sl]
@@ -165,7 +170,9 @@ class Batches:
                     idx = order[start:start + self.batch_size]
                     yield self.images[idx], self.labels[idx]
             return
-        sampler = order.tolist() if order is not None else None
+        if order is None:
+            order = torch.arange(len(self.data))
+        sampler = order[first:].tolist()
         loader = torch.utils.data.DataLoader(
             _FileDataset(self.data), batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False,

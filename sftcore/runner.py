@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
+import shutil
+import signal
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +17,8 @@ from . import config as cfgmod
 from . import storage
 from .api import (Augment, Backbone, BackboneContext, DatasetContext, DataSplits, FileSet, ImageSet, TrainContext)
 from .data import Batches, BatchTransform, few_label_index, holdout_index
-from .errors import ConfigError, PluginError
+from .errors import ConfigError, Interrupted, PluginError, TrainingError
+from .interrupt import StopSignals
 from .model import TransferModel
 from .plugins import get_registry
 from .report import results_table, transfer_verdict
@@ -104,6 +106,14 @@ def load_stage_data(stage: str, ds_cfg: dict, backbone: Backbone, seed: int, reg
             raise PluginError(f"dataset plugin '{comp.plugin}': {what} images are {tuple(part.image_shape)}, "
                               f"train images {tuple(splits.train.image_shape)}; all splits must match")
     train, val = splits.train, splits.val
+    want = ds_cfg["labels_per_class"]
+    if want is not None and len(train):
+        counts = torch.bincount(train.labels.cpu(), minlength=len(splits.classes))
+        have = int(counts.min())
+        if have < want:
+            short = splits.classes[int(counts.argmin())]
+            raise ConfigError(f"config: {stage}.dataset.labels_per_class is {want} but class '{short}' has only "
+                              f"{have} training examples; set labels_per_class to {have} or less")
     sub = few_label_index(train.labels, seed, ds_cfg["labels_per_class"], ds_cfg["fraction"])
     if sub is not None:
         train = train.subset(sub)
@@ -118,30 +128,40 @@ def load_stage_data(stage: str, ds_cfg: dict, backbone: Backbone, seed: int, reg
 
 
 # --------------------------------------------------------------------------- stages
+def build_backbone(cfg: dict, registry, random_init: bool = False) -> Backbone:
+    """The configured backbone, seeded from the config; shared with `sft predict`, which rebuilds a run's model."""
+    comp = registry.get("backbones", cfg["backbone"]["name"])
+    options = {k: v for k, v in cfg["backbone"].items() if k != "name"}
+    torch.manual_seed(cfg["seed"])
+    backbone = comp.create(BackboneContext(seed=cfg["seed"], random_init=random_init),
+                           where="config: backbone", **options)
+    if not isinstance(backbone, Backbone):
+        raise PluginError(f"backbone '{comp.name}' (plugin '{comp.plugin}') returned "
+                          f"{type(backbone).__name__}, not sftcore.api.Backbone")
+    return backbone
+
+
 class Pipeline:
     def __init__(self, cfg: dict, run_dir: Path | None, progress: bool, echo: Callable[[str], None] | None,
-                 resume: bool = False):
+                 resume: bool = False, stop: StopSignals | None = None):
         self.cfg, self.run_dir, self.progress, self.echo = cfg, run_dir, progress, echo
-        self.resume = resume
+        self.resume, self.stop = resume, stop
         self.registry = get_registry()
         self.perf = resolve_performance(cfg)
         self.log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None)
         self.seed = cfg["seed"]
+
+    def _check_stop(self) -> None:
+        """Between stages: a signal that came outside the training loop stops the run here."""
+        if self.stop is not None and self.stop.signum is not None:
+            raise Interrupted(f"{self.stop.name}; every finished stage is saved", self.stop.signum)
 
     def say(self, text: str) -> None:
         if self.echo is not None:
             self.echo(text)
 
     def build_backbone(self, random_init: bool = False) -> Backbone:
-        comp = self.registry.get("backbones", self.cfg["backbone"]["name"])
-        options = {k: v for k, v in self.cfg["backbone"].items() if k != "name"}
-        torch.manual_seed(self.seed)
-        backbone = comp.create(BackboneContext(seed=self.seed, random_init=random_init),
-                               where="config: backbone", **options)
-        if not isinstance(backbone, Backbone):
-            raise PluginError(f"backbone '{comp.name}' (plugin '{comp.plugin}') returned "
-                              f"{type(backbone).__name__}, not sftcore.api.Backbone")
-        return backbone
+        return build_backbone(self.cfg, self.registry, random_init)
 
     def _transforms(self, data: StageData, backbone: Backbone):
         in_shape = data.train.image_shape
@@ -203,20 +223,24 @@ class Pipeline:
                                     **{k: v for k, v in rcfg.items() if k != "name"}))
         checkpoint = final = None
         if self.run_dir is not None and self.cfg["checkpoints"]:
-            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
             checkpoint = self.run_dir / "checkpoints" / f"{name}-last.pt"
             final = self.run_dir / "checkpoints" / f"{name}.pt"
         if self.resume and final is not None and final.exists():  # finished before the interruption
-            state = torch.load(final, map_location="cpu", weights_only=True)  # result tensors stay on the CPU
-            model.load_state_dict(state["model"])
+            state = _load_run_file(final, map_location="cpu")  # result tensors stay on the CPU
+            _load_model(model, state, final)
             self.say(f"{name}: finished in the earlier session, reusing {final}")
             return model, state["result"]
         stage = Stage(name=name, cfg=scfg, model=model, ctx=ctx, strategy=strategy, regularizers=regs,
                       train=train, val=val, train_transform=train_tf, eval_transform=eval_tf, perf=perf,
-                      log=self.log, checkpoint=checkpoint, progress=self.progress, echo=self.echo)
-        if self.resume and checkpoint is not None and checkpoint.exists():
-            stage.load_state_dict(torch.load(checkpoint, map_location=perf.device, weights_only=True))
-            self.say(f"{name}: resuming after epoch {stage.start_epoch} of {scfg['epochs']}")
+                      log=self.log, checkpoint=checkpoint, progress=self.progress, echo=self.echo, stop=self.stop)
+        if self.resume:
+            if checkpoint is not None and checkpoint.exists():
+                state = _load_run_file(checkpoint, map_location=perf.device)
+                _load_model(model, state, checkpoint)
+                stage.load_state_dict(state)
+                at = f"epoch {stage.start_epoch}" + (f", batch {state['batch']}" if state["batch"] else "")
+                self.say(f"{name}: resuming after {at} of {scfg['epochs']} epochs")
+            self.log.keep(name, len(stage.history))
         result = stage.run()
         result.update(dataset=data.name, **data.sizes(), head=scfg["head"]["name"],
                       regularizers=[r["name"] for r in scfg["regularizers"]])
@@ -235,8 +259,11 @@ class Pipeline:
             result.update(test_accuracy=None, test_loss=None)
         result["seconds"] = round(time.perf_counter() - t0, 3)
         if final is not None:
-            torch.save({"stage": name, "model": model.state_dict(), "classes": data.classes,
+            storage.save({"stage": name, "model": model.state_dict(), "classes": data.classes,
                         "mean": list(map(float, train_tf.mean)), "std": list(map(float, train_tf.std)),
+                        # what the dataset gave and what the model took: `sft predict` prepares new images alike
+                        "image_shape": list(data.train.image_shape),
+                        "input_shape": [train_tf.out_channels, *train_tf.out_hw],
                         "config": scfg, "result": result}, final)
         return model, result
 
@@ -248,6 +275,7 @@ class Pipeline:
         backbone = self.build_backbone()
         source_head, source_classes = backbone.head, backbone.source_classes
         results: dict[str, dict] = {}
+        self._check_stop()
         if cfg["pretrain"] is not None:
             data = load_stage_data("pretrain", cfg["pretrain"]["dataset"], backbone, self.seed, self.registry)
             model, results["pretrain"] = self.train_stage("pretrain", cfg["pretrain"], backbone, data,
@@ -256,11 +284,13 @@ class Pipeline:
             if backbone.mean is None:  # the features were learned on inputs normalised like this
                 backbone.mean, backbone.std = data.mean, data.std
             self.say(f"pretrain done: test accuracy {_pct(results['pretrain']['test_accuracy'])}")
+            self._check_stop()
         if cfg["finetune"] is not None:
             data = load_stage_data("finetune", cfg["finetune"]["dataset"], backbone, self.seed, self.registry)
             _, results["finetune"] = self.train_stage("finetune", cfg["finetune"], backbone, data,
                                                       source_head, source_classes)
             self.say(f"finetune done: test accuracy {_pct(results['finetune']['test_accuracy'])}")
+            self._check_stop()
             if cfg["baseline"] is not None:
                 fresh = self.build_backbone(random_init=True)
                 _, results["baseline"] = self.train_stage("baseline", cfg["baseline"], fresh, data)
@@ -277,7 +307,11 @@ def _pct(x) -> str:
     return "n/a (no test split)" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
-def _run_dir(out, name: str) -> Path:
+RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints", "predictions", "plots")
+
+
+def _run_dir(out, name: str, force: bool) -> Path:
+    """A new run directory; an existing run in ``out`` is replaced only with ``force``."""
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path("runs") / f"{name}-{stamp}"
@@ -287,8 +321,19 @@ def _run_dir(out, name: str) -> Path:
             path = Path("runs") / f"{name}-{stamp}-{i}"
     else:
         path = Path(out)
-        if (path / "summary.json").exists() or (path / "metrics.jsonl").exists():
-            raise ConfigError(f"--out '{path}' already holds a run; choose a new directory or delete it")
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"--out '{path}' is a file; choose a directory path")
+        if path.is_dir() and any(path.iterdir()):
+            ours = [path / f for f in RUN_FILES if (path / f).exists()]
+            if not force:
+                what = "already holds a run" if ours else "is not empty"
+                raise ConfigError(f"--out '{path}' {what}; choose a new directory, continue it with "
+                                  f"`sft run --resume {path}`, or replace it with --force")
+            for item in ours:  # only what a run writes; other files stay
+                if item.is_dir():
+                    shutil.rmtree(item)
+                else:
+                    item.unlink()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -296,30 +341,66 @@ def _run_dir(out, name: str) -> Path:
     return path
 
 
-def run(config=None, *, out=None, overrides=(), progress=None, echo=None, resume=None) -> dict:
+def _load_run_file(path: Path, map_location) -> dict:
+    state = storage.load(path, "checkpoint", "delete it to redo that part of the run, or start a new run",
+                         map_location=map_location)
+    if not isinstance(state, dict) or "model" not in state:
+        raise ConfigError(f"checkpoint '{path}' is not a sftcore stage checkpoint; delete it to redo that part "
+                          "of the run, or start a new run")
+    return state
+
+
+def _load_model(model: TransferModel, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else "")
+        raise ConfigError(f"checkpoint '{path}' is for another model than the run's config builds ({detail[:160]}); "
+                          "resume only with the run's own config.yaml, or start a new run") from None
+
+
+def run(config=None, *, out=None, overrides=(), progress=None, echo=None, resume=None, force=False) -> dict:
     """Resolve the config, run every stage, write the run directory, return the summary.
 
-    ``resume=RUN_DIR`` continues an interrupted run from its checkpoints with its own config.
+    ``resume=RUN_DIR`` continues an interrupted run from its checkpoints with its own config;
+    ``force=True`` replaces an earlier run in ``out``.
     """
     registry = get_registry()
     if resume is not None:
-        if config is not None or overrides or out is not None:
-            raise ConfigError("--resume takes the run's own config.yaml; drop CONFIG, --set and --out")
+        if config is not None or overrides or out is not None or force:
+            raise ConfigError("--resume takes the run's own config.yaml; drop CONFIG, --set, --out and --force")
         run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoints").is_dir():
-            raise ConfigError(f"--resume '{run_dir}' is not a run directory with config.yaml and checkpoints/")
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume '{run_dir}' is not a run directory (it has no config.yaml); "
+                              "pass the directory an earlier `sft run` printed")
         cfg = cfgmod.resolve(cfgmod.load(run_dir / "config.yaml"), registry)
+        storage.remove_partial_writes(run_dir)
+        if not cfg["checkpoints"]:
+            raise ConfigError(f"--resume '{run_dir}': that run had checkpoints: false, so there is nothing to "
+                              "continue from; start it again")
     else:
         cfg = cfgmod.resolve(cfgmod.load(config, overrides), registry)
         resolve_performance(cfg)  # a device error must not leave an empty run directory behind
-        run_dir = _run_dir(out, cfg["name"])
-        (run_dir / "config.yaml").write_text(cfgmod.dump(cfg))
+        run_dir = _run_dir(out, cfg["name"], force)
+        storage.write_text(run_dir / "config.yaml", cfgmod.dump(cfg))
+    if cfg["checkpoints"]:
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
     if progress is None:
         import sys
 
         progress = echo is not None and sys.stderr.isatty()
-    summary = Pipeline(cfg, run_dir, progress, echo, resume=resume is not None).run()
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    again = f"resume with: sft run --resume {run_dir}" if cfg["checkpoints"] else "start the run again"
+    try:
+        with StopSignals() as stop:
+            summary = Pipeline(cfg, run_dir, progress, echo, resume=resume is not None, stop=stop).run()
+    except KeyboardInterrupt:  # outside the training loop (loading data, evaluating): nothing half-written
+        raise Interrupted(f"Ctrl-C; every finished stage and epoch is saved; {again}", signal.SIGINT) from None
+    except (Interrupted, TrainingError) as exc:
+        if isinstance(exc, Interrupted):
+            raise Interrupted(f"{exc}; {again}", exc.exit_code - 128) from None
+        raise
+    storage.write_json(run_dir / "summary.json", summary)
     if echo is not None:
         echo(results_table(summary))
         echo(f"run directory: {run_dir}")

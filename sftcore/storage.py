@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -59,12 +60,25 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def remove_partial_writes(folder: Path) -> None:
+    """Temporary files of writes that a kill cut short (the targets themselves are intact)."""
+    for tmp in Path(folder).rglob(".*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
 def write_text(path: Path, text: str) -> None:
     _write(path, lambda f: f.write(text), binary=False)
 
 
 def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
     write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    _write(path, lambda f: f.write(data), binary=True)
 
 
 def save(obj: Any, path: Path) -> None:
@@ -89,11 +103,13 @@ def load(path: Path, what: str, fix: str, map_location: Any = "cpu") -> Any:
     except IsADirectoryError:
         raise StorageError(f"{what} '{path}' is a directory, not a file; {fix}") from None
     except pickle.UnpicklingError as exc:
-        # weights_only refused a global: the file asks to run or build arbitrary objects
-        first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "Unsupported global" in line or "GLOBAL" in line), "")
-        raise StorageError(f"{what} '{path}' holds objects that are not plain tensors and containers, so it was not "
-                           f"loaded (it could run code){': ' + detail.strip() if detail else ''}; {fix}") from None
+        found = re.search(r"GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found:  # weights_only refused to import a callable: the file would run or build arbitrary objects
+            name = found.group(1) or found.group(2)
+            raise StorageError(f"{what} '{path}' was not loaded: it refers to {name}, which is not a tensor or a "
+                               f"plain container, and could run code; {fix}") from None
+        raise StorageError(f"{what} '{path}' is truncated or corrupt, or is a pickle that is not plain tensors "
+                           f"(not loaded); {fix}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise StorageError(f"{what} '{path}' is truncated or corrupt ({first}); {fix}") from None

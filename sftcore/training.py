@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from .api import HeadStrategy, Regularizer, Step, TrainContext, unfreeze
-from .errors import PluginError
+from . import storage
+from .errors import Interrupted, PluginError, TrainingError
+from .interrupt import StopSignals
 from .data import Batches, BatchTransform
 from .model import TransferModel
 
@@ -54,6 +56,21 @@ class MetricsLog:
         if self.path is not None:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def keep(self, stage: str, epochs: int) -> None:
+        """Drop ``stage``'s lines after epoch ``epochs`` (and any line cut short by a kill): a resumed
+        stage writes them again, so each epoch appears once."""
+        if self.path is None:
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("stage") != stage or record.get("epoch", 0) <= epochs:
+                kept.append(line + "\n")
+        storage.write_text(self.path, "".join(kept))
 
 
 def _schedule(cfg: dict, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
@@ -130,18 +147,24 @@ def evaluate(model: TransferModel, batches: Batches, transform: BatchTransform, 
 
 
 class Stage:
-    """Trains ``model`` for one stage; the strategy and regularizers are its only extension points."""
+    """Trains ``model`` for one stage; the strategy and regularizers are its only extension points.
+
+    The loop can stop and continue anywhere between two steps: a checkpoint holds the position
+    (epoch and batch), every RNG and the running epoch sums, so a resumed run takes exactly the
+    steps the uninterrupted one would have taken.
+    """
 
     def __init__(self, *, name: str, cfg: dict, model: TransferModel, ctx: TrainContext, strategy: HeadStrategy,
                  regularizers: list[Regularizer], train: Batches, val: Batches | None,
                  train_transform: BatchTransform, eval_transform: BatchTransform, perf: Performance,
                  log: MetricsLog, checkpoint: Path | None = None, progress: bool = False,
-                 echo: Callable[[str], None] | None = None):
+                 echo: Callable[[str], None] | None = None, stop: StopSignals | None = None):
         self.name, self.cfg, self.model, self.ctx = name, cfg, model, ctx
         self.strategy, self.regularizers = strategy, regularizers
         self.train, self.val = train, val
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.perf, self.log, self.checkpoint, self.progress, self.echo = perf, log, checkpoint, progress, echo
+        self.stop = stop
         ctx.model = model
         groups = strategy.param_groups(ctx, cfg["optimizer"]["lr"], cfg["backbone_lr_mult"])
         self._check_groups(groups)
@@ -156,6 +179,7 @@ class Stage:
             r.setup(ctx)
         self.generator = torch.Generator(device=perf.device)
         self.start_epoch = 0
+        self.partial: dict | None = None  # where a mid-epoch checkpoint left off
         self.best: dict | None = None
         self.history: list[dict] = []
 
@@ -172,17 +196,20 @@ class Stage:
             raise PluginError(f"head strategy of {self.name} left parameters out of the optimizer: {missing[:3]}")
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self, epoch: int) -> dict:
+    def state_dict(self, epoch: int, batch: int = 0, sums: dict | None = None) -> dict:
+        """The stage at the start of batch ``batch`` of epoch ``epoch`` (both counted from 0)."""
         return {
-            "stage": self.name, "epoch": epoch, "model": self.model.state_dict(),
+            "stage": self.name, "epoch": epoch, "batch": batch, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "strategy": self.strategy.state_dict(),
             "regularizers": [r.state_dict() for r in self.regularizers],
             "start_state": self.ctx._start_state, "best": self.best, "history": self.history,
+            "rng": rng_state(), "generator": self.generator.get_state() if batch else None,
+            "sums": {k: v.detach().cpu() for k, v in sums.items()} if batch else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume after ``state['epoch']``; the strategy re-derives the freeze state from the epoch."""
+        """Continue where ``state`` stopped; the strategy re-derives the freeze state from the epoch."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -193,76 +220,161 @@ class Stage:
         if state.get("start_state") is not None:
             self.ctx.snapshot(state["start_state"])
         self.best, self.history = state["best"], state["history"]
-        self.start_epoch = state["epoch"] + 1
+        self.start_epoch = state["epoch"]
+        self.partial = state if state["batch"] else None
+        set_rng_state(state["rng"])
+
+    def _save(self, epoch: int, batch: int = 0, sums: dict | None = None) -> None:
+        if self.checkpoint is not None:
+            storage.save(self.state_dict(epoch, batch, sums), self.checkpoint)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
-        epochs = self.cfg["epochs"]
-        model, perf = self.model, self.perf
-        for epoch in range(self.start_epoch, epochs):
-            t0 = time.perf_counter()
-            begin_epoch(self.strategy, epoch, self.ctx)
-            model.train()
-            _freeze_frozen_norms(model)
-            self.train.set_epoch(epoch)
-            self.generator.manual_seed(self.ctx.seed * 7919 + epoch)
-            loss_sum = torch.zeros((), device=perf.device)
-            penalty_sum = torch.zeros((), device=perf.device)
-            correct = torch.zeros((), device=perf.device, dtype=torch.long)
-            seen = 0
-            batches = self.train
-            if self.progress:
-                from tqdm import tqdm
-
-                batches = tqdm(batches, desc=f"{self.name} {epoch + 1}/{epochs}", leave=False, unit="batch")
-            for x, y in batches:
-                inputs = self.train_transform(x, self.generator)
-                with perf.autocast():
-                    logits, features, maps = model.forward_all(inputs, feature_maps=self.needs_maps)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg["label_smoothing"])
-                    if self.regularizers:
-                        step = Step(self.ctx, epoch, inputs, y, logits, features, maps)
-                        penalty = sum(r.penalty(step) for r in self.regularizers)
-                        penalty_sum += penalty.detach() * len(y)
-                        loss = loss + penalty
-                self.optimizer.zero_grad(set_to_none=True)
-                if loss.requires_grad:
-                    self.scaler.scale(loss).backward()
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                self.scheduler.step()
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-            record = {
-                "stage": self.name, "epoch": epoch + 1,
-                "train_loss": loss_sum.item() / max(1, seen),
-                "train_accuracy": correct.item() / max(1, seen),
-                "penalty": penalty_sum.item() / max(1, seen) if self.regularizers else None,
-                "lr": self.optimizer.param_groups[-1]["lr"],
-                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            }
-            if self.val is not None and len(self.val.data):
-                ev = evaluate(model, self.val, self.eval_transform, perf)
-                record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
-                key = (ev["accuracy"], -ev["loss"])
-                if self.cfg["select"] == "best" and (self.best is None or key > tuple(self.best["key"])):
-                    self.best = {"key": list(key), "epoch": epoch + 1,
-                                 "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-            record["seconds"] = round(time.perf_counter() - t0, 3)
-            self.history.append(record)
-            self.log.write(record)
-            if self.progress and self.echo:
-                val = f" val_acc {record['val_accuracy']:.3f}" if "val_accuracy" in record else ""
-                self.echo(f"{self.name} epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.3f} "
-                          f"train_acc {record['train_accuracy']:.3f}{val}")
-            if self.checkpoint is not None:
-                torch.save(self.state_dict(epoch), self.checkpoint)
-        selected = epochs
+        for epoch in range(self.start_epoch, self.cfg["epochs"]):
+            self._epoch(epoch)
+        selected = self.cfg["epochs"]
         if self.best is not None:
-            model.load_state_dict(self.best["state"])
+            self.model.load_state_dict(self.best["state"])
             selected = self.best["epoch"]
         last = self.history[-1] if self.history else {}
         chosen = next((h for h in self.history if h["epoch"] == selected), {})
-        return {"epochs": epochs, "selected_epoch": selected, "val_accuracy": chosen.get("val_accuracy"),
+        return {"epochs": self.cfg["epochs"], "selected_epoch": selected, "val_accuracy": chosen.get("val_accuracy"),
                 "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss")}
+
+    def _epoch(self, epoch: int) -> None:
+        epochs = self.cfg["epochs"]
+        model, perf = self.model, self.perf
+        t0 = time.perf_counter()
+        begin_epoch(self.strategy, epoch, self.ctx)
+        model.train()
+        _freeze_frozen_norms(model)
+        self.train.set_epoch(epoch)
+        dev = perf.device
+        sums = {"loss": torch.zeros((), device=dev), "penalty": torch.zeros((), device=dev),
+                "correct": torch.zeros((), device=dev, dtype=torch.long),
+                "seen": torch.zeros((), device=dev, dtype=torch.long),
+                "bad_batch": torch.full((), -1, device=dev, dtype=torch.long),  # first non-finite loss
+                "seconds": torch.zeros((), dtype=torch.float64)}
+        first = 0
+        if self.partial is not None:  # resumed mid-epoch
+            first = self.partial["batch"]
+            self.generator.set_state(self.partial["generator"])
+            sums = {k: v.to(dev) if k != "seconds" else v.clone() for k, v in self.partial["sums"].items()}
+            self.partial = None
+        else:
+            self.generator.manual_seed(self.ctx.seed * 7919 + epoch)
+        batches = self.train.iter_from(first)
+        if self.progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc=f"{self.name} {epoch + 1}/{epochs}", leave=False, unit="batch",
+                           total=len(self.train), initial=first)
+        for k, (x, y) in enumerate(batches, start=first):
+            inputs = self.train_transform(x, self.generator)
+            with perf.autocast():
+                logits, features, maps = model.forward_all(inputs, feature_maps=self.needs_maps)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg["label_smoothing"])
+                if self.regularizers:
+                    step = Step(self.ctx, epoch, inputs, y, logits, features, maps)
+                    penalty = sum(r.penalty(step) for r in self.regularizers)
+                    sums["penalty"] += penalty.detach() * len(y)
+                    loss = loss + penalty
+            self.optimizer.zero_grad(set_to_none=True)
+            if loss.requires_grad:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            self.scheduler.step()
+            # no host sync per step: the first bad batch is recorded on the device, checked below
+            bad = sums["bad_batch"]
+            sums["bad_batch"] = torch.where((bad < 0) & ~torch.isfinite(loss.detach()), k, bad)
+            sums["loss"] += loss.detach() * len(y)
+            sums["correct"] += (logits.argmax(1) == y).sum()
+            sums["seen"] += len(y)
+            if self.stop is not None and self.stop.signum is not None and k + 1 < len(self.train):
+                self._check_finite(epoch, sums)
+                sums["seconds"] += time.perf_counter() - t0
+                self._save(epoch, k + 1, sums)
+                raise Interrupted(f"{self.stop.name} during {self.name} epoch {epoch + 1}/{epochs}; saved the "
+                                  f"progress up to batch {k + 1} of {len(self.train)}"
+                                  + ("" if self.checkpoint is not None else " nowhere: checkpoints are off"),
+                                  self.stop.signum)
+        self._check_finite(epoch, sums)
+        seen = max(1, int(sums["seen"].item()))
+        record = {
+            "stage": self.name, "epoch": epoch + 1,
+            "train_loss": sums["loss"].item() / seen,
+            "train_accuracy": sums["correct"].item() / seen,
+            "penalty": sums["penalty"].item() / seen if self.regularizers else None,
+            "lr": self.optimizer.param_groups[-1]["lr"],
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        }
+        if self.val is not None and len(self.val.data):
+            ev = evaluate(model, self.val, self.eval_transform, perf)
+            record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
+            key = (ev["accuracy"], -ev["loss"])
+            if self.cfg["select"] == "best" and (self.best is None or key > tuple(self.best["key"])):
+                self.best = {"key": list(key), "epoch": epoch + 1,
+                             "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        record["seconds"] = round(float(sums["seconds"]) + time.perf_counter() - t0, 3)
+        self.history.append(record)
+        self.log.write(record)
+        if self.progress and self.echo:
+            val = f" val_acc {record['val_accuracy']:.3f}" if "val_accuracy" in record else ""
+            self.echo(f"{self.name} epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.3f} "
+                      f"train_acc {record['train_accuracy']:.3f}{val}")
+        self._save(epoch + 1)
+        if self.stop is not None and self.stop.signum is not None and epoch + 1 < epochs:
+            raise Interrupted(f"{self.stop.name} during {self.name} epoch {epoch + 1}/{epochs}; saved the progress "
+                              "up to the end of that epoch"
+                              + ("" if self.checkpoint is not None else " nowhere: checkpoints are off"),
+                              self.stop.signum)
+
+    def _check_finite(self, epoch: int, sums: dict) -> None:
+        bad = int(sums["bad_batch"].item())
+        if bad >= 0:
+            kept = (f"the last good checkpoint ({self.checkpoint}) is kept" if self.checkpoint is not None
+                    and self.checkpoint.exists() else "no checkpoint of this stage was written")
+            raise TrainingError(
+                f"{self.name}: the loss became NaN or infinite at epoch {epoch + 1}, batch {bad + 1} "
+                f"(lr {self.cfg['optimizer']['lr']:g}); lower {self.name}.optimizer.lr, or the regularizer's "
+                f"weight, and start a new run; {kept}")
+
+
+def rng_state() -> dict:
+    """Every RNG a plugin might draw from: torch (CPU and CUDA), Python's ``random`` and numpy's."""
+    import random
+    import sys
+
+    state = {"torch": torch.get_rng_state(), "python": _plain_tuple(random.getstate())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    np = sys.modules.get("numpy")
+    if np is not None:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state["numpy"] = {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
+
+
+def _plain_tuple(value):
+    """Python's RNG state as nested lists (a checkpoint loaded with ``weights_only`` keeps them)."""
+    return [_plain_tuple(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _tuple(value):
+    return tuple(_tuple(v) for v in value) if isinstance(value, list) else value

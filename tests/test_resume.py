@@ -1,12 +1,14 @@
 """An interrupted run resumes from its checkpoints and ends exactly where an uninterrupted one does."""
 
-import json
+import signal
 
 import pytest
+import torch
 
 import sftcore
-from sftcore import training
-from sftcore.errors import ConfigError
+import tiny
+from sftcore import runner, training
+from sftcore.errors import ConfigError, Interrupted
 
 CFG = {
     "name": "resume", "seed": 0, "backbone": "lenet", "device": "cpu",  # bit-exact: fp32 on the CPU
@@ -19,7 +21,7 @@ CFG = {
 }
 
 
-class Interrupted(Exception):
+class Crash(Exception):
     pass
 
 
@@ -34,7 +36,7 @@ def _crash_in(monkeypatch, stage_name, after_epoch):
             def write_then_die(record):
                 write(record)
                 if record["epoch"] == after_epoch:
-                    raise Interrupted
+                    raise Crash
 
             self.log.write = write_then_die
         return original(self)
@@ -47,7 +49,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     reference = sftcore.run(CFG, out=tmp_path / "ref")
     with monkeypatch.context() as m:
         _crash_in(m, "finetune", after_epoch=3)
-        with pytest.raises(Interrupted):
+        with pytest.raises(Crash):
             sftcore.run(CFG, out=tmp_path / "cut")
     assert (tmp_path / "cut" / "checkpoints" / "pretrain.pt").exists()
     assert not (tmp_path / "cut" / "checkpoints" / "finetune.pt").exists()
@@ -58,16 +60,79 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
         assert resumed[stage]["val_accuracy"] == reference[stage]["val_accuracy"]
         assert resumed[stage]["selected_epoch"] == reference[stage]["selected_epoch"]
     assert resumed["transfer_gain"] == reference["transfer_gain"]
-    # the gradual unfreeze state after resuming is the one of the epoch, not of a fresh start
-    ref_rows = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
-    cut_rows = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
-    ref_ft = {r["epoch"]: r for r in ref_rows if r["stage"] == "finetune"}
-    cut_ft = {r["epoch"]: r for r in cut_rows if r["stage"] == "finetune"}  # last write of an epoch wins
-    assert sorted(cut_ft) == [1, 2, 3, 4]
-    for epoch in (3, 4):
-        assert cut_ft[epoch]["trainable_params"] == ref_ft[epoch]["trainable_params"]
-        assert cut_ft[epoch]["train_loss"] == pytest.approx(ref_ft[epoch]["train_loss"], rel=1e-5)
-    assert ref_ft[1]["trainable_params"] < ref_ft[4]["trainable_params"]
+    # each epoch is logged once, with exactly the values of the uninterrupted run
+    assert tiny.without_seconds(tiny.read_metrics(tmp_path / "cut")) == \
+        tiny.without_seconds(tiny.read_metrics(tmp_path / "ref"))
+    ref_ft = [r for r in tiny.read_metrics(tmp_path / "ref") if r["stage"] == "finetune"]
+    assert ref_ft[0]["trainable_params"] < ref_ft[-1]["trainable_params"]  # gradual unfreezing did unfreeze
+    assert_same_weights(tmp_path / "ref", tmp_path / "cut")
+
+
+def assert_same_weights(a, b, stages=("pretrain", "finetune", "baseline")):
+    for stage in stages:
+        wa = torch.load(a / "checkpoints" / f"{stage}.pt", weights_only=True)["model"]
+        wb = torch.load(b / "checkpoints" / f"{stage}.pt", weights_only=True)["model"]
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), stage
+
+
+class StopAfter:
+    """Stands in for StopSignals: reports a Ctrl-C from the ``n``-th time the loop looks on."""
+
+    name = "Ctrl-C"
+
+    def __init__(self, n):
+        self.n, self.looks = n, 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    @property
+    def signum(self):
+        self.looks += 1
+        return signal.SIGINT if self.looks >= self.n else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("looks", [5, 9, 20, 30])  # mid-epoch (pretrain, finetune), epoch ends
+def test_ctrl_c_saves_mid_epoch_and_resume_is_exact(tmp_path, monkeypatch, looks):
+    reference = sftcore.run(CFG, out=tmp_path / "ref")
+    with monkeypatch.context() as m:
+        m.setattr(runner, "StopSignals", lambda: StopAfter(looks))
+        with pytest.raises(Interrupted) as info:
+            sftcore.run(CFG, out=tmp_path / "cut")
+    assert info.value.exit_code == 130
+    assert f"resume with: sft run --resume {tmp_path / 'cut'}" in str(info.value)
+    resumed = sftcore.run(resume=tmp_path / "cut")
+    for stage in ("pretrain", "finetune", "baseline"):
+        assert resumed[stage]["test_accuracy"] == reference[stage]["test_accuracy"]
+    assert tiny.without_seconds(tiny.read_metrics(tmp_path / "cut")) == \
+        tiny.without_seconds(tiny.read_metrics(tmp_path / "ref"))
+    assert_same_weights(tmp_path / "ref", tmp_path / "cut")
+
+
+def test_a_mid_epoch_checkpoint_records_its_position(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "StopSignals", lambda: StopAfter(5))
+    with pytest.raises(Interrupted, match=r"during pretrain epoch \d/2; saved the progress up to batch"):
+        sftcore.run(CFG, out=tmp_path / "cut")
+    state = torch.load(tmp_path / "cut" / "checkpoints" / "pretrain-last.pt", weights_only=True)
+    assert state["batch"] > 0 and state["sums"]["seen"] == 32 * state["batch"]
+    assert state["generator"] is not None and "torch" in state["rng"]
+
+
+def test_rng_states_round_trip():
+    import random
+
+    import numpy as np
+
+    state = training.rng_state()
+    a = (torch.rand(3), random.random(), np.random.rand())
+    training.set_rng_state(state)
+    b = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
 
 
 def test_resume_needs_a_run_directory(tmp_path):

@@ -1,0 +1,45 @@
+"""Ctrl-C and SIGTERM become a flag that the training loop checks between steps.
+
+Stopping between steps (never inside ``optimizer.step()``) lets the loop save a consistent
+mid-epoch checkpoint before it exits. A second signal is not caught: it stops at once.
+SIGTERM is what SLURM and Kubernetes send before they kill a job.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+
+class StopSignals:
+    """While active, SIGINT/SIGTERM set ``signum`` instead of stopping the process."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            for name in self.SIGNALS:
+                num = getattr(signal, name, None)
+                if num is not None:
+                    self._previous[num] = signal.signal(num, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.signum = signum
+        self._restore()  # the next one is handled the default way: Ctrl-C twice stops at once
+
+    def _restore(self) -> None:
+        for num, handler in self._previous.items():
+            signal.signal(num, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    @property
+    def name(self) -> str:
+        return "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
