@@ -26,9 +26,11 @@ class SftGroup(click.Group):
         except SftError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"sft: error: {exc}", err=True)
+            click.echo(f"sft: {exc.label}: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
             click.echo("sft: interrupted", err=True)
             ctx.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -46,20 +48,57 @@ class SftGroup(click.Group):
 @click.version_option(package_name="sftcore", prog_name="sft")
 @click.pass_context
 def cli(ctx, debug):
-    """sftcore: pretrain on a source task, finetune on a few-label target, evaluate.
+    """sftcore: pretrain a backbone on a source task, finetune it on a target task with few
+    labels, and report whether that beat training from scratch.
 
-    Components (datasets, backbones, regularizers, head strategies) come from plugins;
-    see `sft list` and `sft plugins`.
+    Start with `sft run`: the embedded shapes demo, which runs on a CPU and downloads nothing.
+    Components (datasets, backbones, regularizers, head strategies) come from plugins; see
+    `sft list` and `sft plugins`.
+
+    Shell completion: add eval "$(_SFT_COMPLETE=bash_source sft)" to ~/.bashrc, or
+    eval "$(_SFT_COMPLETE=zsh_source sft)" to ~/.zshrc; in fish, run
+    _SFT_COMPLETE=fish_source sft | source.
     """
     ctx.obj = {"debug": debug}
 
 
+def _complete_names(kind: str | None, incomplete: str) -> list[str]:
+    """Component names for shell completion. Listing imports no torch; plugin warnings stay quiet."""
+    import contextlib
+    import io
+
+    from .plugins import get_registry
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            listing = get_registry().list(kind)
+    except SftError:
+        return []
+    return sorted({c.name for items in listing.values() for c in items if c.name.startswith(incomplete)})
+
+
+def _complete_kind(ctx, param, incomplete):
+    """`sft list <TAB>`: the kinds; a word that starts no kind is a pattern, so complete names."""
+    kinds = [k for k in dict.fromkeys(KIND_ALIASES.values()) if k.startswith(incomplete.lower())]
+    return kinds or _complete_names(None, incomplete)
+
+
+def _complete_pattern(ctx, param, incomplete):
+    """`sft list heads <TAB>`: the names of that kind."""
+    return _complete_names(KIND_ALIASES.get((ctx.params.get("kind") or "").lower()), incomplete)
+
+
 @cli.command("list")
-@click.argument("kind", required=False)
-@click.argument("pattern", required=False)
+@click.argument("kind", required=False, shell_complete=_complete_kind)
+@click.argument("pattern", required=False, shell_complete=_complete_pattern)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON keyed by kind.")
 def list_cmd(kind, pattern, as_json):
-    """List components. KIND: datasets, backbones, regularizers or heads; PATTERN: a shell wildcard."""
+    """List the registered components and the plugin of each.
+
+    KIND is datasets, backbones, regularizers or heads (the singular works too). PATTERN is a
+    shell wildcard over names: `sft list heads 'lp*'`. A pattern alone searches every kind:
+    `sft list 'l2*'`.
+    """
     from .plugins import get_registry
     from .registry import suggest
 
@@ -86,7 +125,11 @@ def list_cmd(kind, pattern, as_json):
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def plugins_cmd(as_json):
-    """List loaded plugins: distribution, version, hooks, components and load errors."""
+    """List the loaded plugins and what they register.
+
+    For each plugin: its distribution and version, the hooks it implements, its components,
+    and the error if it failed to load.
+    """
     from .plugins import plugin_infos
 
     infos = plugin_infos()
@@ -112,24 +155,42 @@ def plugins_cmd(as_json):
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<name>-<timestamp>).")
 @click.option("--resume", type=click.Path(file_okay=False), metavar="RUN_DIR",
               help="Continue an interrupted run from its checkpoints (uses the run's own config).")
+@click.option("--force", is_flag=True, help="Replace an earlier run in the --out directory.")
+@click.option("--nproc", type=click.IntRange(min=1), metavar="N",
+              help="Train data-parallel in N processes on this machine (runs torchrun: one process per GPU, "
+                   "or CPU processes with gloo).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
-def run_cmd(config, overrides, out, resume, progress):
-    """Run pretrain -> finetune -> evaluate. With no CONFIG, runs the embedded shapes demo."""
+def run_cmd(config, overrides, out, resume, force, nproc, progress):
+    """Run pretrain -> finetune -> baseline; say if transfer helped.
+
+    CONFIG is a YAML file; without it, the embedded shapes demo runs. Prints a results table and
+    the verdict, and writes the run directory (config.yaml, metrics.jsonl, summary.json,
+    checkpoints/).
+    """
     from .runner import run
 
-    run(config, out=out, overrides=overrides, progress=progress, echo=click.echo, resume=resume)
+    if nproc is not None and nproc > 1:
+        from .launch import launch
+
+        sys.exit(launch(nproc, config, overrides, out, resume, force, progress))
+    run(config, out=out, overrides=overrides, progress=progress, echo=click.echo, resume=resume, force=force)
 
 
 @cli.group("config")
 def config_group():
-    """Show or create run configs."""
+    """Write a starter config (init) or print one resolved (show)."""
 
 
 @config_group.command("show")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a config value (YAML syntax), e.g. --set finetune.epochs=5. Repeatable.")
 def config_show(config, overrides):
-    """Print the resolved config (defaults filled in, components checked)."""
+    """Print a config with every default filled in, and check it.
+
+    Every key, component name and option is checked against the registry. Without CONFIG, the
+    embedded shapes demo is shown. A mistake prints one line and exits with code 2.
+    """
     from . import config as cfgmod
     from .plugins import get_registry
 
@@ -140,7 +201,11 @@ def config_show(config, overrides):
 @click.argument("path", default="sft.yaml", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def config_init(path, force):
-    """Write a commented starter config (the embedded default) to PATH."""
+    """Write the commented starter config to PATH (default sft.yaml).
+
+    It is the embedded shapes demo that `sft run` runs with no config: edit it, then
+    `sft run PATH`.
+    """
     from pathlib import Path
 
     from .config import DEFAULT_CONFIG
@@ -156,6 +221,58 @@ def config_init(path, force):
     click.echo(f"wrote {target}; run it with: sft run {target}")
 
 
+@cli.command("plot")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for the figures (default RUN_DIR/plots).")
+def plot_cmd(run_dir, out):
+    """Draw a run's training curves and confusion matrix.
+
+    Writes <stage>-curves.png (loss and accuracy per epoch, train and validation) for every stage,
+    and finetune-confusion.png with the counts in finetune-confusion.csv. Needs matplotlib:
+    pip install 'sftcore[plot]'.
+    """
+    from .plots import plot
+
+    for path in plot(run_dir, out):
+        click.echo(str(path))
+
+
+@cli.command("predict")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", default=5, show_default=True, help="How many classes to print per image.")
+@click.option("--stage", default="finetune", show_default=True, help="Whose model: pretrain, finetune or baseline.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of {image, top: [{class, probability}]}.")
+def predict_cmd(run_dir, images, top_k, stage, as_json):
+    """Classify image files with a run's saved model.
+
+    Reads JPEG, PNG, WebP and GIF files and prepares them as the run prepared its test images.
+    """
+    from .predict import Predictor, format_predictions
+
+    if top_k < 1:
+        raise SftError(f"--top-k must be 1 or more, got {top_k}")
+    predictions = Predictor(run_dir, stage)(images, top_k)
+    if as_json:
+        click.echo(json.dumps([p.as_dict() for p in predictions], indent=2))
+    else:
+        click.echo(format_predictions(predictions))
+
+
+@cli.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: differing_keys and one entry per run.")
+def compare_cmd(run_dirs, as_json):
+    """Compare runs: differing config keys, accuracies, gains.
+
+    One row per run: the config keys (dotted, as --set takes them) in which the runs differ, the test
+    accuracy of each stage and the transfer gain. Runs without summary.json are marked unfinished.
+    """
+    from .compare import compare, table
+
+    result = compare(run_dirs)
+    click.echo(json.dumps(result, indent=2) if as_json else table(result))
+
 def main(argv=None, prog_name="sft"):
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -163,5 +280,5 @@ def main(argv=None, prog_name="sft"):
     except SftError as exc:  # raised outside a command's invoke, or re-raised for --debug
         if "--debug" in args:
             raise
-        click.echo(f"sft: error: {exc}", err=True)
+        click.echo(f"sft: {exc.label}: {exc}", err=True)
         sys.exit(exc.exit_code)

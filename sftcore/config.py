@@ -64,6 +64,106 @@ RUN_DEFAULTS: dict[str, Any] = {
 STAGES = ("pretrain", "finetune", "baseline")
 
 
+# --------------------------------------------------------------------------- schema
+def _one_of(choices) -> str:
+    return ", ".join(map(str, choices))
+
+
+# What every key of the tables above means: {dotted path: (type, allowed values, meaning)}. Defaults
+# are not repeated here: describe() reads them from the tables, and tests/test_docs.py fails when a
+# table key has no entry. `<stage>` is pretrain, finetune or baseline.
+SCHEMA: dict[str, tuple[str, str, str]] = {
+    "name": ("string", "non-empty", "names the run directory runs/<name>-<timestamp> (unless --out is given)"),
+    "seed": ("integer", ">= 0", "seeds the subset, validation hold-out, init, shuffling and augmentation"),
+    "device": ("string", _one_of(DEVICES), "auto: CUDA if torch sees it, else MPS, else the CPU"),
+    "backbone": ("component", "a backbone name, or {name: ..., its options}", "the feature extractor every stage "
+                 "trains (sft list backbones)"),
+    "pretrain": ("stage or null", "a mapping of stage keys, or null", "train on the source task first"),
+    "finetune": ("stage or null", "a mapping of stage keys, or null; pretrain or finetune is required",
+                 "train on the target task, starting from the backbone pretrain left or loaded"),
+    "baseline": ("string, mapping or null", "scratch, {name: scratch, stage keys to change}, null or false; "
+                 "needs finetune", "finetune's training from a random init, on its data: the transfer verdict"),
+    "precision": ("string", _one_of(PRECISIONS), "auto: bf16 on CUDA that supports it, else fp16 on CUDA, "
+                  "fp32 on the CPU and MPS"),
+    "channels_last": ("auto or boolean", "auto, true, false", "channels-last memory format; auto: true on the "
+                      "CPU and CUDA, false on MPS"),
+    "compile": ("auto or boolean", "auto, true, false", "torch.compile the backbone; auto: off"),
+    "checkpoints": ("boolean", "true, false", "write checkpoints/ (--resume needs it)"),
+    "<stage>.dataset": ("component", "required: a dataset name, or {name: ..., its options, the runner keys "
+                        "below}", "the stage's data (sft list datasets); baseline always uses finetune's"),
+    "<stage>.epochs": ("integer", ">= 1; 0 only on finetune with a head that needs no training "
+                       "(match_classes, imprint)", "training epochs"),
+    "<stage>.batch_size": ("integer", ">= 1", "training batch size"),
+    "<stage>.eval_batch_size": ("integer", ">= 1", "batch size of validation, test and imprint's "
+                                "feature extraction"),
+    "<stage>.optimizer": ("name or mapping", f"{_one_of(OPTIMIZERS)}, or a mapping of name and options "
+                          "(no name: sgd)", "the optimizer; its options are the optimizer keys below"),
+    "<stage>.schedule": ("name or mapping", f"{_one_of(SCHEDULES)}, or a mapping of name and options "
+                         "(no name: cosine)", "the learning-rate schedule, updated after every batch"),
+    "<stage>.head": ("component", "a head strategy name, or {name: ..., its options}", "builds the new "
+                     "classifier and decides what is frozen in each epoch (sft list heads)"),
+    "<stage>.regularizers": ("list of components", "regularizer names or {name: ..., its options}",
+                             "penalties added to the loss; they add up (sft list regularizers)"),
+    "<stage>.backbone_lr_mult": ("number", ">= 0", "the backbone learns at lr * this, the head at lr "
+                                 "(built-in head strategies)"),
+    "<stage>.select": ("string", _one_of(SELECT), "best: the epoch with the highest validation accuracy; "
+                       "last: the final epoch"),
+    "<stage>.label_smoothing": ("number", "0 to 1", "label smoothing of the cross-entropy loss"),
+    "<stage>.dataset.labels_per_class": ("integer or null", ">= 1; not with fraction", "keep N training "
+                                         "examples per class (stratified, seeded); null: all"),
+    "<stage>.dataset.fraction": ("number or null", "> 0 and <= 1; not with labels_per_class",
+                                 "keep this fraction of each class's training examples; null: all"),
+    "<stage>.dataset.val_fraction": ("number", "0 to 0.9", "share of the kept training examples held out for "
+                                     "validation, unless the dataset has a val split"),
+    "<stage>.optimizer.name": ("string", _one_of(OPTIMIZERS), "which optimizer; each takes only its own options"),
+    "<stage>.optimizer.lr": ("number", "> 0", "the head's learning rate, before the schedule"),
+    "<stage>.optimizer.momentum": ("number", ">= 0", "SGD momentum"),
+    "<stage>.optimizer.weight_decay": ("number", ">= 0", "sgd: coupled L2 term in the gradient; adamw: "
+                                       "decoupled decay; never on biases or norm layers"),
+    "<stage>.optimizer.nesterov": ("boolean", "true, false", "Nesterov momentum (has an effect when momentum > 0)"),
+    "<stage>.optimizer.betas": ("list of 2 numbers", "each in [0, 1)", "AdamW's moment decay rates"),
+    "<stage>.schedule.name": ("string", _one_of(SCHEDULES), "cosine: half a cosine from 1 to 0; step: "
+                              "gamma ** (epoch // step_size); none: constant"),
+    "<stage>.schedule.warmup_epochs": ("integer", ">= 0", "epochs of linear warmup before the schedule"),
+    "<stage>.schedule.step_size": ("integer", ">= 1", "epochs between learning-rate drops"),
+    "<stage>.schedule.gamma": ("number", ">= 0", "the factor of each drop"),
+}
+NAMED_TABLES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+
+
+def table_keys() -> list[str]:
+    """Every dotted path the defaults tables define, in table order."""
+    keys = [*RUN_DEFAULTS, *(f"<stage>.{k}" for k in STAGE_DEFAULTS),
+            *(f"<stage>.dataset.{k}" for k in DATASET_RUNNER_KEYS)]
+    for key, table in NAMED_TABLES.items():
+        keys.append(f"<stage>.{key}.name")
+        keys.extend(f"<stage>.{key}.{opt}" for opt in dict.fromkeys(o for options in table.values() for o in options))
+    return keys
+
+
+def default_of(path: str) -> Any:
+    """A key's default, read from the tables; an optimizer or schedule option gives {name: default}."""
+    parts = path.split(".")
+    if len(parts) == 1:
+        return RUN_DEFAULTS[path]
+    if len(parts) == 2:
+        return STAGE_DEFAULTS[parts[1]]
+    if parts[1] == "dataset":
+        return DATASET_RUNNER_KEYS[parts[2]]
+    if parts[2] == "name":
+        return STAGE_DEFAULTS[parts[1]]["name"]
+    return {name: options[parts[2]] for name, options in NAMED_TABLES[parts[1]].items() if parts[2] in options}
+
+
+def describe() -> list[dict]:
+    """One row per config key: path, type, default, allowed values and meaning (the reference's source)."""
+    rows = []
+    for key in table_keys():
+        kind, allowed, meaning = SCHEMA[key]
+        rows.append({"path": key, "type": kind, "default": default_of(key), "allowed": allowed, "meaning": meaning})
+    return rows
+
+
 def _yaml_loader():
     """PyYAML's safe loader, reading ``1e-3`` as a float (YAML 1.2) instead of a string."""
     import re
@@ -253,7 +353,7 @@ def _named_options(value: Any, table: dict, path: str, what: str, default: str) 
             if not isinstance(merged[key], bool):
                 raise ConfigError(f"config: {where} must be true or false, got {merged[key]!r}")
         elif isinstance(default_value, float):
-            merged[key] = _float(merged[key], where, 0.0)
+            merged[key] = _float(merged[key], where, 0.0, low_open=key == "lr")
         elif isinstance(default_value, int):
             merged[key] = _int(merged[key], where, 1 if key == "step_size" else 0)
         elif key == "betas":

@@ -13,6 +13,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .api import Augment, FileSet, ImageSet
 
 
@@ -67,9 +68,13 @@ class BatchTransform:
         # (x/255 - mean)/std as one multiply-add
         self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                 part: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """``part=(lo, hi, size)``: ``x`` is rows ``[lo, hi)`` of a global batch of ``size`` (one rank's
+        share); the random draws are made for the whole batch, so every rank augments its rows exactly as
+        a single process would."""
         if generator is not None and (self.augment.crop_padding or self.augment.flip):
-            x = self._crop_flip(x, generator)
+            x = self._crop_flip(x, generator, part or (0, len(x), len(x)))
         x = x.float()  # a fresh copy of the uint8 batch: safe to normalise in place
         if self.in_channels != self.out_channels:
             x = x.repeat(1, self.out_channels, 1, 1) if self.in_channels == 1 else x.mean(1, keepdim=True)
@@ -81,19 +86,20 @@ class BatchTransform:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _crop_flip(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def _crop_flip(self, x: torch.Tensor, g: torch.Generator, part: tuple[int, int, int]) -> torch.Tensor:
         """Zero-padded random crop and horizontal flip as one gather over flattened pixels."""
         b, c, h, w = x.shape
+        lo, hi, size = part
         p = self.augment.crop_padding
         dev = x.device
         rows = torch.arange(h, device=dev).expand(b, h)
         cols = torch.arange(w, device=dev).expand(b, w)
         if p:
             x = F.pad(x, (p, p, p, p))
-            rows = rows + torch.randint(0, 2 * p + 1, (b, 1), generator=g, device=dev)
-            cols = cols + torch.randint(0, 2 * p + 1, (b, 1), generator=g, device=dev)
+            rows = rows + torch.randint(0, 2 * p + 1, (size, 1), generator=g, device=dev)[lo:hi]
+            cols = cols + torch.randint(0, 2 * p + 1, (size, 1), generator=g, device=dev)[lo:hi]
         if self.augment.flip:
-            flip = torch.rand((b, 1), generator=g, device=dev) < 0.5
+            flip = torch.rand((size, 1), generator=g, device=dev)[lo:hi] < 0.5
             cols = torch.where(flip, cols.flip(1), cols)
         index = (rows[:, :, None] * (w + 2 * p) + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
         return x.reshape(b, c, -1).gather(2, index).view(b, c, h, w)
@@ -120,61 +126,91 @@ class _FileDataset(torch.utils.data.Dataset):
 
 
 class Batches:
-    """Batches of ``(uint8 images, labels)`` on ``device``; shuffled per epoch from ``seed`` and the epoch."""
+    """Batches of ``(uint8 images, labels)`` on ``device``; shuffled per epoch from ``seed`` and the epoch.
+
+    Under torch.distributed (``sharded``), every rank walks the same global order and takes its
+    contiguous slice of each global batch, so that ``batch_size`` stays the global batch size and
+    every example is used once per epoch across the ranks. An evaluation set (not shuffled) is cut
+    into one contiguous share per rank instead.
+    """
 
     def __init__(self, data: ImageSet | FileSet, batch_size: int, device: torch.device, shuffle: bool,
-                 seed: int = 0, workers: int | None = None):
+                 seed: int = 0, workers: int | None = None, sharded: bool = False):
         self.data, self.batch_size, self.device, self.shuffle, self.seed = data, batch_size, device, shuffle, seed
         self.epoch = 0
         self.in_memory = isinstance(data, ImageSet)
+        self.rank, self.world = (distributed.rank(), distributed.world_size()) if sharded else (0, 1)
         if self.in_memory:
             self.images = data.images.to(device, non_blocking=True)
             self.labels = data.labels.to(device, non_blocking=True)
         else:
             self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
 
-    def __len__(self) -> int:
+    def _count(self) -> int:
+        """Examples per epoch: a shuffled epoch drops a final batch too small to give each rank two
+        (a batch of one breaks batch norm in training)."""
         n = len(self.data)
-        if self.shuffle and n > 1 and n % self.batch_size == 1:
-            n -= 1  # the final batch of one that _order drops
-        return math.ceil(n / self.batch_size)
+        if self.shuffle and n > 2 * self.world and 0 < n % self.batch_size < 2 * self.world:
+            n -= n % self.batch_size
+        return n
+
+    def __len__(self) -> int:
+        if not self.shuffle and self.world > 1:
+            lo, hi = distributed.shard(len(self.data), self.rank, self.world)
+            return math.ceil((hi - lo) / self.batch_size)
+        return math.ceil(self._count() / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _order(self) -> torch.Tensor | None:
-        if not self.shuffle:
+    def part(self, batch: int) -> tuple[int, int, int]:
+        """``(lo, hi, size)``: this rank's rows ``[lo, hi)`` of global batch ``batch`` of ``size`` rows."""
+        size = min(self.batch_size, self._count() - batch * self.batch_size)
+        lo, hi = distributed.shard(size, self.rank, self.world)
+        return lo, hi, size
+
+    def _indices(self, first: int):
+        """This rank's example indices for each batch from ``first`` on (None: contiguous, unsharded)."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(len(self.data), generator=g)[: self._count()]
+        elif self.world > 1:
+            lo, hi = distributed.shard(len(self.data), self.rank, self.world)
+            order = torch.arange(lo, hi)
+        else:
             return None
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(len(self.data), generator=g)
-        if len(order) % self.batch_size == 1 and len(order) > 1:
-            order = order[:-1]  # a batch of one breaks batch norm in training
-        return order
+        if self.in_memory:
+            order = order.to(self.device)  # one copy per epoch; batches are slices of it
+        out = []
+        for b in range(first, math.ceil(len(order) / self.batch_size) if not self.shuffle else len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            if self.shuffle and self.world > 1:
+                lo, hi, _ = self.part(b)
+                idx = idx[lo:hi]
+            out.append(idx)
+        return out
 
     def __iter__(self):
         return self.iter_from(0)
 
     def iter_from(self, batch: int):
         """This epoch's batches from number ``batch`` on (a run resumed mid-epoch skips the ones done)."""
-        order = self._order()
-        first = batch * self.batch_size
+        index = self._indices(batch)
         if self.in_memory:
-            n = len(self.data) if order is None else len(order)
-            if order is not None:
-                order = order.to(self.device)
-            for start in range(first, n, self.batch_size):
-                if order is None:
+            if index is None:
+                for start in range(batch * self.batch_size, len(self.data), self.batch_size):
                     sl = slice(start, start + self.batch_size)
                     yield self.images[sl], self.labels[sl]
-                else:
-                    idx = order[start:start + self.batch_size]
-                    yield self.images[idx], self.labels[idx]
+                return
+            for idx in index:
+                yield self.images[idx], self.labels[idx]
             return
-        if order is None:
-            order = torch.arange(len(self.data))
-        sampler = order[first:].tolist()
+        if index is None:
+            everything = torch.arange(len(self.data))
+            index = [everything[s:s + self.batch_size] for s in range(batch * self.batch_size, len(self.data),
+                                                                        self.batch_size)]
         loader = torch.utils.data.DataLoader(
-            _FileDataset(self.data), batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
+            _FileDataset(self.data), batch_sampler=[i.tolist() for i in index], num_workers=self.workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
         )
         for x, y in loader:

@@ -29,7 +29,11 @@ class TransferModel(nn.Module):
         self.spec = backbone  # metadata (blocks, feature-map names, input size), not a submodule
         self._hooks_installed = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, all_outputs: bool = False, feature_maps: bool = False):
+        """Logits; with ``all_outputs``, what ``forward_all`` returns (the training loop calls the model
+        this way so that a DistributedDataParallel wrapper sees the forward pass)."""
+        if all_outputs:
+            return self.forward_all(x, feature_maps=feature_maps)
         return self.head(self.backbone(x))
 
     def forward_all(self, x: torch.Tensor, feature_maps: bool = False):

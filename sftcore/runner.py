@@ -14,10 +14,10 @@ from typing import Callable, Sequence
 import torch
 
 from . import config as cfgmod
-from . import storage
+from . import distributed, storage
 from .api import (Augment, Backbone, BackboneContext, DatasetContext, DataSplits, FileSet, ImageSet, TrainContext)
 from .data import Batches, BatchTransform, few_label_index, holdout_index
-from .errors import ConfigError, Interrupted, PluginError, TrainingError
+from .errors import ConfigError, Interrupted, PluginError, SftError, TrainingError
 from .interrupt import StopSignals
 from .model import TransferModel
 from .plugins import get_registry
@@ -39,6 +39,8 @@ def resolve_performance(cfg: dict) -> Performance:
     elif want == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("config: device is mps but torch sees no MPS device; use device: auto or cpu")
     device = torch.device(want)
+    if distributed.env_world_size() > 1:  # one process per device under torchrun
+        device = distributed.setup(device.type) or device
     precision = cfg["precision"]
     if precision == "auto":
         if device.type == "cuda":
@@ -148,7 +150,7 @@ class Pipeline:
         self.resume, self.stop = resume, stop
         self.registry = get_registry()
         self.perf = resolve_performance(cfg)
-        self.log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None)
+        self.log = MetricsLog(run_dir / "metrics.jsonl" if run_dir and distributed.is_main() else None)
         self.seed = cfg["seed"]
 
     def _check_stop(self) -> None:
@@ -183,8 +185,9 @@ class Pipeline:
         train_tf, eval_tf = self._transforms(data, backbone)
         stage_seed = self.seed + {"pretrain": 0, "finetune": 1, "baseline": 2}.get(name, 3)
         on_device = data.train.to(perf.device) if isinstance(data.train, ImageSet) else data.train  # once
-        train = Batches(on_device, scfg["batch_size"], perf.device, shuffle=True, seed=stage_seed)
-        val = Batches(data.val, scfg["eval_batch_size"], perf.device, shuffle=False) if data.val is not None else None
+        train = Batches(on_device, scfg["batch_size"], perf.device, shuffle=True, seed=stage_seed, sharded=True)
+        val = (Batches(data.val, scfg["eval_batch_size"], perf.device, shuffle=False, sharded=True)
+               if data.val is not None else None)
         plain = Batches(on_device, scfg["eval_batch_size"], perf.device, shuffle=False)
         backbone.features.to(perf.device)
 
@@ -246,11 +249,11 @@ class Pipeline:
                       regularizers=[r["name"] for r in scfg["regularizers"]])
         result["correct"] = None
         if data.test is not None and len(data.test):
-            test = Batches(data.test, scfg["eval_batch_size"], perf.device, shuffle=False)
+            test = Batches(data.test, scfg["eval_batch_size"], perf.device, shuffle=False, sharded=True)
             ev = evaluate(model, test, eval_tf, perf)
             result.update(test_accuracy=ev["accuracy"], test_loss=ev["loss"])
             result["correct"] = ev["correct"]
-            if self.run_dir is not None:  # for `sft plot`'s confusion matrix
+            if self.run_dir is not None and distributed.is_main():  # for `sft plot`'s confusion matrix
                 (self.run_dir / "predictions").mkdir(exist_ok=True)
                 storage.write_json(self.run_dir / "predictions" / f"{name}.json", {
                     "stage": name, "classes": data.classes,
@@ -258,7 +261,7 @@ class Pipeline:
         else:
             result.update(test_accuracy=None, test_loss=None)
         result["seconds"] = round(time.perf_counter() - t0, 3)
-        if final is not None:
+        if final is not None and distributed.is_main():
             storage.save({"stage": name, "model": model.state_dict(), "classes": data.classes,
                         "mean": list(map(float, train_tf.mean)), "std": list(map(float, train_tf.std)),
                         # what the dataset gave and what the model took: `sft predict` prepares new images alike
@@ -271,7 +274,7 @@ class Pipeline:
         cfg = self.cfg
         t0 = time.perf_counter()
         summary: dict = {"name": cfg["name"], "seed": self.seed, "run_dir": str(self.run_dir) if self.run_dir else None,
-                         "performance": self.perf.describe()}
+                         "performance": self.perf.describe(), "world_size": distributed.world_size()}
         backbone = self.build_backbone()
         source_head, source_classes = backbone.head, backbone.source_classes
         results: dict[str, dict] = {}
@@ -310,15 +313,21 @@ def _pct(x) -> str:
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints", "predictions", "plots")
 
 
+def new_run_path(name: str) -> Path:
+    """``runs/<name>-<timestamp>``, numbered if taken (not created here)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / f"{name}-{stamp}"
+    i = 1
+    while path.exists():
+        i += 1
+        path = Path("runs") / f"{name}-{stamp}-{i}"
+    return path
+
+
 def _run_dir(out, name: str, force: bool) -> Path:
     """A new run directory; an existing run in ``out`` is replaced only with ``force``."""
     if out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / f"{name}-{stamp}"
-        i = 1
-        while path.exists():
-            i += 1
-            path = Path("runs") / f"{name}-{stamp}-{i}"
+        path = new_run_path(name)
     else:
         path = Path(out)
         if path.exists() and not path.is_dir():
@@ -381,11 +390,35 @@ def run(config=None, *, out=None, overrides=(), progress=None, echo=None, resume
                               "continue from; start it again")
     else:
         cfg = cfgmod.resolve(cfgmod.load(config, overrides), registry)
-        resolve_performance(cfg)  # a device error must not leave an empty run directory behind
-        run_dir = _run_dir(out, cfg["name"], force)
-        storage.write_text(run_dir / "config.yaml", cfgmod.dump(cfg))
-    if cfg["checkpoints"]:
+    resolve_performance(cfg)  # joins torchrun's process group; a device error leaves no empty run directory
+    try:
+        summary = _run(cfg, run_dir if resume is not None else None, out, force, progress, echo)
+        distributed.barrier()  # rank 0 writes last; no rank leaves the group before it is done
+        return summary
+    finally:
+        distributed.teardown()
+
+
+def _run(cfg: dict, resume: Path | None, out, force: bool, progress, echo) -> dict:
+    main = distributed.is_main()
+    run_dir = resume
+    if resume is None:
+        made = None
+        if main:
+            try:
+                made = _run_dir(out, cfg["name"], force)
+                storage.write_text(made / "config.yaml", cfgmod.dump(cfg))
+            except SftError as exc:
+                distributed.broadcast_object(str(exc))  # the other ranks stop with the same line
+                raise
+        made = distributed.broadcast_object(str(made) if made is not None else None)
+        if not isinstance(made, str) or not Path(made).is_dir():
+            raise ConfigError(made if isinstance(made, str) else "rank 0 could not create the run directory")
+        run_dir = Path(made)
+    if cfg["checkpoints"] and main:
         (run_dir / "checkpoints").mkdir(exist_ok=True)
+    if not main:
+        echo, progress = None, False
     if progress is None:
         import sys
 
@@ -400,7 +433,8 @@ def run(config=None, *, out=None, overrides=(), progress=None, echo=None, resume
         if isinstance(exc, Interrupted):
             raise Interrupted(f"{exc}; {again}", exc.exit_code - 128) from None
         raise
-    storage.write_json(run_dir / "summary.json", summary)
+    if main:
+        storage.write_json(run_dir / "summary.json", summary)
     if echo is not None:
         echo(results_table(summary))
         echo(f"run directory: {run_dir}")

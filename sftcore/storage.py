@@ -15,11 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import SftError
+from .errors import ConfigError
 
 
-class StorageError(SftError):
-    """A file of the run could not be written or read."""
+class StorageError(ConfigError):
+    """A file of the run, or one the config names, could not be written or read."""
 
 
 def _write(path: Path, fill: Callable[[Any], None], binary: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .api import HeadStrategy, Regularizer, Step, TrainContext, unfreeze
-from . import storage
+from . import distributed, storage
 from .errors import Interrupted, PluginError, TrainingError
 from .interrupt import StopSignals
 from .data import Batches, BatchTransform
@@ -141,6 +142,12 @@ def evaluate(model: TransferModel, batches: Batches, transform: BatchTransform, 
     empty = torch.zeros(0, dtype=torch.long)
     predicted = torch.cat(predicted).cpu() if predicted else empty
     targets = torch.cat(targets).cpu() if targets else empty
+    if distributed.active():  # each rank evaluated one contiguous share: put them back in order
+        shares = distributed.all_gather_objects((predicted, targets, loss_sum.item(), n))
+        predicted = torch.cat([sh[0] for sh in shares])
+        targets = torch.cat([sh[1] for sh in shares])
+        loss_sum = torch.tensor(sum(sh[2] for sh in shares))
+        n = sum(sh[3] for sh in shares)
     correct = predicted == targets
     return {"accuracy": correct.float().mean().item() if n else float("nan"),
             "loss": loss_sum.item() / max(1, n), "correct": correct, "predicted": predicted, "targets": targets}
@@ -173,11 +180,14 @@ class Stage:
             self.optimizer, _schedule(cfg["schedule"], cfg["epochs"], len(train)))
         self.scaler = torch.amp.GradScaler(perf.device.type, enabled=perf.amp_dtype is torch.float16)
         self.needs_maps = any(r.needs_feature_maps for r in regularizers)
+        distributed.broadcast_module_(model)  # one starting point (and one w0) on every rank
         if regularizers:
             ctx.snapshot()
         for r in regularizers:
             r.setup(ctx)
         self.generator = torch.Generator(device=perf.device)
+        self.net: torch.nn.Module = model  # what the loop calls: the model, or its DDP wrapper
+        self._trainable: tuple | None = None
         self.start_epoch = 0
         self.partial: dict | None = None  # where a mid-epoch checkpoint left off
         self.best: dict | None = None
@@ -225,7 +235,10 @@ class Stage:
         set_rng_state(state["rng"])
 
     def _save(self, epoch: int, batch: int = 0, sums: dict | None = None) -> None:
-        if self.checkpoint is not None:
+        if sums is not None and distributed.active():  # every rank's share of the epoch so far
+            sums = {k: distributed.all_reduce_(v.clone()) if k not in ("seconds", "bad_batch") else v
+                    for k, v in sums.items()}
+        if self.checkpoint is not None and distributed.is_main():
             storage.save(self.state_dict(epoch, batch, sums), self.checkpoint)
 
     # ------------------------------------------------------------------ the loop
@@ -246,6 +259,7 @@ class Stage:
         model, perf = self.model, self.perf
         t0 = time.perf_counter()
         begin_epoch(self.strategy, epoch, self.ctx)
+        self._wrap()
         model.train()
         _freeze_frozen_norms(model)
         self.train.set_epoch(epoch)
@@ -260,6 +274,8 @@ class Stage:
             first = self.partial["batch"]
             self.generator.set_state(self.partial["generator"])
             sums = {k: v.to(dev) if k != "seconds" else v.clone() for k, v in self.partial["sums"].items()}
+            if not distributed.is_main():  # rank 0 carries the totals saved so far
+                sums = {k: torch.zeros_like(v) if k not in ("seconds", "bad_batch") else v for k, v in sums.items()}
             self.partial = None
         else:
             self.generator.manual_seed(self.ctx.seed * 7919 + epoch)
@@ -270,9 +286,10 @@ class Stage:
             batches = tqdm(batches, desc=f"{self.name} {epoch + 1}/{epochs}", leave=False, unit="batch",
                            total=len(self.train), initial=first)
         for k, (x, y) in enumerate(batches, start=first):
-            inputs = self.train_transform(x, self.generator)
+            part = self.train.part(k) if self.train.world > 1 else None
+            inputs = self.train_transform(x, self.generator, part)
             with perf.autocast():
-                logits, features, maps = model.forward_all(inputs, feature_maps=self.needs_maps)
+                logits, features, maps = self.net(inputs, all_outputs=True, feature_maps=self.needs_maps)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg["label_smoothing"])
                 if self.regularizers:
                     step = Step(self.ctx, epoch, inputs, y, logits, features, maps)
@@ -281,7 +298,10 @@ class Stage:
                     loss = loss + penalty
             self.optimizer.zero_grad(set_to_none=True)
             if loss.requires_grad:
-                self.scaler.scale(loss).backward()
+                # DDP averages gradients over ranks; weigh each rank's mean loss by its share of the
+                # global batch so that the step equals a single process's on the whole batch
+                scaled = loss * (len(y) * self.train.world / part[2]) if part is not None else loss
+                self.scaler.scale(scaled).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             self.scheduler.step()
@@ -291,7 +311,7 @@ class Stage:
             sums["loss"] += loss.detach() * len(y)
             sums["correct"] += (logits.argmax(1) == y).sum()
             sums["seen"] += len(y)
-            if self.stop is not None and self.stop.signum is not None and k + 1 < len(self.train):
+            if self._stopping() and k + 1 < len(self.train):
                 self._check_finite(epoch, sums)
                 sums["seconds"] += time.perf_counter() - t0
                 self._save(epoch, k + 1, sums)
@@ -300,6 +320,8 @@ class Stage:
                                   + ("" if self.checkpoint is not None else " nowhere: checkpoints are off"),
                                   self.stop.signum)
         self._check_finite(epoch, sums)
+        for key in ("loss", "penalty", "correct", "seen"):
+            distributed.all_reduce_(sums[key])
         seen = max(1, int(sums["seen"].item()))
         record = {
             "stage": self.name, "epoch": epoch + 1,
@@ -318,19 +340,54 @@ class Stage:
                              "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         record["seconds"] = round(float(sums["seconds"]) + time.perf_counter() - t0, 3)
         self.history.append(record)
-        self.log.write(record)
+        if distributed.is_main():
+            self.log.write(record)
         if self.progress and self.echo:
             val = f" val_acc {record['val_accuracy']:.3f}" if "val_accuracy" in record else ""
             self.echo(f"{self.name} epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.3f} "
                       f"train_acc {record['train_accuracy']:.3f}{val}")
         self._save(epoch + 1)
-        if self.stop is not None and self.stop.signum is not None and epoch + 1 < epochs:
+        if self._stopping() and epoch + 1 < epochs:
             raise Interrupted(f"{self.stop.name} during {self.name} epoch {epoch + 1}/{epochs}; saved the progress "
                               "up to the end of that epoch"
                               + ("" if self.checkpoint is not None else " nowhere: checkpoints are off"),
                               self.stop.signum)
 
+    def _stopping(self) -> bool:
+        """A signal came; under torch.distributed, on any rank (all ranks must stop at the same step)."""
+        if self.stop is None:
+            return False
+        flag = self.stop.signum is not None
+        if distributed.active():
+            flag = bool(distributed.all_reduce_(torch.tensor([int(flag)], device=self.perf.device), "max").item())
+            if flag and self.stop.signum is None:
+                self.stop.signum = signal.SIGTERM  # another rank was told to stop
+        return flag
+
+    def _wrap(self) -> None:
+        """DistributedDataParallel over the parameters trainable this epoch, rebuilt when a head
+        strategy freezes or unfreezes parts: DDP fixes its set of synchronised parameters when it is
+        built, and a frozen parameter it still waits for fails the step."""
+        if not distributed.active():
+            return
+        trainable = tuple(p.requires_grad for p in self.model.parameters())
+        if trainable == self._trainable:
+            return
+        self._trainable = trainable
+        if not any(trainable):
+            self.net = self.model
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        dev = self.perf.device
+        self.net = DistributedDataParallel(self.model, device_ids=[dev] if dev.type == "cuda" else None)
+
     def _check_finite(self, epoch: int, sums: dict) -> None:
+        if distributed.active():  # the first bad batch on any rank
+            never = torch.iinfo(torch.long).max
+            first = torch.where(sums["bad_batch"] < 0, never, sums["bad_batch"]).reshape(1)
+            first = int(distributed.all_reduce_(first, "min").item())
+            sums["bad_batch"] = torch.tensor(-1 if first == never else first)
         bad = int(sums["bad_batch"].item())
         if bad >= 0:
             kept = (f"the last good checkpoint ({self.checkpoint}) is kept" if self.checkpoint is not None

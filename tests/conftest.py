@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from contextlib import ExitStack
 
 import pytest
 
@@ -11,18 +12,12 @@ os.environ.setdefault("TIMM_OFFLINE", "1")
 
 @pytest.fixture
 def plugin():
-    """Register a plugin object for one test: ``plugin(obj, name)``; unregistered afterwards."""
-    from sftcore import plugins
+    """Register a plugin object for one test: ``plugin(obj, name)`` returns its info, problems and all
+    (``check=False``); unregistered afterwards."""
+    from sftcore.testing import registered
 
-    names = []
-
-    def add(obj, name="test-plugin"):
-        names.append(name)
-        return plugins.register_plugin(obj, name)
-
-    yield add
-    for name in names:
-        plugins.unregister_plugin(name)
+    with ExitStack() as stack:
+        yield lambda obj, name="test-plugin": stack.enter_context(registered(obj, name, check=False))
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_SRC = ROOT / "examples" / "sft-example-plugin"
 BUILTINS = ("sftcore.backbones", "sftcore.datasets", "sftcore.heads", "sftcore.regularizers")
 KINDS = ("datasets", "backbones", "regularizers", "heads")
-EXAMPLE_COMPONENTS = {"datasets": ["stripes"], "backbones": ["tiny_cnn"], "regularizers": ["l1"],
-                      "heads": ["zero_init"]}
+EXAMPLE_COMPONENTS = {"datasets": ["npz", "stripes"], "backbones": ["tiny_cnn"],
+                      "regularizers": ["bss", "delta", "l1"], "heads": ["zero_init"]}
 HOOKS = ["register_backbones", "register_datasets", "register_heads", "register_regularizers"]
 HEAVY = ("torch", "torchvision", "timm")
 
@@ -186,7 +186,7 @@ def test_plugins_json_shows_distribution_version_hooks_and_components(example_si
     text = sft("plugins", pythonpath=[example_site], cwd=tmp_path)
     assert text.returncode == 0
     assert "example  [sft-example-plugin 0.1.0]" in text.stdout
-    assert "regularizers: l1" in text.stdout
+    assert "regularizers: bss, delta, l1" in text.stdout
 
 
 @pytest.mark.parametrize("allow, shown", [

@@ -1,21 +1,25 @@
 """The docs say what the code does: hooks, components, options, config keys, examples, quickstart.
 
 Like datasette's tests/test_docs.py, these fail when code grows something the docs do not mention.
-Only resolving the example configs and reading factory signatures import torch (through the
-built-in factories' modules); everything else reads text.
+Only resolving the example configs, reading factory signatures and running docs/hooks.md's
+examples (a tiny run) import torch; everything else reads text.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
+import shlex
+import types
 from pathlib import Path
 
 import pytest
 import yaml
 
+import sftcore
+from sftcore import api, hookspecs
 from sftcore import config as cfgmod
-from sftcore import hookspecs
 from sftcore.plugins import get_registry, plugin_infos
 from sftcore.registry import KINDS
 
@@ -48,6 +52,12 @@ def builtin_components() -> list[tuple[str, str]]:
 def default_rows(text: str) -> dict[str, object]:
     """Table rows ``| `key` | `default` | ...`` as {key: the default parsed as YAML}."""
     return {key: yaml.safe_load(value) for key, value in re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", text, flags=re.M)}
+
+
+def option_rows(text: str) -> dict[str, tuple[str, str]]:
+    """Table rows ``| `option` | `type` | `default` or required | ...`` as {option: (type, default text)}."""
+    rows = re.findall(r"^\| `(\w+)` \| `((?:[^`\\]|\\.)*)` \| (`[^`]*`|required) \|", text, flags=re.M)
+    return {opt: (kind.replace("\\|", "|"), default) for opt, kind, default in rows}
 
 
 def sections(text: str) -> dict[str, str]:
@@ -87,6 +97,64 @@ def test_plugin_environment_variables_are_documented():
         assert f"{var}=" in text
 
 
+# --------------------------------------------------------------------------- hooks.md
+def hook_examples() -> list[str]:
+    """The Python blocks of docs/hooks.md that implement a hook: each is a whole plugin module."""
+    blocks = re.findall(r"```python\n(.*?)```", read(DOCS / "hooks.md"), flags=re.S)
+    return [block for block in blocks if "@hookimpl" in block]
+
+
+def api_sections() -> dict[str, str]:
+    """``#### `Name` `` or ``#### `name(args)` `` sections of docs/hooks.md, by name and heading."""
+    out = {}
+    for match in re.finditer(r"^#### `([^`]+)`[^\n]*\n(.*?)(?=^#{1,4} |\Z)", read(DOCS / "hooks.md"),
+                             flags=re.S | re.M):
+        out[match.group(1)] = match.group(2)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(hook_specs()))
+def test_every_hook_is_in_the_hook_reference(name):
+    text = read(DOCS / "hooks.md")
+    assert f"### `{name}{inspect.signature(hook_specs()[name])}`" in text, f"docs/hooks.md needs ### `{name}(...)`"
+    assert inspect.getdoc(hook_specs()[name]).replace("``", "`") in text, f"docs/hooks.md: {name}'s contract"
+    assert [b for b in hook_examples() if f"def {name}(register):" in b], f"docs/hooks.md: no example of {name}"
+    assert "## `register(name, factory, description=None, override=False)`" in text
+
+
+@pytest.mark.parametrize("name", api.__all__)
+def test_every_api_name_is_in_the_hook_reference(name):
+    obj = getattr(api, name)
+    if inspect.isfunction(obj):
+        heading = f"{name}({', '.join(inspect.signature(obj).parameters)})"
+        assert heading in api_sections(), f"docs/hooks.md needs a heading #### `{heading}`"
+        return
+    assert name in api_sections(), f"docs/hooks.md needs a heading #### `{name}`"
+    members = {f.name for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else set()
+    members |= {m for m in vars(obj) if not m.startswith("_")}
+    if not dataclasses.is_dataclass(obj) and "__init__" in vars(obj):
+        members |= set(inspect.signature(obj.__init__).parameters) - {"self"}
+    missing = sorted(m for m in members - {"_start"} if not re.search(rf"`{m}[`(]", api_sections()[name]))
+    assert not missing, f"docs/hooks.md, section `{name}`, does not mention {missing}"
+
+
+def test_the_hook_examples_work_together(plugin, tmp_path, one_thread):
+    """The four examples as plugins, in one tiny run with the config the page shows."""
+    for i, code in enumerate(hook_examples()):
+        module = types.ModuleType(f"hooks_md_example_{i}")
+        exec(compile(code, f"docs/hooks.md example {i}", "exec"), module.__dict__)
+        info = plugin(module, f"hooks-md-{i}")
+        get_registry()
+        assert info.errors == []
+    config = yaml.safe_load(re.search(r"```yaml\n(.*?)```", read(DOCS / "hooks.md"), flags=re.S).group(1))
+    config["device"] = "cpu"
+    summary = sftcore.run(config, out=tmp_path / "run")
+    assert (summary["finetune"]["head"], summary["finetune"]["regularizers"]) == ("top_blocks", ["feature_norm"])
+    assert summary["finetune"]["classes"] == 4 and summary["baseline"]["test_accuracy"] is not None
+    bands = get_registry().get("datasets", "bands")  # registered without a description: the docstring's
+    assert bands.description == "Images of horizontal bands; the class is the band height."
+
+
 # --------------------------------------------------------------------------- components.md
 def test_there_are_builtin_components():
     found = builtin_components()
@@ -98,13 +166,21 @@ def test_every_builtin_component_is_documented_with_its_options(kind, name):
     documented = sections(read(DOCS / "components.md"))
     assert name in documented, f"docs/components.md needs a section ### `{name}` for the {kind[:-1]}"
     names, _ = get_registry().get(kind, name).option_names()
-    missing = [opt for opt in names if f"`{opt}`" not in documented[name]]
-    assert not missing, f"docs/components.md, section `{name}`, does not mention option(s) {missing}"
+    rows = option_rows(documented[name])
+    missing = [opt for opt in names if opt not in rows]
+    assert not missing, f"docs/components.md, section `{name}`, has no table row for option(s) {missing}"
     params = inspect.signature(get_registry().get(kind, name).load()).parameters
-    for opt, default in default_rows(documented[name]).items():
-        assert opt in names, f"docs/components.md, section `{name}`, documents option `{opt}` it does not take"
-        assert default == params[opt].default, \
-            f"docs/components.md, section `{name}`: `{opt}` defaults to {params[opt].default!r}, not {default!r}"
+    for opt, (documented_type, default) in rows.items():
+        where = f"docs/components.md, section `{name}`, option `{opt}`"
+        assert opt in names, f"{where}: the factory takes no such option"
+        annotation = params[opt].annotation
+        real_type = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+        assert documented_type == real_type, f"{where}: the type is {real_type!r}, not {documented_type!r}"
+        if default == "required":
+            assert params[opt].default is None, f"{where}: not required, it defaults to {params[opt].default!r}"
+        else:
+            assert yaml.safe_load(default.strip("`")) == params[opt].default, \
+                f"{where}: defaults to {params[opt].default!r}, not {default}"
 
 
 # --------------------------------------------------------------------------- config.md
@@ -138,6 +214,39 @@ def test_every_choice_is_documented(choices):
     assert [c for c in choices if f"`{c}`" not in text] == []
 
 
+# --------------------------------------------------------------------------- config-reference.md
+def test_every_key_of_the_defaults_tables_has_a_description():
+    keys = cfgmod.table_keys()
+    assert [k for k in keys if k not in cfgmod.SCHEMA] == [], "add the key(s) to SCHEMA in sftcore/config.py"
+    assert [k for k in cfgmod.SCHEMA if k not in keys] == [], "SCHEMA describes key(s) no defaults table has"
+    assert all(all(text.strip() for text in entry) for entry in cfgmod.SCHEMA.values())
+
+
+def test_schema_defaults_come_from_the_tables():
+    rows = {row["path"]: row["default"] for row in cfgmod.describe()}
+    assert rows["seed"] == cfgmod.RUN_DEFAULTS["seed"]
+    assert rows["<stage>.epochs"] == cfgmod.STAGE_DEFAULTS["epochs"]
+    assert rows["<stage>.dataset.val_fraction"] == cfgmod.DATASET_RUNNER_KEYS["val_fraction"]
+    assert rows["<stage>.optimizer.lr"] == {"sgd": cfgmod.OPTIMIZERS["sgd"]["lr"],
+                                            "adamw": cfgmod.OPTIMIZERS["adamw"]["lr"]}
+    assert rows["<stage>.schedule.step_size"] == {"step": cfgmod.SCHEDULES["step"]["step_size"]}
+
+
+def test_config_reference_is_the_generated_text():
+    from sftcore import config_reference
+
+    assert read(DOCS / "config-reference.md") == config_reference.markdown(), \
+        "docs/config-reference.md is stale: python -m sftcore.config_reference > docs/config-reference.md"
+
+
+def test_config_reference_lists_every_key_and_default():
+    text = read(DOCS / "config-reference.md")
+    for key in cfgmod.table_keys():
+        assert f"| `{key}` |" in text
+    assert "| `<stage>.optimizer.lr` | number | sgd: `0.01`, adamw: `0.001` |" in text
+    assert "| `<stage>.dataset` | component | required |" in text
+
+
 # --------------------------------------------------------------------------- examples
 def test_shapes_example_is_the_embedded_default():
     assert read(ROOT / "examples" / "configs" / "shapes.yaml") == read(cfgmod.DEFAULT_CONFIG)
@@ -166,6 +275,54 @@ def test_seed_example_is_the_seed_experiment():
                                                                                "momentum": 0.9}
         assert s["dataset"]["mean"] == s["dataset"]["std"] == 0.5
     assert cfg["baseline"]["name"] == "scratch"
+
+
+# --------------------------------------------------------------------------- getting-started.md
+def getting_started(prefix: str, fence: str) -> list[tuple[list[str], str]]:
+    """``(sft arguments, the line after)`` for each line of a ```fence block that starts with prefix."""
+    out = []
+    for block in re.findall(rf"```{fence}\n(.*?)```", read(DOCS / "getting-started.md"), flags=re.S):
+        lines = [line.split("  #")[0].strip() for line in block.replace("\\\n", " ").splitlines()] + [""]
+        out += [(shlex.split(line[len(prefix):]), lines[i + 1]) for i, line in enumerate(lines)
+                if line.startswith(prefix)]
+    return out
+
+
+@pytest.fixture
+def in_scratch_dir(tmp_path, monkeypatch):
+    """A fresh working directory in which the docs' relative paths (examples/...) resolve."""
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_getting_started_commands_work(in_scratch_dir):
+    """Every `sft` command of the page, in order; a run becomes `sft config show` of the same config."""
+    from click.testing import CliRunner
+
+    from sftcore.cli import cli
+
+    commands = getting_started("sft ", "bash")
+    assert len(commands) >= 12 and ["run"] in [args for args, _ in commands]
+    for args, _ in commands:
+        if args[0] == "run":  # a run takes too long here: check the config it would run
+            args = ["config", "show", *args[1:]]
+            if "--out" in args:
+                del args[args.index("--out"):args.index("--out") + 2]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, f"docs/getting-started.md: sft {shlex.join(args)}: {result.output}"
+
+
+def test_getting_started_errors_are_the_real_ones(in_scratch_dir):
+    from click.testing import CliRunner
+
+    from sftcore.cli import cli
+
+    shown = getting_started("$ sft ", "text")
+    assert shown
+    for args, message in shown:
+        result = CliRunner().invoke(cli, args)
+        assert (result.exit_code, result.stderr.strip()) == (2, message)
 
 
 # --------------------------------------------------------------------------- README and CI

@@ -127,7 +127,7 @@ def test_lenet_weights_errors(tmp_path):
         lenet(weights=str(other))
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint")
-    with pytest.raises(ConfigError, match="cannot read weights file"):
+    with pytest.raises(ConfigError, match="weights file .*junk.pt' is truncated or corrupt"):
         lenet(weights=str(junk))
 
 

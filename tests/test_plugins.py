@@ -705,10 +705,10 @@ def _example_registry(module) -> Registry:
     return reg
 
 
-def test_example_plugin_registers_one_lazy_component_of_each_kind(example):
+def test_example_plugin_registers_lazy_components_of_each_kind(example):
     reg = _example_registry(example)
-    assert reg.by_plugin("example") == {"datasets": ["stripes"], "backbones": ["tiny_cnn"],
-                                        "regularizers": ["l1"], "heads": ["zero_init"]}
+    assert reg.by_plugin("example") == {"datasets": ["npz", "stripes"], "backbones": ["tiny_cnn"],
+                                        "regularizers": ["bss", "delta", "l1"], "heads": ["zero_init"]}
     for kind in KINDS:
         for comp in reg.list(kind)[kind]:
             assert isinstance(comp.factory, str) and comp.factory.startswith("sft_example_plugin.")

@@ -21,7 +21,7 @@ import tiny
 from sftcore import config as cfgmod
 from sftcore import training
 from sftcore.api import Augment
-from sftcore.errors import ConfigError
+from sftcore.errors import ConfigError, SftError
 from sftcore.plugins import get_registry
 
 STAGES = ("pretrain", "finetune", "baseline")
@@ -501,7 +501,7 @@ def test_match_classes_without_a_source_head_is_a_clear_error(tmp_path):
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     cfg = tiny.config(pretrain=False, backbone={"weights": str(tmp_path / "nope.pt")})
-    with pytest.raises(ConfigError, match="nope.pt") as info:
+    with pytest.raises(SftError, match="nope.pt") as info:
         sftcore.run(cfg, out=tmp_path / "r")
     assert "\n" not in str(info.value)
 

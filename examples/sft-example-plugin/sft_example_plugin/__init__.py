@@ -1,4 +1,4 @@
-"""sft-example-plugin: one sftcore component of each kind, registered lazily.
+"""sft-example-plugin: sftcore components of every kind, registered lazily.
 
 This module is what the ``sftcore`` entry point loads. It must stay cheap: no torch import here.
 Each component lives in its own module and is registered as a ``"module:attr"`` string that
@@ -14,6 +14,7 @@ _PKG = __name__
 DATASETS = {
     "stripes": ("stripes:stripes",
                 "Procedural striped images (4 classes by stripe orientation), generated from the seed"),
+    "npz": ("npz:npz", "Your images as numpy arrays in a .npz file (x_train/y_train or train_images/train_labels)"),
 }
 BACKBONES = {
     "tiny_cnn": ("tiny_cnn:tiny_cnn",
@@ -21,6 +22,10 @@ BACKBONES = {
 }
 REGULARIZERS = {
     "l1": ("l1:L1", "alpha * sum(|w|) over conv/linear weights (sparsity-inducing)"),
+    "delta": ("delta:Delta", "DELTA: attention-weighted feature-map distance to the start + beta/2 ||w_head||^2 "
+                             "(Li et al., ICLR 2019)"),
+    "bss": ("bss:BSS", "BSS: eta * sum of the k smallest squared singular values of the batch features "
+                       "(Chen et al., NeurIPS 2019)"),
 }
 HEADS = {
     "zero_init": ("zero_init:ZeroInit", "A new linear head with zero weights and bias; train everything"),

@@ -1,0 +1,42 @@
+"""The plugin registers every component cleanly, with one-line descriptions and checked options."""
+
+from __future__ import annotations
+
+import inspect
+
+from sftcore.plugins import get_registry
+
+import sft_example_plugin
+
+COMPONENTS = {"datasets": ["npz", "stripes"], "backbones": ["tiny_cnn"], "regularizers": ["bss", "delta", "l1"],
+              "heads": ["zero_init"]}
+
+
+def test_registers_every_component_without_problems(example_plugin):
+    assert example_plugin.errors == []
+    assert sorted(example_plugin.hooks) == ["register_backbones", "register_datasets", "register_heads",
+                                            "register_regularizers"]
+    assert {kind: sorted(names) for kind, names in get_registry().by_plugin("example").items()} == COMPONENTS
+
+
+def test_every_component_loads_and_has_a_one_line_description():
+    registry = get_registry()
+    for kind, names in COMPONENTS.items():
+        for name in names:
+            component = registry.get(kind, name)
+            assert component.plugin == "example"
+            assert component.description and "\n" not in component.description
+            factory = component.load()  # the lazy "module:attr" string resolves
+            assert callable(factory)
+            names, open_ended = component.option_names()
+            assert not open_ended, f"{name}: **kwargs would turn off sftcore's check for misspelt options"
+            assert names == list(inspect.signature(factory).parameters)[kind in ("datasets", "backbones"):]
+
+
+def test_the_tables_are_what_is_registered():
+    tables = {"datasets": sft_example_plugin.DATASETS, "backbones": sft_example_plugin.BACKBONES,
+              "regularizers": sft_example_plugin.REGULARIZERS, "heads": sft_example_plugin.HEADS}
+    assert {kind: sorted(table) for kind, table in tables.items()} == COMPONENTS
+    for kind, table in tables.items():
+        for name, (_, description) in table.items():
+            assert get_registry().get(kind, name).description == description

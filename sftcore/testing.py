@@ -1,0 +1,221 @@
+"""Helpers for a plugin's own pytest suite: register it for one test, unit-test a component on a tiny
+model, run a tiny pipeline with it.
+
+Importing this module imports neither torch nor sftcore's runner; each helper imports what it needs.
+The ``sft_plugin`` fixture is defined when pytest is importable; re-export it from a ``conftest.py``
+with ``from sftcore.testing import sft_plugin  # noqa: F401``.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from .errors import PluginError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from .api import Backbone, Step, TrainContext
+    from .plugins import PluginInfo
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - the helpers below work without pytest
+    pytest = None
+
+__all__ = ["registered", "sft_plugin", "create", "tiny_backbone", "train_context", "make_step", "tiny_config",
+           "run_tiny"]
+
+
+# --------------------------------------------------------------------------- registration
+@contextmanager
+def registered(plugin: Any, name: str | None = None, *, check: bool = True) -> Iterator["PluginInfo"]:
+    """Register ``plugin`` (a module or object with ``@hookimpl`` functions) for the ``with`` block.
+
+    ``check=True`` runs its hooks at once and raises ``PluginError`` with every problem sftcore
+    found (a misspelt hook, a name clash, a hook that raised), instead of a warning a test would
+    miss. A plugin that its entry point already loaded (it is pip-installed) is used as it is and
+    stays registered afterwards.
+    """
+    from . import plugins
+
+    plugins.load_plugins()  # installed plugins first, so that a clash shows up now
+    if plugins.pm.is_registered(plugin):
+        name = plugins.pm.get_name(plugin)
+        info = plugins._infos.get(name) or plugins.PluginInfo(name)
+        _check(info, check)
+        yield info
+        return
+    name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+    try:
+        info = plugins.register_plugin(plugin, name)  # may raise (SFTCORE_STRICT_PLUGINS) once registered
+        _check(info, check)
+        yield info
+    finally:
+        if plugins.pm.get_plugin(name) is plugin:  # never unregister another plugin that had the name
+            plugins.unregister_plugin(name)
+
+
+def _check(info: "PluginInfo", check: bool) -> None:
+    from . import plugins
+
+    if check:
+        plugins.get_registry()  # runs the hooks: problems land in info.errors
+        if info.errors:
+            raise PluginError(f"plugin '{info.name}': " + "; ".join(info.errors))
+
+
+if pytest is not None:
+    @pytest.fixture
+    def sft_plugin():
+        """``sft_plugin(obj, name=None, check=True)`` registers a plugin until the test ends; returns its info."""
+        with ExitStack() as stack:
+            yield lambda obj, name=None, check=True: stack.enter_context(registered(obj, name, check=check))
+else:  # pragma: no cover
+    sft_plugin = None
+
+
+def create(kind: str, name: str, *args: Any, **options: Any) -> Any:
+    """Build a registered component as the runner does, options checked against the factory's keywords.
+
+    ``kind`` is datasets, backbones, regularizers or heads; ``args`` are the factory's positional
+    arguments (the ``DatasetContext`` or ``BackboneContext``).
+    """
+    from . import plugins
+
+    return plugins.get_registry().get(kind, name).create(*args, **options)
+
+
+# --------------------------------------------------------------------------- a tiny model and context
+def tiny_backbone(*, width: int = 4, in_chans: int = 3, size: int = 8, batchnorm: bool = False,
+                  seed: int = 0) -> "Backbone":
+    """Two conv stages and global pooling; declares ``blocks`` and ``feature_maps`` (``stage1``, ``stage2``).
+
+    No BatchNorm by default, so the model computes the same in train and eval mode and a
+    regularizer that compares with the starting model is exactly 0 at the start.
+    """
+    import torch
+    from torch import nn
+
+    from .api import Backbone
+
+    def stage(cin: int, cout: int) -> nn.Sequential:
+        norm = [nn.BatchNorm2d(cout)] if batchnorm else []
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), *norm, nn.ReLU(), nn.MaxPool2d(2))
+
+    with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's random state untouched
+        torch.manual_seed(seed)
+        features = nn.Sequential()
+        features.add_module("stage1", stage(in_chans, width))
+        features.add_module("stage2", stage(width, 2 * width))
+    features.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    features.add_module("flatten", nn.Flatten())
+    return Backbone(features=features, num_features=2 * width, input_size=(in_chans, size, size),
+                    blocks=["stage1", "stage2"], feature_maps=["stage1", "stage2"])
+
+
+def train_context(backbone: "Backbone | None" = None, *, classes: int | Sequence[str] = 3, per_class: int = 4,
+                  batch_size: int = 8, head: "nn.Module | None" = None, seed: int = 0, stage: str = "finetune",
+                  epochs: int = 1, snapshot: bool = True) -> "TrainContext":
+    """A ``TrainContext`` with its model built, over random data: what ``Regularizer.setup`` sees.
+
+    The data are ``per_class`` standard-normal inputs per class (already "normalised"), labels in
+    class order. ``extract_features`` and ``train_batches`` work on them like the runner's. The
+    head is a seeded ``nn.Linear`` unless given. ``snapshot=True`` records the start as the loop
+    does before calling ``setup``.
+    """
+    import torch
+    from torch import nn
+
+    from .api import TrainContext
+    from .model import TransferModel
+
+    backbone = backbone if backbone is not None else tiny_backbone(seed=seed)
+    names = [f"c{i}" for i in range(classes)] if isinstance(classes, int) else list(classes)
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(len(names)).repeat_interleave(per_class)
+    inputs = torch.randn(len(labels), *backbone.input_size, generator=g)
+
+    def train_batches():
+        for i in range(0, len(labels), batch_size):
+            yield inputs[i:i + batch_size], labels[i:i + batch_size]
+
+    def extract_features():
+        was = backbone.features.training
+        backbone.features.eval()
+        with torch.no_grad():
+            feats = torch.cat([backbone.features(x).float() for x, _ in train_batches()])
+        backbone.features.train(was)
+        return feats, labels.clone()
+
+    ctx = TrainContext(stage=stage, backbone=backbone, classes=names, epochs=epochs, device=torch.device("cpu"),
+                       seed=seed, extract_features=extract_features, train_batches=train_batches)
+    if head is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            head = nn.Linear(backbone.num_features, len(names))
+    ctx.model = TransferModel(backbone, head)
+    if snapshot:
+        ctx.snapshot()
+    return ctx
+
+
+def make_step(ctx: "TrainContext", inputs: "torch.Tensor | None" = None, targets: "torch.Tensor | None" = None,
+              *, epoch: int = 0) -> "Step":
+    """One batch through ``ctx.model`` with feature maps recorded, as the loop hands it to ``penalty``.
+
+    Without ``inputs``, the first batch of ``ctx.train_batches()``.
+    """
+    import torch
+
+    from .api import Step
+
+    if inputs is None:
+        inputs, first = next(iter(ctx.train_batches()))
+        targets = first if targets is None else targets
+    if targets is None:
+        targets = torch.zeros(len(inputs), dtype=torch.long, device=inputs.device)
+    logits, features, maps = ctx.model.forward_all(inputs, feature_maps=True)
+    return Step(ctx, epoch, inputs, targets, logits, features, maps)
+
+
+# --------------------------------------------------------------------------- a tiny run
+TINY_DATASET = {"name": "shapes", "task": "target", "train_per_class": 8, "test_per_class": 4, "size": 16}
+TINY_SOURCE = {"name": "shapes", "task": "source", "train_per_class": 8, "test_per_class": 4, "size": 16}
+TINY_BACKBONE = {"name": "lenet", "img_size": 16}
+
+
+def tiny_config(*, backbone: str | dict | None = None, dataset: str | dict | None = None,
+                head: str | dict | None = None, regularizers: Sequence[str | dict] = (), epochs: int = 1,
+                pretrain: bool | dict = False, baseline: bool = False, **finetune) -> dict:
+    """A config that runs in about a second on a CPU: the built-in shapes at 16x16 and LeNet by default.
+
+    Name your component in ``backbone``, ``dataset``, ``head`` or ``regularizers``; other keywords
+    are finetune stage keys (``batch_size=4``). ``pretrain=True`` adds a one-epoch source stage,
+    ``baseline=True`` the scratch baseline.
+    """
+    stage: dict = {"dataset": copy.deepcopy(dataset or TINY_DATASET), "epochs": epochs, "batch_size": 8,
+                   "eval_batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.01},
+                   "regularizers": copy.deepcopy(list(regularizers))}
+    if head is not None:
+        stage["head"] = copy.deepcopy(head)
+    stage.update(copy.deepcopy(finetune))
+    cfg: dict = {"name": "tiny", "seed": 0, "device": "cpu", "backbone": copy.deepcopy(backbone or TINY_BACKBONE),
+                 "finetune": stage}
+    if pretrain:
+        cfg["pretrain"] = {"dataset": dict(TINY_SOURCE), "epochs": 1, "batch_size": 16,
+                           **(copy.deepcopy(pretrain) if isinstance(pretrain, dict) else {})}
+    if baseline:
+        cfg["baseline"] = "scratch"
+    return cfg
+
+
+def run_tiny(out: str | Path, **config) -> dict:
+    """``sftcore.run(tiny_config(**config), out=out)``: the summary; the run directory is ``out``."""
+    from . import run
+
+    return run(tiny_config(**config), out=Path(out))

@@ -1,0 +1,108 @@
+"""Run under torchrun by test_distributed.py: checks that need a real process group.
+
+Rank 0 writes what every rank saw to the JSON file named by argv[1]; the test asserts on it.
+"""
+
+import json
+import sys
+
+import torch
+
+from sftcore import distributed
+from sftcore.api import Augment, ImageSet, TrainContext
+from sftcore.data import Batches, BatchTransform
+from sftcore.model import TransferModel
+from sftcore.plugins import get_registry
+from sftcore.training import MetricsLog, Performance, Stage, evaluate
+
+CPU = torch.device("cpu")
+
+
+def lenet():
+    return get_registry().get("backbones", "lenet").create(_ctx(), img_size=16)
+
+
+def _ctx():
+    from sftcore.api import BackboneContext
+
+    return BackboneContext(seed=0)
+
+
+def main(out: str) -> None:
+    distributed.setup("cpu")
+    rank, world = distributed.rank(), distributed.world_size()
+    report: dict = {"world": world}
+
+    # 1. the training order: every example once per epoch across ranks, as one process would take them
+    n = 37
+    g = torch.Generator().manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g), torch.arange(n))
+    sharded = Batches(data, 8, CPU, shuffle=True, seed=5, sharded=True)
+    single = Batches(data, 8, CPU, shuffle=True, seed=5)
+    sharded.set_epoch(3)
+    single.set_epoch(3)
+    mine = [y.tolist() for _, y in sharded]
+    every = distributed.all_gather_objects(mine)
+    report["sharded_batches"] = [sum((r[b] for r in every), []) for b in range(len(mine))]
+    report["single_batches"] = [y.tolist() for _, y in single]
+    report["lengths"] = distributed.all_gather_objects(len(sharded))
+
+    # 2. augmentation of one rank's rows equals those rows of the whole batch augmented at once
+    tf = BatchTransform((0.5,) * 3, (0.25,) * 3, Augment(crop_padding=3, flip=True), (3, 16, 16), (3, 16, 16), CPU)
+    x, _ = next(iter(sharded))
+    part = sharded.part(0)
+    gen = torch.Generator().manual_seed(11)
+    shard = tf(x, gen, part)
+    gathered = torch.cat(distributed.all_gather_objects(shard))
+    whole_x = data.images[torch.tensor(report["single_batches"][0])]
+    whole = tf(whole_x, torch.Generator().manual_seed(11))
+    report["augment_max_diff"] = float((gathered - whole).abs().max())
+
+    # 3. a short stage under DDP: lp_ft switches from probing to full training between the epochs
+    reg = get_registry()
+    backbone = lenet()
+    classes = ["a", "b", "c"]
+    labels = torch.arange(24) % 3
+    train = ImageSet(torch.randint(0, 256, (24, 3, 16, 16), dtype=torch.uint8, generator=g), labels)
+    ctx = TrainContext(stage="finetune", backbone=backbone, classes=classes, epochs=3, device=CPU, seed=1,
+                       extract_features=lambda: (None, None), train_batches=lambda: iter(()))
+    strategy = reg.get("heads", "lp_ft").create(probe_epochs=1)
+    torch.manual_seed(0)
+    model = TransferModel(backbone, strategy.build_head(ctx))
+    l2sp = reg.get("regularizers", "l2_sp").create()
+    cfg = {"optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False},
+           "schedule": {"name": "none", "warmup_epochs": 0}, "epochs": 3, "backbone_lr_mult": 0.1,
+           "label_smoothing": 0.0, "select": "last"}
+    plain = BatchTransform((0.5,) * 3, (0.25,) * 3, None, (3, 16, 16), (3, 16, 16), CPU)
+    stage = Stage(name="finetune", cfg=cfg, model=model, ctx=ctx, strategy=strategy, regularizers=[l2sp],
+                  train=Batches(train, 6, CPU, shuffle=True, seed=2, sharded=True),
+                  val=Batches(train, 5, CPU, shuffle=False, sharded=True), train_transform=plain,
+                  eval_transform=plain, perf=Performance(CPU), log=MetricsLog(None))
+    stage.run()
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    start = torch.cat([v.flatten() for v in ctx.start_state().values()])
+    inputs = plain(train.images[:6])
+    from sftcore.api import Step
+
+    logits, features, maps = model.forward_all(inputs)
+    penalty = float(l2sp.penalty(Step(ctx, 2, inputs, train.labels[:6], logits, features, maps)))
+    report["params"] = [t.tolist()[:50] + [float(t.sum())] for t in distributed.all_gather_objects(flat)]
+    report["start_sums"] = distributed.all_gather_objects(float(start.double().sum()))
+    report["penalties"] = distributed.all_gather_objects(penalty)
+    report["history"] = stage.history
+    report["moved_backbone"] = distributed.all_gather_objects(
+        float((flat[:start.numel()] - start).abs().max()) if flat.numel() == start.numel() else -1.0)
+
+    # 4. sharded evaluation returns the whole set's predictions in order
+    ev = evaluate(model, Batches(train, 5, CPU, shuffle=False, sharded=True), plain, Performance(CPU))
+    full = model.eval()(plain(train.images)).argmax(1)
+    report["eval_same"] = bool(torch.equal(ev["predicted"], full)) and len(ev["correct"]) == 24
+
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(report, f)
+    distributed.teardown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

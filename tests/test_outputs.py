@@ -1,0 +1,322 @@
+"""`sft plot`, `sft predict` and `sft compare` on one real tiny run (made once for the module, ~2 s)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from torchvision.io import decode_image, encode_jpeg, read_file, write_png
+
+import tiny
+from sftcore import config as cfgmod
+from sftcore.cli import cli
+from sftcore.plugins import get_registry
+
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work (reported, not hidden
+# from users: the CLI never shows DeprecationWarnings)
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=True)
+
+
+def ok(result) -> str:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
+
+
+def one_error_line(result) -> str:
+    """Exit 2 and exactly one stderr line, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("sft: error: "), lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from sftcore.runner import run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("outputs") / "run"
+        # trained enough to predict all five classes: agreeing with predictions.json then means something
+        run(tiny.config(pretrain={"epochs": 3}, finetune={"epochs": 10, "dataset": tiny.shapes("target"),
+                                                          "optimizer": {"name": "sgd", "lr": 0.05}}), out=out)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_split(run_dir):
+    """The finetune stage's test split, rebuilt from the run's config (same seed: same images, same order)."""
+    cfg = cfgmod.resolve(cfgmod.load(run_dir / "config.yaml"), get_registry())
+    _, _, data = tiny.stage_data(cfg, "finetune")
+    return data.test
+
+
+def copy_run(run_dir, dest, *, files=("config.yaml",), edit=None):
+    """A run directory made of some of ``run_dir``'s files; ``edit`` changes the config dict."""
+    dest.mkdir(parents=True)
+    for name in files:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(run_dir / name, dest / name)
+    if edit is not None:
+        cfg = yaml.safe_load((dest / "config.yaml").read_text())
+        edit(cfg)
+        (dest / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return dest
+
+
+def test_importing_the_cli_imports_no_heavy_library():
+    code = ("import sys, sftcore.cli; "
+            "print([m for m in ('torch', 'torchvision', 'timm', 'matplotlib') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- plot
+def test_plot_writes_decodable_pngs_and_the_confusion_counts(run_dir, tmp_path):
+    out = tmp_path / "figs"
+    printed = ok(invoke("plot", run_dir, "--out", out)).splitlines()
+    names = ["pretrain-curves.png", "finetune-curves.png", "baseline-curves.png", "finetune-confusion.png",
+             "finetune-confusion.csv"]
+    assert printed == [str(out / n) for n in names]
+    for name in names[:-1]:
+        image = decode_image(read_file(str(out / name)))
+        assert image.dtype == torch.uint8 and image.shape[0] in (3, 4) and min(image.shape[1:]) >= 300
+        assert image.float().std() > 0  # something was drawn
+    rows = list(csv.reader((out / "finetune-confusion.csv").open()))
+    preds = json.loads((run_dir / "predictions" / "finetune.json").read_text())
+    assert rows[0][1:] == preds["classes"] and [r[0] for r in rows[1:]] == preds["classes"]
+    counts = [[int(v) for v in r[1:]] for r in rows[1:]]
+    assert sum(map(sum, counts)) == len(preds["targets"])
+    for t, p in zip(preds["targets"], preds["predicted"]):
+        counts[t][p] -= 1
+    assert not any(map(any, counts))  # every example counted in its (true, predicted) cell
+
+
+def test_plot_defaults_to_run_dir_plots(run_dir):
+    printed = ok(invoke("plot", run_dir)).splitlines()
+    assert len(printed) == 5 and all(line.startswith(str(run_dir / "plots")) for line in printed)
+
+
+def test_confusion_matrix_names_the_classes_up_to_30_and_stays_readable_at_100():
+    import numpy as np
+
+    from sftcore import plots
+
+    small = plots.confusion_figure("finetune", ["star", "moon", "sun"], np.eye(3, dtype=np.int64) * 4)
+    ax = small.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["star", "moon", "sun"]
+    assert sorted(t.get_text() for t in ax.texts) == ["4", "4", "4"]  # counts in the cells
+    big = plots.confusion_figure("finetune", [f"class {i}" for i in range(100)], np.ones((100, 100), dtype=np.int64))
+    ax = big.axes[0]
+    assert not any(t.get_text().startswith("class") for t in ax.get_xticklabels() + ax.get_yticklabels())
+    assert not ax.texts and max(big.get_size_inches()) <= 17.5
+    assert ax.images[0].get_array().sum() == pytest.approx(100)  # rows normalised
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(run_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    line = one_error_line(invoke("plot", run_dir))
+    assert line == "sft: error: `sft plot` needs matplotlib: pip install 'sftcore[plot]'"
+
+
+def test_plot_skips_a_metrics_line_cut_short_but_not_one_broken_earlier(run_dir, tmp_path):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    cut = copy_run(run_dir, tmp_path / "cut")
+    (cut / "metrics.jsonl").write_text("\n".join(lines) + "\n" + lines[0][:20])  # killed mid-write
+    assert len(ok(invoke("plot", cut)).splitlines()) == 3  # curves only: no predictions yet
+    broken = copy_run(run_dir, tmp_path / "broken")
+    (broken / "metrics.jsonl").write_text(lines[0][:20] + "\n" + "\n".join(lines) + "\n")
+    assert "metrics.jsonl' line 1 is not valid JSON" in one_error_line(invoke("plot", broken))
+
+
+@pytest.mark.parametrize("case", ["missing", "not a run", "nothing yet"])
+def test_plot_errors(run_dir, tmp_path, case):
+    target = {"missing": tmp_path / "nope", "not a run": tmp_path}.get(case)
+    if case == "nothing yet":
+        target = copy_run(run_dir, tmp_path / "fresh")
+    one_error_line(invoke("plot", target))
+
+
+# --------------------------------------------------------------------------- predict
+def write_test_images(test_split, folder, every=7) -> tuple[list, list]:
+    folder.mkdir(exist_ok=True)
+    index = list(range(0, len(test_split), every))
+    paths = []
+    for i in index:
+        paths.append(folder / f"test-{i:04d}.png")
+        write_png(test_split.images[i], str(paths[-1]))
+    return index, paths
+
+
+def test_predict_agrees_with_the_runs_own_test_predictions(run_dir, test_split, tmp_path):
+    preds = json.loads((run_dir / "predictions" / "finetune.json").read_text())
+    index, paths = write_test_images(test_split, tmp_path / "images", every=1)
+    assert preds["targets"] == test_split.labels.tolist()  # same examples, same order
+    assert len(set(preds["predicted"])) >= 4  # a transform off by a little would change some predictions
+    out = json.loads(ok(invoke("predict", run_dir, *paths, "--json", "--top-k", 3)))
+    assert [o["image"] for o in out] == list(map(str, paths))
+    assert [o["top"][0]["class"] for o in out] == [preds["classes"][preds["predicted"][i]] for i in index]
+    for o in out:
+        probs = [t["probability"] for t in o["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        assert {t["class"] for t in o["top"]} <= set(preds["classes"])
+
+
+def test_predict_prints_top_k_per_image(run_dir, test_split, tmp_path):
+    _, paths = write_test_images(test_split, tmp_path / "images", every=500)
+    lines = ok(invoke("predict", run_dir, *paths, "--top-k", 2)).splitlines()
+    assert len(lines) == 3 * len(paths) and lines[0] == str(paths[0])
+    assert lines[1].strip().endswith(tuple(tiny.TARGET_CLASSES)) and lines[1].strip()[0].isdigit()
+    assert len(ok(invoke("predict", run_dir, paths[0], "--top-k", 99)).splitlines()) == 1 + 5  # at most all classes
+
+
+def test_predict_reads_other_sizes_and_formats(run_dir, test_split, tmp_path):
+    big = torch.nn.functional.interpolate(test_split.images[:1].float(), size=(48, 64)).round().to(torch.uint8)[0]
+    (tmp_path / "big.jpg").write_bytes(encode_jpeg(big).numpy().tobytes())
+    write_png(big[:1], str(tmp_path / "grey.png"))
+    from PIL import Image  # torchvision writes no alpha channel
+
+    rgba = torch.cat([big, torch.full_like(big[:1], 128)]).permute(1, 2, 0).numpy()
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    out = json.loads(ok(invoke("predict", run_dir, tmp_path / "big.jpg", tmp_path / "grey.png", tmp_path / "rgba.png",
+                               "--json", "--top-k", 1)))
+    assert len(out) == 3 and all(o["top"][0]["class"] in tiny.TARGET_CLASSES for o in out)
+
+
+def test_predict_other_stages(run_dir, test_split, tmp_path):
+    preds = json.loads((run_dir / "predictions" / "pretrain.json").read_text())
+    pretrain = cfgmod.resolve(cfgmod.load(run_dir / "config.yaml"), get_registry())
+    _, _, data = tiny.stage_data(pretrain, "pretrain")
+    index, paths = write_test_images(data.test, tmp_path / "source", every=25)
+    out = json.loads(ok(invoke("predict", run_dir, *paths, "--stage", "pretrain", "--json", "--top-k", 1)))
+    assert [o["top"][0]["class"] for o in out] == [preds["classes"][preds["predicted"][i]] for i in index]
+
+
+def test_predict_checkpoint_without_recorded_shapes_uses_the_backbone_input(run_dir, test_split, tmp_path):
+    old = copy_run(run_dir, tmp_path / "old")
+    state = torch.load(run_dir / "checkpoints" / "finetune.pt", weights_only=True)
+    del state["image_shape"], state["input_shape"]
+    (old / "checkpoints").mkdir()
+    torch.save(state, old / "checkpoints" / "finetune.pt")
+    preds = json.loads((run_dir / "predictions" / "finetune.json").read_text())
+    index, paths = write_test_images(test_split, tmp_path / "images", every=50)
+    out = json.loads(ok(invoke("predict", old, *paths, "--json", "--top-k", 1)))
+    assert [o["top"][0]["class"] for o in out] == [preds["classes"][preds["predicted"][i]] for i in index]
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("missing image", "not found"),
+    ("text file", "cannot decode image"),
+    ("truncated png", "cannot decode image"),
+    ("folder", "is a folder"),
+    ("not a run", "not a run directory"),
+    ("no checkpoint", "no finished finetune stage"),
+    ("checkpoints off", "checkpoints: false"),
+    ("corrupt checkpoint", "truncated or corrupt"),
+    ("no such stage", "has no baseline stage"),
+    ("bad stage", "--stage must be one of"),
+    ("top-k 0", "--top-k must be 1 or more"),
+])
+def test_predict_errors(run_dir, test_split, tmp_path, case, expect):
+    _, (good,) = write_test_images(test_split, tmp_path / "images", every=10_000)
+    run, image, extra = run_dir, good, []
+    if case == "missing image":
+        image = tmp_path / "nope.png"
+    elif case == "text file":
+        image = tmp_path / "notes.png"
+        image.write_text("not an image")
+    elif case == "truncated png":
+        image = tmp_path / "cut.png"
+        image.write_bytes(good.read_bytes()[:60])
+    elif case == "folder":
+        image = tmp_path
+    elif case == "not a run":
+        run = tmp_path
+    elif case == "no checkpoint":
+        run = copy_run(run_dir, tmp_path / "unfinished")
+    elif case == "checkpoints off":
+        run = copy_run(run_dir, tmp_path / "off", edit=lambda c: c.update(checkpoints=False))
+    elif case == "corrupt checkpoint":
+        run = copy_run(run_dir, tmp_path / "corrupt")
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "finetune.pt").write_bytes((run_dir / "checkpoints" / "finetune.pt").read_bytes()[:99])
+    elif case == "no such stage":
+        run = copy_run(run_dir, tmp_path / "nobase", edit=lambda c: c.update(baseline=None))
+        extra = ["--stage", "baseline"]
+    elif case == "bad stage":
+        extra = ["--stage", "fine"]
+    elif case == "top-k 0":
+        extra = ["--top-k", "0"]
+    assert expect in one_error_line(invoke("predict", run, image, *extra))
+
+
+# --------------------------------------------------------------------------- compare
+def test_compare_lists_exactly_the_differing_keys(run_dir, tmp_path):
+    def edit(cfg):
+        cfg["seed"] = 7
+        cfg["finetune"]["optimizer"]["lr"] = 0.5
+        cfg["finetune"]["regularizers"] = [{"name": "l2", "alpha": 0.01}]
+
+    other = copy_run(run_dir, tmp_path / "other", files=("config.yaml", "summary.json"), edit=edit)
+    unfinished = copy_run(run_dir, tmp_path / "unfinished", edit=lambda c: c.update(seed=8))
+    base_regs = yaml.safe_load((run_dir / "config.yaml").read_text())["finetune"]["regularizers"]
+    result = json.loads(ok(invoke("compare", run_dir, other, unfinished, "--json")))
+    assert base_regs == [], "the tiny config has no finetune regularizers"
+    assert result["differing_keys"] == ["seed", "finetune.optimizer.lr", "finetune.regularizers",
+                                        "finetune.regularizers.0.name", "finetune.regularizers.0.alpha"]
+    first, second, third = result["runs"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert first["finished"] and second["finished"] and not third["finished"]
+    assert first["config"] == {"seed": 0, "finetune.optimizer.lr": 0.05, "finetune.regularizers": []}
+    assert second["config"] == {"seed": 7, "finetune.optimizer.lr": 0.5, "finetune.regularizers.0.name": "l2",
+                                "finetune.regularizers.0.alpha": 0.01}
+    assert first["test_accuracy"] == {s: summary[s]["test_accuracy"] for s in ("pretrain", "finetune", "baseline")}
+    assert (first["transfer_gain"], first["transfer_gain_ci95"]) == (summary["transfer_gain"],
+                                                                      summary["transfer_gain_ci95"])
+    assert third["test_accuracy"] == {"pretrain": None, "finetune": None, "baseline": None}
+
+    table = ok(invoke("compare", run_dir, other, unfinished)).splitlines()
+    assert table[0].split()[:3] == ["run", "seed", "finetune.optimizer.lr"]
+    assert len(table) == 2 + 3
+    assert f"{100 * summary['finetune']['test_accuracy']:.1f}%" in table[2]
+    assert f"{summary['transfer_gain']:+.1f} ±{summary['transfer_gain_ci95']:.1f}" in table[2]
+    assert table[4].endswith("unfinished (no summary.json)") and table[2].endswith("finished")
+
+
+def test_compare_identical_runs(run_dir):
+    out = ok(invoke("compare", run_dir, run_dir)).splitlines()
+    assert out[0].split()[1] == "pretrain" and out[-1] == "the configs are identical"
+
+
+def test_compare_errors(run_dir, tmp_path):
+    assert "not a run directory" in one_error_line(invoke("compare", run_dir, tmp_path))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.yaml").write_text("seed: [1,\n")
+    assert "not valid YAML" in one_error_line(invoke("compare", run_dir, tmp_path / "bad"))
+    broken = copy_run(run_dir, tmp_path / "broken")
+    (broken / "summary.json").write_text('{"name": ')
+    assert "summary.json' is not valid JSON" in one_error_line(invoke("compare", broken))
+
+
+def test_flatten_indexes_lists_like_set():
+    from sftcore.compare import flatten
+
+    assert flatten({"a": {"b": [1, {"c": None}], "d": {}}, "e": []}) == {"a.b.0": 1, "a.b.1.c": None, "a.d": {},
+                                                                        "e": []}
