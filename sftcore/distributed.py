@@ -104,6 +104,14 @@ def broadcast_module_(module: torch.nn.Module) -> None:
                 dist.broadcast(tensor, src=0)
 
 
+def broadcast_buffers_(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (batch-norm statistics) into every rank's ``module``."""
+    if active():
+        with torch.no_grad():
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

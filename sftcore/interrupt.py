@@ -1,7 +1,9 @@
 """Ctrl-C and SIGTERM become a flag that the training loop checks between steps.
 
 Stopping between steps (never inside ``optimizer.step()``) lets the loop save a consistent
-mid-epoch checkpoint before it exits. A second signal is not caught: it stops at once.
+mid-epoch checkpoint before it exits. In one process a second signal is not caught: Ctrl-C
+twice stops at once. Under torchrun every signal is caught, because one stop often arrives
+twice (SLURM signals torchrun and the workers, and torchrun passes it on).
 SIGTERM is what SLURM and Kubernetes send before they kill a job.
 """
 
@@ -16,8 +18,9 @@ class StopSignals:
 
     SIGNALS = ("SIGINT", "SIGTERM")
 
-    def __init__(self):
+    def __init__(self, catch_repeats: bool = False):
         self.signum: int | None = None
+        self.catch_repeats = catch_repeats
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopSignals":
@@ -29,8 +32,10 @@ class StopSignals:
         return self
 
     def _handle(self, signum, _frame) -> None:
-        self.signum = signum
-        self._restore()  # the next one is handled the default way: Ctrl-C twice stops at once
+        if self.signum is None:
+            self.signum = signum
+        if not self.catch_repeats:
+            self._restore()  # the next one is handled the default way: Ctrl-C twice stops at once
 
     def _restore(self) -> None:
         for num, handler in self._previous.items():

@@ -2,12 +2,15 @@
 
 The config is checked here first, so a mistake prints one line before any process starts, and
 the run directory is named here, so that every rank (and a later --resume) agrees on it.
-torchrun's own failure report is replaced by the workers' one-line `sft:` messages.
+torchrun runs in its own session: Ctrl-C or SIGTERM reach it once, through this process, and
+it passes them on to the workers, which save and stop at the same step. torchrun's own failure
+report is replaced by the workers' one-line `sft:` messages.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -17,56 +20,73 @@ from .errors import ConfigError
 def launch(nproc: int, config, overrides, out, resume, force, progress) -> int:
     from . import config as cfgmod
     from .plugins import get_registry
-    from .runner import new_run_path
+    from .runner import check_batch_sizes, new_run_path
 
-    if resume is None:
-        cfg = cfgmod.resolve(cfgmod.load(config, overrides), get_registry())
-        if out is None:
-            out = str(new_run_path(cfg["name"]))
-    args = ["run"]
     if resume is not None:
-        args += ["--resume", str(resume)]
+        if config is not None or overrides or out is not None or force:
+            raise ConfigError("--resume takes the run's own config.yaml; drop CONFIG, --set, --out and --force")
+        args = ["run", "--resume", str(resume)]
     else:
-        args += ([str(config)] if config is not None else []) + [a for o in overrides for a in ("--set", o)]
-        args += ["--out", str(out)] + (["--force"] if force else [])
-    args += ["--progress" if progress else "--no-progress"]
+        cfg = cfgmod.resolve(cfgmod.load(config, overrides), get_registry())
+        check_batch_sizes(cfg, nproc)
+        out = out if out is not None else str(new_run_path(cfg["name"]))
+        args = ["run", *([str(config)] if config is not None else []), *[a for o in overrides for a in ("--set", o)],
+                "--out", str(out), *(["--force"] if force else [])]
+    args.append("--progress" if progress else "--no-progress")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "sftcore", *args]
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:  # share the cores out instead of letting torchrun warn and pick 1
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    piped = not progress  # progress bars need the terminal itself
     try:
-        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE if piped else None, text=True,
+                                start_new_session=True)
     except OSError as exc:
         raise ConfigError(f"cannot start torchrun: {exc.strerror or exc}") from None
-    said: set[str] = set()
+    received: list[int] = []
+
+    def forward(signum, _frame):
+        if not received:  # once: torchrun passes it to every worker
+            received.append(signum)
+            try:
+                os.kill(proc.pid, signum)
+            except OSError:
+                pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    said: list[str] = []
     other: list[str] = []
     try:
-        for line in proc.stderr:
-            if line.startswith("sft: "):
-                if line not in said:  # every rank reports the same error: print it once
-                    said.add(line)
-                    sys.stderr.write(line)
-            elif not _torchrun_noise(line):
-                other.append(line)
-                if progress or not line.strip().startswith(("[", "W", "I", "E")):
-                    sys.stderr.write(line)
+        if piped:
+            for line in proc.stderr:  # until torchrun and every worker have exited
+                if line.startswith("sft: "):
+                    if line not in said:  # every rank reports the same error: print it once
+                        said.append(line)
+                        sys.stderr.write(line)
+                elif not _torchrun_noise(line):
+                    other.append(line)
         code = proc.wait()
-    except KeyboardInterrupt:  # torchrun forwards the signal; wait for the ranks to save and exit
-        code = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if code and not said:
         sys.stderr.write("".join(other[-20:]))
-    if any(line.startswith("sft: interrupted") for line in said):
-        return 130
+    stopped = [line for line in said if line.startswith("sft: interrupted")]
+    if stopped:
+        return 128 + (signal.SIGTERM if "SIGTERM" in stopped[0] else signal.SIGINT)
     if any(line.startswith("sft: error") for line in said):
         return 2
+    if received and code:
+        return 128 + received[0]
     return code
 
 
 def _torchrun_noise(line: str) -> bool:
     """torchrun's warnings and its failure summary, which repeat what the workers already said."""
+    text = line.strip()
     noise = ("torch.distributed", "ChildFailedError", "Root Cause", "Failures:", "<NO_OTHER_FAILURES>",
-             "=====", "------", "  time      :", "  host      :", "  rank      :", "  exitcode  :",
-             "  error_file:", "  traceback :", "Traceback", "  File ", "    ", "[W", "W1", "I1", "E1",
-             "Setting OMP_NUM_THREADS", "*****", "sftcore run FAILED", "  warnings.warn")
-    return line.lstrip().startswith(noise) or line.startswith(noise) or not line.strip()
+             "=====", "------", "time      :", "host      :", "rank      :", "exitcode  :", "error_file:",
+             "traceback :", "Traceback", "File ", "[W", "W1", "I1", "E1", "Setting OMP_NUM_THREADS", "*****",
+             "sftcore FAILED", "warnings.warn", "[0]:", "[1]:", "raise ", "return ", "^")
+    return not text or text.startswith(noise) or line.startswith("    ")

@@ -155,8 +155,12 @@ class Pipeline:
 
     def _check_stop(self) -> None:
         """Between stages: a signal that came outside the training loop stops the run here."""
-        if self.stop is not None and self.stop.signum is not None:
-            raise Interrupted(f"{self.stop.name}; every finished stage is saved", self.stop.signum)
+        if self.stop is None:
+            return
+        flag = torch.tensor([int(self.stop.signum is not None)], device=self.perf.device)
+        if distributed.all_reduce_(flag, "max").item():  # every rank stops here, or none
+            raise Interrupted(f"{self.stop.name if self.stop.signum else 'SIGTERM'}; every finished stage is saved",
+                              self.stop.signum or signal.SIGTERM)
 
     def say(self, text: str) -> None:
         if self.echo is not None:
@@ -313,6 +317,14 @@ def _pct(x) -> str:
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints", "predictions", "plots")
 
 
+def check_batch_sizes(cfg: dict, world: int) -> None:
+    """``batch_size`` is global: each of ``world`` processes needs at least 2 examples of every batch."""
+    for stage in cfgmod.STAGES:
+        if world > 1 and cfg[stage] is not None and cfg[stage]["batch_size"] < 2 * world:
+            raise ConfigError(f"config: {stage}.batch_size is {cfg[stage]['batch_size']}, the global batch of "
+                              f"{world} processes; each needs at least 2 examples: use {2 * world} or more")
+
+
 def new_run_path(name: str) -> Path:
     """``runs/<name>-<timestamp>``, numbered if taken (not created here)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -392,6 +404,7 @@ def run(config=None, *, out=None, overrides=(), progress=None, echo=None, resume
         cfg = cfgmod.resolve(cfgmod.load(config, overrides), registry)
     resolve_performance(cfg)  # joins torchrun's process group; a device error leaves no empty run directory
     try:
+        check_batch_sizes(cfg, distributed.world_size())
         summary = _run(cfg, run_dir if resume is not None else None, out, force, progress, echo)
         distributed.barrier()  # rank 0 writes last; no rank leaves the group before it is done
         return summary
@@ -425,7 +438,7 @@ def _run(cfg: dict, resume: Path | None, out, force: bool, progress, echo) -> di
         progress = echo is not None and sys.stderr.isatty()
     again = f"resume with: sft run --resume {run_dir}" if cfg["checkpoints"] else "start the run again"
     try:
-        with StopSignals() as stop:
+        with StopSignals(catch_repeats=distributed.active()) as stop:
             summary = Pipeline(cfg, run_dir, progress, echo, resume=resume is not None, stop=stop).run()
     except KeyboardInterrupt:  # outside the training loop (loading data, evaluating): nothing half-written
         raise Interrupted(f"Ctrl-C; every finished stage and epoch is saved; {again}", signal.SIGINT) from None

@@ -18,6 +18,15 @@ from typing import Any, Callable
 from .errors import ConfigError
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _umask_mode()
+
+
 class StorageError(ConfigError):
     """A file of the run, or one the config names, could not be written or read."""
 
@@ -27,6 +36,7 @@ def _write(path: Path, fill: Callable[[Any], None], binary: bool) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, _MODE)  # mkstemp makes owner-only files; a run's files get the usual umask mode
         with os.fdopen(fd, "wb" if binary else "w") as f:
             fill(f)
             f.flush()

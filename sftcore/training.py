@@ -206,16 +206,19 @@ class Stage:
             raise PluginError(f"head strategy of {self.name} left parameters out of the optimizer: {missing[:3]}")
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self, epoch: int, batch: int = 0, sums: dict | None = None) -> dict:
-        """The stage at the start of batch ``batch`` of epoch ``epoch`` (both counted from 0)."""
+    def state_dict(self, epoch: int, batch: int = 0, sums: list | None = None, rng: list | None = None) -> dict:
+        """The stage at the start of batch ``batch`` of epoch ``epoch`` (both counted from 0).
+
+        ``rng`` and ``sums`` hold one entry per rank (one without torch.distributed)."""
         return {
             "stage": self.name, "epoch": epoch, "batch": batch, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "strategy": self.strategy.state_dict(),
             "regularizers": [r.state_dict() for r in self.regularizers],
             "start_state": self.ctx._start_state, "best": self.best, "history": self.history,
-            "rng": rng_state(), "generator": self.generator.get_state() if batch else None,
-            "sums": {k: v.detach().cpu() for k, v in sums.items()} if batch else None,
+            "rng": rng if rng is not None else [rng_state()],
+            "generator": self.generator.get_state() if batch else None,
+            "sums": sums if batch else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -232,14 +235,16 @@ class Stage:
         self.best, self.history = state["best"], state["history"]
         self.start_epoch = state["epoch"]
         self.partial = state if state["batch"] else None
-        set_rng_state(state["rng"])
+        rngs = state["rng"]
+        same_world = len(rngs) == distributed.world_size()
+        set_rng_state(rngs[distributed.rank()] if same_world else rngs[0])
 
     def _save(self, epoch: int, batch: int = 0, sums: dict | None = None) -> None:
-        if sums is not None and distributed.active():  # every rank's share of the epoch so far
-            sums = {k: distributed.all_reduce_(v.clone()) if k not in ("seconds", "bad_batch") else v
-                    for k, v in sums.items()}
+        """Rank 0 writes; every rank's RNG states and running sums go into the file (collective)."""
+        rng = distributed.all_gather_objects(rng_state())
+        every = distributed.all_gather_objects({k: v.detach().cpu() for k, v in sums.items()}) if sums else None
         if self.checkpoint is not None and distributed.is_main():
-            storage.save(self.state_dict(epoch, batch, sums), self.checkpoint)
+            storage.save(self.state_dict(epoch, batch, every, rng), self.checkpoint)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -272,10 +277,9 @@ class Stage:
         first = 0
         if self.partial is not None:  # resumed mid-epoch
             first = self.partial["batch"]
-            self.generator.set_state(self.partial["generator"])
-            sums = {k: v.to(dev) if k != "seconds" else v.clone() for k, v in self.partial["sums"].items()}
-            if not distributed.is_main():  # rank 0 carries the totals saved so far
-                sums = {k: torch.zeros_like(v) if k not in ("seconds", "bad_batch") else v for k, v in sums.items()}
+            self.generator.set_state(self.partial["generator"].cpu())
+            sums = _resumed_sums(self.partial["sums"])
+            sums = {k: v.to(dev) if k != "seconds" else v.clone() for k, v in sums.items()}
             self.partial = None
         else:
             self.generator.manual_seed(self.ctx.seed * 7919 + epoch)
@@ -315,10 +319,7 @@ class Stage:
                 self._check_finite(epoch, sums)
                 sums["seconds"] += time.perf_counter() - t0
                 self._save(epoch, k + 1, sums)
-                raise Interrupted(f"{self.stop.name} during {self.name} epoch {epoch + 1}/{epochs}; saved the "
-                                  f"progress up to batch {k + 1} of {len(self.train)}"
-                                  + ("" if self.checkpoint is not None else " nowhere: checkpoints are off"),
-                                  self.stop.signum)
+                self._interrupted(epoch, f"up to batch {k + 1} of {len(self.train)}")
         self._check_finite(epoch, sums)
         for key in ("loss", "penalty", "correct", "seen"):
             distributed.all_reduce_(sums[key])
@@ -331,6 +332,8 @@ class Stage:
             "lr": self.optimizer.param_groups[-1]["lr"],
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         }
+        # each rank updated batch-norm statistics on its own slice: evaluate and keep rank 0's everywhere
+        distributed.broadcast_buffers_(model)
         if self.val is not None and len(self.val.data):
             ev = evaluate(model, self.val, self.eval_transform, perf)
             record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
@@ -348,10 +351,13 @@ class Stage:
                       f"train_acc {record['train_accuracy']:.3f}{val}")
         self._save(epoch + 1)
         if self._stopping() and epoch + 1 < epochs:
-            raise Interrupted(f"{self.stop.name} during {self.name} epoch {epoch + 1}/{epochs}; saved the progress "
-                              "up to the end of that epoch"
-                              + ("" if self.checkpoint is not None else " nowhere: checkpoints are off"),
-                              self.stop.signum)
+            self._interrupted(epoch, "up to the end of that epoch")
+
+    def _interrupted(self, epoch: int, upto: str) -> None:
+        distributed.barrier()  # no rank exits (and gets the job torn down) while rank 0 still writes
+        saved = f"saved the progress {upto}" if self.checkpoint is not None else "checkpoints are off: nothing saved"
+        raise Interrupted(f"{self.stop.name} during {self.name} epoch {epoch + 1}/{self.cfg['epochs']}; {saved}",
+                          self.stop.signum)
 
     def _stopping(self) -> bool:
         """A signal came; under torch.distributed, on any rank (all ranks must stop at the same step)."""
@@ -398,6 +404,17 @@ class Stage:
                 f"weight, and start a new run; {kept}")
 
 
+def _resumed_sums(saved: list[dict]) -> dict:
+    """This rank's running sums of a mid-epoch checkpoint. With another number of ranks than
+    saved it, rank 0 carries the totals and the others start from zero."""
+    if len(saved) == distributed.world_size():
+        return dict(saved[distributed.rank()])
+    totals = {k: (sum(s[k] for s in saved) if k not in ("seconds", "bad_batch") else saved[0][k]) for k in saved[0]}
+    if distributed.is_main():
+        return totals
+    return {k: torch.zeros_like(v) if k not in ("seconds", "bad_batch") else v for k, v in totals.items()}
+
+
 def rng_state() -> dict:
     """Every RNG a plugin might draw from: torch (CPU and CUDA), Python's ``random`` and numpy's."""
     import random
@@ -417,15 +434,16 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     import random
 
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())  # RNG states are CPU byte tensors wherever a checkpoint is loaded
     random.setstate(_tuple(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
     if "numpy" in state:
         import numpy as np
 
         n = state["numpy"]
-        np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
+        np.random.set_state((n["kind"], n["keys"].cpu().numpy().astype("uint32"), n["pos"], n["has_gauss"],
+                             n["gauss"]))
 
 
 def _plain_tuple(value):

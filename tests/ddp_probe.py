@@ -93,7 +93,31 @@ def main(out: str) -> None:
     report["moved_backbone"] = distributed.all_gather_objects(
         float((flat[:start.numel()] - start).abs().max()) if flat.numel() == start.numel() else -1.0)
 
-    # 4. sharded evaluation returns the whole set's predictions in order
+    # 4. batch norm: after a stage, every rank holds rank 0's running statistics (evaluation and the
+    #    saved model agree), though each rank updated them on its own slice of the last batch
+    from collections import OrderedDict
+
+    from torch import nn
+
+    from sftcore.api import Backbone
+
+    torch.manual_seed(rank)  # a different init per rank: the stage must start from rank 0's
+    feats = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 8, 3), bn=nn.BatchNorm2d(8), relu=nn.ReLU(),
+                                      pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten()))
+    bn_backbone = Backbone(features=feats, num_features=8, input_size=(3, 16, 16))
+    bn_ctx = TrainContext(stage="finetune", backbone=bn_backbone, classes=classes, epochs=2, device=CPU, seed=1,
+                          extract_features=lambda: (None, None), train_batches=lambda: iter(()))
+    bn_model = TransferModel(bn_backbone, nn.Linear(8, 3))
+    bn_stage = Stage(name="finetune", cfg={**cfg, "epochs": 2}, model=bn_model, ctx=bn_ctx,
+                     strategy=reg.get("heads", "reinit").create(), regularizers=[],
+                     train=Batches(train, 6, CPU, shuffle=True, seed=2, sharded=True),
+                     val=Batches(train, 5, CPU, shuffle=False, sharded=True), train_transform=plain,
+                     eval_transform=plain, perf=Performance(CPU), log=MetricsLog(None))
+    bn_stage.run()
+    report["bn_state"] = distributed.all_gather_objects(
+        [float(v.double().sum()) for v in bn_model.state_dict().values()])
+
+    # 5. sharded evaluation returns the whole set's predictions in order
     ev = evaluate(model, Batches(train, 5, CPU, shuffle=False, sharded=True), plain, Performance(CPU))
     full = model.eval()(plain(train.images)).argmax(1)
     report["eval_same"] = bool(torch.equal(ev["predicted"], full)) and len(ev["correct"]) == 24

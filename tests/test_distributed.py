@@ -121,6 +121,7 @@ def test_probe_in_a_real_process_group(tmp_path):
     assert r["penalties"][0] == r["penalties"][1] > 0
     assert r["history"][0]["trainable_params"] < r["history"][-1]["trainable_params"]
     assert r["eval_same"]
+    assert r["bn_state"][0] == r["bn_state"][1]
 
 
 def test_resume_under_torchrun_after_a_kill(runs, tmp_path):
@@ -148,6 +149,71 @@ def test_resume_under_torchrun_after_a_kill(runs, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_batch_too_small_for_the_processes_is_a_config_error(tmp_path):
+    cfg = tiny.write_yaml(tmp_path / "cfg.yaml", {**CFG, "finetune": {**CFG["finetune"], "batch_size": 3}})
+    proc = subprocess.run([sys.executable, "-m", "sftcore", "run", cfg, "--nproc", "2"], env=ENV,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "sft: error: config: finetune.batch_size is 3, the global batch of 2 processes; each needs at least 2 "
+        "examples: use 4 or more"]
+
+
+def start_nproc(*args, cwd) -> subprocess.Popen:
+    """`sft run --nproc 2` as a terminal would start it: in its own process group, which a Ctrl-C reaches."""
+    return subprocess.Popen([sys.executable, "-m", "sftcore", "run", *map(str, args), "--nproc", "2",
+                             "--no-progress"], env=ENV, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not path.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.01)
+    assert path.exists()
+
+
+def test_ctrl_c_under_nproc_saves_mid_epoch_and_resume_is_exact(runs, tmp_path):
+    folder, _ = runs
+    reference = next((folder / "two" / "runs").iterdir())
+    run = tmp_path / "run"
+    proc = start_nproc(folder / "cfg.yaml", "--out", run, cwd=tmp_path)
+    wait_for(run / "checkpoints" / "finetune-last.pt", proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the launcher's group only
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1, err  # one line, though both ranks said it
+    assert err.startswith("sft: interrupted: Ctrl-C during finetune epoch ")
+    assert err.strip().endswith(f"resume with: sft run --resume {run}")
+    done = subprocess.run([sys.executable, "-m", "sftcore", "run", "--resume", run, "--nproc", "2", "--no-progress"],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    a = json.loads((reference / "summary.json").read_text())
+    b = json.loads((run / "summary.json").read_text())
+    for stage in ("pretrain", "finetune", "baseline"):
+        assert a[stage]["test_accuracy"] == b[stage]["test_accuracy"], stage
+    for stage in ("finetune", "baseline"):
+        wa, wb = _weights(reference, stage), _weights(run, stage)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), stage
+    assert tiny.without_seconds(tiny.read_metrics(reference)) == tiny.without_seconds(tiny.read_metrics(run))
+
+
+def test_sigterm_to_the_launcher_stops_every_process(runs, tmp_path):
+    folder, _ = runs
+    run = tmp_path / "run"
+    proc = start_nproc(folder / "cfg.yaml", "--out", run, cwd=tmp_path)
+    wait_for(run / "checkpoints" / "pretrain-last.pt", proc)
+    proc.send_signal(signal.SIGTERM)  # a container runtime signals the main process only
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.startswith("sft: interrupted: SIGTERM during ")
+    size = (run / "metrics.jsonl").stat().st_size
+    time.sleep(1.0)
+    assert (run / "metrics.jsonl").stat().st_size == size  # no orphaned worker trains on
+    assert not (run / "summary.json").exists()
+
+
 def test_nproc_shortcut_reports_a_config_error_once(tmp_path):
     bad = tiny.write_yaml(tmp_path / "bad.yaml", {**CFG, "seed": -1})
     proc = subprocess.run([sys.executable, "-m", "sftcore", "run", bad, "--nproc", "2"], env=ENV,
@@ -169,7 +235,7 @@ def shards(n: int, batch: int, world: int, epoch: int = 0):
     return out
 
 
-@pytest.mark.parametrize("n, batch, world", [(37, 8, 2), (40, 8, 2), (41, 8, 4), (9, 4, 3), (100, 7, 3)])
+@pytest.mark.parametrize("n, batch, world", [(37, 8, 2), (40, 8, 2), (41, 8, 4), (9, 6, 3), (100, 7, 3), (13, 4, 2)])
 def test_shards_cover_each_example_once(n, batch, world):
     per_rank = shards(n, batch, world)
     lengths = {len(r) for r in per_rank}
@@ -179,4 +245,4 @@ def test_shards_cover_each_example_once(n, batch, world):
     dropped = n - len(taken)
     assert dropped == 0 or (0 < dropped < 2 * world and dropped == n % batch)
     for step in zip(*per_rank):
-        assert all(len(b) >= 1 for b in step) and max(map(len, step)) - min(map(len, step)) <= 1
+        assert all(len(b) >= 2 for b in step) and max(map(len, step)) - min(map(len, step)) <= 1

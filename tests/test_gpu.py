@@ -57,3 +57,26 @@ def test_resume_on_the_gpu_after_an_interrupted_baseline(tmp_path, monkeypatch):
             sftcore.run(_config("fp32"), out=tmp_path / "r")
     summary = sftcore.run(resume=tmp_path / "r")  # finetune's saved result meets the baseline's
     assert summary["transfer_gain"] is not None
+
+
+@pytest.mark.parametrize("looks", [5, 30])  # mid-epoch in pretrain; an epoch end in finetune
+def test_resume_on_the_gpu_after_ctrl_c_is_exact(tmp_path, monkeypatch, looks):
+    """A mid-epoch checkpoint holds CPU RNG states and the device generator's state: loading it
+    onto the GPU and continuing must reproduce the uninterrupted run (fp32, deterministic here)."""
+    from test_resume import StopAfter, assert_same_weights
+
+    from sftcore import runner
+    from sftcore.errors import Interrupted
+
+    cfg = _config("fp32")
+    cfg["finetune"]["head"] = "lp_ft"
+    reference = sftcore.run(cfg, out=tmp_path / "ref")
+    with monkeypatch.context() as m:
+        m.setattr(runner, "StopSignals", lambda **_: StopAfter(looks))
+        with pytest.raises(Interrupted):
+            sftcore.run(cfg, out=tmp_path / "cut")
+    resumed = sftcore.run(resume=tmp_path / "cut")
+    for stage in ("pretrain", "finetune", "baseline"):
+        assert resumed[stage]["test_accuracy"] == pytest.approx(reference[stage]["test_accuracy"], abs=0.02)
+    if torch.backends.cudnn.deterministic:
+        assert_same_weights(tmp_path / "ref", tmp_path / "cut")

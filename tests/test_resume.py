@@ -101,7 +101,7 @@ class StopAfter:
 def test_ctrl_c_saves_mid_epoch_and_resume_is_exact(tmp_path, monkeypatch, looks):
     reference = sftcore.run(CFG, out=tmp_path / "ref")
     with monkeypatch.context() as m:
-        m.setattr(runner, "StopSignals", lambda: StopAfter(looks))
+        m.setattr(runner, "StopSignals", lambda **_: StopAfter(looks))
         with pytest.raises(Interrupted) as info:
             sftcore.run(CFG, out=tmp_path / "cut")
     assert info.value.exit_code == 130
@@ -115,12 +115,12 @@ def test_ctrl_c_saves_mid_epoch_and_resume_is_exact(tmp_path, monkeypatch, looks
 
 
 def test_a_mid_epoch_checkpoint_records_its_position(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "StopSignals", lambda: StopAfter(5))
+    monkeypatch.setattr(runner, "StopSignals", lambda **_: StopAfter(5))
     with pytest.raises(Interrupted, match=r"during pretrain epoch \d/2; saved the progress up to batch"):
         sftcore.run(CFG, out=tmp_path / "cut")
     state = torch.load(tmp_path / "cut" / "checkpoints" / "pretrain-last.pt", weights_only=True)
-    assert state["batch"] > 0 and state["sums"]["seen"] == 32 * state["batch"]
-    assert state["generator"] is not None and "torch" in state["rng"]
+    assert state["batch"] > 0 and state["sums"][0]["seen"] == 32 * state["batch"]
+    assert state["generator"] is not None and "torch" in state["rng"][0]
 
 
 def test_rng_states_round_trip():

@@ -1,0 +1,59 @@
+"""Atomic writes keep the old file on failure and use the usual permissions; loads never run code."""
+
+import errno
+import os
+import stat
+
+import pytest
+import torch
+
+from sftcore import storage
+from sftcore.errors import ConfigError
+
+
+def test_written_files_get_the_umask_mode_not_owner_only(tmp_path):
+    old = os.umask(0o022)
+    try:
+        storage.write_text(tmp_path / "a.txt", "x")
+        storage.save({"w": torch.ones(2)}, tmp_path / "b.pt")
+    finally:
+        os.umask(old)
+    for name in ("a.txt", "b.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == storage._MODE
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    target = tmp_path / "c.pt"
+    storage.save({"w": torch.zeros(3)}, target)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "fsync", full)
+    with pytest.raises(ConfigError, match="disk is full.*unchanged"):
+        storage.save({"w": torch.ones(3)}, target)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.zeros(3))
+    assert os.listdir(tmp_path) == ["c.pt"]
+
+
+def test_partial_writes_are_removed(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".x.pt.abc.tmp").write_bytes(b"half")
+    (tmp_path / "keep.tmp").write_bytes(b"not ours")
+    storage.remove_partial_writes(tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.tmp", "sub"]
+
+
+@pytest.mark.parametrize("content, needle", [(b"", "truncated or corrupt"), (b"\x80\x02}q\x00.", "truncated or corrupt")])
+def test_unreadable_files(tmp_path, content, needle):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=needle) as info:
+        storage.load(path, "checkpoint", "delete it")
+    assert "\n" not in str(info.value) and str(info.value).endswith("; delete it")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="checkpoint '.*nope.pt' not found; fix it"):
+        storage.load(tmp_path / "nope.pt", "checkpoint", "fix it")
