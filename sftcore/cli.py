@@ -165,7 +165,7 @@ def run_cmd(config, overrides, out, resume, force, nproc, progress):
 
     CONFIG is a YAML file; without it, the embedded shapes demo runs. Prints a results table and
     the verdict, and writes the run directory (config.yaml, metrics.jsonl, summary.json,
-    checkpoints/).
+    checkpoints/). Ctrl-C or SIGTERM saves the progress and prints the `--resume` command.
     """
     from .runner import run
 
