@@ -138,8 +138,8 @@ class TrainContext:
     """
 
     def __init__(self, *, stage: str, backbone: Backbone, classes: list[str], epochs: int, device: Any,
-                 seed: int, extract_features: Callable[[], tuple["torch.Tensor", "torch.Tensor"]],
-                 train_batches: Callable[[], Iterator[tuple["torch.Tensor", "torch.Tensor"]]],
+                 seed: int, train_batches: Callable[[], Iterator[tuple["torch.Tensor", "torch.Tensor"]]],
+                 extract_features: Callable[[], tuple["torch.Tensor", "torch.Tensor"]] | None = None,
                  source_classes: list[str] | None = None, source_head: "nn.Module | None" = None):
         self.stage = stage
         self.backbone = backbone
@@ -163,7 +163,17 @@ class TrainContext:
     def extract_features(self) -> tuple["torch.Tensor", "torch.Tensor"]:
         """Features ``[N, D]`` and labels ``[N]`` of the labelled training data, current backbone,
         evaluation transforms, no gradient."""
-        return self._extract_features()
+        if self._extract_features is not None:
+            return self._extract_features()
+        import torch
+
+        features = self.backbone.features
+        was = features.training
+        features.eval()
+        with torch.inference_mode():
+            pairs = [(features(x).float(), y) for x, y in self._train_batches()]
+        features.train(was)
+        return torch.cat([f for f, _ in pairs]), torch.cat([y for _, y in pairs])
 
     def train_batches(self) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
         """One pass over the training data as normalised, un-augmented ``(inputs, targets)``."""

@@ -195,23 +195,12 @@ class Pipeline:
         plain = Batches(on_device, scfg["eval_batch_size"], perf.device, shuffle=False)
         backbone.features.to(perf.device)
 
-        def extract():
-            was = backbone.features.training
-            backbone.features.eval()
-            feats, labels = [], []
-            with torch.inference_mode(), perf.autocast():
-                for x, y in plain:
-                    feats.append(backbone.features(eval_tf(x)).float())
-                    labels.append(y)
-            backbone.features.train(was)
-            return torch.cat(feats), torch.cat(labels)
-
         def batches():
             for x, y in plain:
                 yield eval_tf(x), y
 
         ctx = TrainContext(stage=name, backbone=backbone, classes=data.classes, epochs=scfg["epochs"],
-                           device=perf.device, seed=stage_seed, extract_features=extract, train_batches=batches,
+                           device=perf.device, seed=stage_seed, train_batches=batches,
                            source_classes=source_classes, source_head=source_head)
         heads = self.registry.get("heads", scfg["head"]["name"])
         strategy = heads.create(where=f"config: {name}.head",

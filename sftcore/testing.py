@@ -124,7 +124,7 @@ def train_context(backbone: "Backbone | None" = None, *, classes: int | Sequence
     """A ``TrainContext`` with its model built, over random data: what ``Regularizer.setup`` sees.
 
     The data are ``per_class`` standard-normal inputs per class (already "normalised"), labels in
-    class order. ``extract_features`` and ``train_batches`` work on them like the runner's. The
+    class order. ``train_batches`` yields them, and ``extract_features`` works on them as in a run. The
     head is a seeded ``nn.Linear`` unless given. ``snapshot=True`` records the start as the loop
     does before calling ``setup``.
     """
@@ -144,16 +144,8 @@ def train_context(backbone: "Backbone | None" = None, *, classes: int | Sequence
         for i in range(0, len(labels), batch_size):
             yield inputs[i:i + batch_size], labels[i:i + batch_size]
 
-    def extract_features():
-        was = backbone.features.training
-        backbone.features.eval()
-        with torch.no_grad():
-            feats = torch.cat([backbone.features(x).float() for x, _ in train_batches()])
-        backbone.features.train(was)
-        return feats, labels.clone()
-
     ctx = TrainContext(stage=stage, backbone=backbone, classes=names, epochs=epochs, device=torch.device("cpu"),
-                       seed=seed, extract_features=extract_features, train_batches=train_batches)
+                       seed=seed, train_batches=train_batches)
     if head is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
