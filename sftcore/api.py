@@ -176,7 +176,9 @@ class TrainContext:
         return torch.cat([f for f, _ in pairs]), torch.cat([y for _, y in pairs])
 
     def train_batches(self) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
-        """One pass over the training data as normalised, un-augmented ``(inputs, targets)``."""
+        """One pass over the training data as normalised, un-augmented ``(inputs, targets)``, in an
+        order shuffled from the stage's seed: the same order at every call, and every class early on
+        (image folders store their examples class by class). Read a sample of it, not its head."""
         return self._train_batches()
 
     def snapshot(self, state: dict | None = None) -> None:

@@ -159,8 +159,10 @@ def plugins_cmd(as_json):
 @click.option("--nproc", type=click.IntRange(min=1), metavar="N",
               help="Train data-parallel in N processes on this machine (runs torchrun: one process per GPU, "
                    "or CPU processes with gloo).")
+@click.option("--seeds", type=click.IntRange(min=1), metavar="N",
+              help="Repeat finetune and baseline for N seeds (seed, seed+1, ...); same as --set seeds=N.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
-def run_cmd(config, overrides, out, resume, force, nproc, progress):
+def run_cmd(config, overrides, out, resume, force, nproc, seeds, progress):
     """Run pretrain -> finetune -> baseline; say if transfer helped.
 
     CONFIG is a YAML file; without it, the embedded shapes demo runs. Prints a results table and
@@ -169,6 +171,8 @@ def run_cmd(config, overrides, out, resume, force, nproc, progress):
     """
     from .runner import run
 
+    if seeds is not None:
+        overrides = (*overrides, f"seeds={seeds}")
     if nproc is not None and nproc > 1:
         from .launch import launch
 
@@ -241,7 +245,8 @@ def plot_cmd(run_dir, out):
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", default=5, show_default=True, help="How many classes to print per image.")
-@click.option("--stage", default="finetune", show_default=True, help="Whose model: pretrain, finetune or baseline.")
+@click.option("--stage", default="finetune", show_default=True,
+              help="Whose model: pretrain, finetune or baseline (the first seed), or e.g. finetune-seed1.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of {image, top: [{class, probability}]}.")
 def predict_cmd(run_dir, images, top_k, stage, as_json):
     """Classify image files with a run's saved model.

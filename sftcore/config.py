@@ -14,7 +14,8 @@ DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SELECT = ("best", "last")
+SELECT = ("auto", "best", "last")
+AUTO_SELECT_MIN_VAL = 50  # select: auto picks the best epoch only on at least this many validation examples
 
 # Keys of a stage's `dataset:` the runner consumes itself; the rest go to the dataset's factory.
 DATASET_RUNNER_KEYS = {
@@ -36,6 +37,8 @@ SCHEDULES = {
 STAGE_DEFAULTS: dict[str, Any] = {
     "dataset": None,
     "epochs": 10,
+    "max_epochs": 200,
+    "patience": 10,
     "batch_size": 128,
     "eval_batch_size": 512,
     "optimizer": {"name": "sgd"},
@@ -43,13 +46,15 @@ STAGE_DEFAULTS: dict[str, Any] = {
     "head": {"name": "reinit"},
     "regularizers": [],
     "backbone_lr_mult": 1.0,
-    "select": "best",
+    "select": "auto",
     "label_smoothing": 0.0,
 }
 
 RUN_DEFAULTS: dict[str, Any] = {
     "name": "run",
     "seed": 0,
+    "seeds": 3,
+    "pretrain_per_seed": False,
     "device": "auto",
     "backbone": {"name": "lenet"},
     "pretrain": None,
@@ -75,6 +80,11 @@ def _one_of(choices) -> str:
 SCHEMA: dict[str, tuple[str, str, str]] = {
     "name": ("string", "non-empty", "names the run directory runs/<name>-<timestamp> (unless --out is given)"),
     "seed": ("integer", ">= 0", "seeds the subset, validation hold-out, init, shuffling and augmentation"),
+    "seeds": ("integer or list of integers", ">= 1; a list: distinct integers >= 0", "N: finetune and baseline "
+              "repeat for seeds seed, seed+1, ..., seed+N-1 (a list names them); the verdict rests on the spread "
+              "over seeds"),
+    "pretrain_per_seed": ("boolean", "true, false", "false: one pretraining (with seed) shared by every seed; "
+                          "true: pretrain again for each seed"),
     "device": ("string", _one_of(DEVICES), "auto: CUDA if torch sees it, else MPS, else the CPU"),
     "backbone": ("component", "a backbone name, or {name: ..., its options}", "the feature extractor every stage "
                  "trains (sft list backbones)"),
@@ -91,8 +101,13 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
     "checkpoints": ("boolean", "true, false", "write checkpoints/ (--resume needs it)"),
     "<stage>.dataset": ("component", "required: a dataset name, or {name: ..., its options, the runner keys "
                         "below}", "the stage's data (sft list datasets); baseline always uses finetune's"),
-    "<stage>.epochs": ("integer", ">= 1; 0 only on finetune with a head that needs no training "
-                       "(match_classes, imprint)", "training epochs"),
+    "<stage>.epochs": ("integer or auto", ">= 1, or auto; 0 only on finetune with a head that needs no "
+                       "training (match_classes, imprint)", "training epochs; auto: until the training loss "
+                       "stops improving and training accuracy is >= 0.9, at most max_epochs (baseline: auto)"),
+    "<stage>.max_epochs": ("integer", ">= 1", "epochs: auto trains at most this many epochs; the learning-rate "
+                           "schedule spans them"),
+    "<stage>.patience": ("integer", ">= 1", "epochs: auto stops once the training loss has not improved by "
+                         "1% (and 0.001) for this many epochs"),
     "<stage>.batch_size": ("integer", ">= 1", "training batch size"),
     "<stage>.eval_batch_size": ("integer", ">= 1", "batch size of validation, test and imprint's "
                                 "feature extraction"),
@@ -107,7 +122,8 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
     "<stage>.backbone_lr_mult": ("number", ">= 0", "the backbone learns at lr * this, the head at lr "
                                  "(built-in head strategies)"),
     "<stage>.select": ("string", _one_of(SELECT), "best: the epoch with the highest validation accuracy; "
-                       "last: the final epoch"),
+                       f"last: the final epoch; auto: best with {AUTO_SELECT_MIN_VAL} or more validation examples, "
+                       "else last (a few examples make the best epoch noise)"),
     "<stage>.label_smoothing": ("number", "0 to 1", "label smoothing of the cross-entropy loss"),
     "<stage>.dataset.labels_per_class": ("integer or null", ">= 1; not with fraction", "keep N training "
                                          "examples per class (stratified, seeded); null: all"),
@@ -404,6 +420,31 @@ def _checked_component(value: Any, kind: str, path: str, registry) -> tuple[dict
     return value, made
 
 
+def _epochs(value: Any, path: str) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, str):
+        raise ConfigError(f"config: {path} must be an integer or auto, got {value!r}")
+    return _int(value, path, 0)
+
+
+def epoch_budget(stage: dict) -> int:
+    """The most epochs a stage can train: ``epochs``, or ``max_epochs`` under ``epochs: auto``."""
+    return stage["max_epochs"] if stage["epochs"] == "auto" else stage["epochs"]
+
+
+def _seeds(value: Any, seed: int) -> list[int]:
+    """``seeds: N`` -> seed, seed+1, ..., seed+N-1; a list names the seeds."""
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError("config: seeds must name at least one seed, e.g. seeds: [0, 1, 2] or seeds: 3")
+        seeds = [_int(s, f"seeds[{i}]", 0) for i, s in enumerate(value)]
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"config: seeds lists a seed twice ({seeds}); each seed must be distinct")
+        return seeds
+    return [seed + i for i in range(_int(value, "seeds", 1))]
+
+
 def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
     if not isinstance(value, dict):
         raise ConfigError(f"config: {path} must be a mapping of stage settings, got {_type_name(value)}")
@@ -412,7 +453,9 @@ def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
     if stage["dataset"] is None:
         raise ConfigError(f"config: {path}.dataset is required, e.g. {path}: {{dataset: {{name: shapes}}}}")
     stage["dataset"] = _dataset(stage["dataset"], f"{path}.dataset", registry)
-    stage["epochs"] = _int(stage["epochs"], f"{path}.epochs", 0)
+    stage["epochs"] = _epochs(stage["epochs"], f"{path}.epochs")
+    stage["max_epochs"] = _int(stage["max_epochs"], f"{path}.max_epochs", 1)
+    stage["patience"] = _int(stage["patience"], f"{path}.patience", 1)
     stage["batch_size"] = _int(stage["batch_size"], f"{path}.batch_size", 1)
     stage["eval_batch_size"] = _int(stage["eval_batch_size"], f"{path}.eval_batch_size", 1)
     stage["optimizer"] = _named_options(stage["optimizer"], OPTIMIZERS, f"{path}.optimizer", "optimizer", "sgd")
@@ -443,7 +486,9 @@ def _baseline(value: Any, finetune: dict | None, registry) -> dict | None:
     if not isinstance(value, dict) or value.get("name", "scratch") != "scratch":
         raise ConfigError(f"config: baseline must be 'scratch' (or a mapping with name: scratch), got {value!r}")
     # Same data, budget and optimizer as finetune, from a random init, trained plainly.
-    base = {**copy.deepcopy(finetune), "head": {"name": "reinit"}, "regularizers": [], "backbone_lr_mult": 1.0}
+    # Its own budget: trained to convergence, so that the verdict compares converged models.
+    base = {**copy.deepcopy(finetune), "head": {"name": "reinit"}, "regularizers": [], "backbone_lr_mult": 1.0,
+            "epochs": "auto"}
     options = {k: v for k, v in value.items() if k != "name"}
     for key in ("optimizer", "schedule"):  # `optimizer: {lr: 0.1}` changes the lr, keeps the rest
         given = options.get(key)
@@ -455,6 +500,11 @@ def _baseline(value: Any, finetune: dict | None, registry) -> dict | None:
     return {"name": "scratch", **_stage(options, "baseline", registry, base=base)}
 
 
+def seed_list(cfg: dict) -> list[int]:
+    """The seeds a resolved config runs, in order; the first one's files carry the plain stage names."""
+    return _seeds(cfg["seeds"], cfg["seed"])
+
+
 def resolve(raw: dict, registry=None) -> dict:
     """Validate and fill in defaults. With a registry, component names and options are checked too."""
     if not isinstance(raw, dict):
@@ -464,6 +514,11 @@ def resolve(raw: dict, registry=None) -> dict:
     if not isinstance(cfg["name"], str) or not cfg["name"].strip():
         raise ConfigError("config: name must be a non-empty string")
     cfg["seed"] = _int(cfg["seed"], "seed", 0)
+    if isinstance(cfg["seeds"], int) and not isinstance(cfg["seeds"], bool) and cfg["seeds"] < 1:
+        raise ConfigError(f"config: seeds must be >= 1 (how many seeds to run) or a list of seeds, got {cfg['seeds']}")
+    _seeds(cfg["seeds"], cfg["seed"])
+    if not isinstance(cfg["pretrain_per_seed"], bool):
+        raise ConfigError(f"config: pretrain_per_seed must be true or false, got {cfg['pretrain_per_seed']!r}")
     cfg["device"] = _choice(cfg["device"], DEVICES, "device")
     cfg["precision"] = _choice(cfg["precision"], PRECISIONS, "precision")
     cfg["channels_last"] = _tristate(cfg["channels_last"], "channels_last")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+from typing import Iterable
 
 import torch
 from torch import nn
 
 from .api import Backbone
+from .errors import ConfigError
+from .registry import suggest
 
 _capture = threading.local()  # the feature-map dict of the forward_all call in progress, if any
 
@@ -27,7 +30,8 @@ class TransferModel(nn.Module):
         self.backbone = backbone.features
         self.head = head
         self.spec = backbone  # metadata (blocks, feature-map names, input size), not a submodule
-        self._hooks_installed = False
+        self._extra_maps: list[str] = []  # record_feature_maps: recorded beside spec.feature_maps
+        self._hooked: set[str] = set()  # names with a recording hook; copied with the hooks by deepcopy
 
     def forward(self, x: torch.Tensor, all_outputs: bool = False, feature_maps: bool = False):
         """Logits; with ``all_outputs``, what ``forward_all`` returns (the training loop calls the model
@@ -41,16 +45,37 @@ class TransferModel(nn.Module):
         if not feature_maps:
             features = self.backbone(x)
             return self.head(features), features, {}
-        if not self._hooks_installed:  # hooks survive deepcopy, so a copy records too
-            for name in self.spec.feature_maps:
-                self.backbone.get_submodule(name).register_forward_hook(_record(name))
-            self._hooks_installed = True
+        self._install_hooks()
         _capture.maps = maps = {}
         try:
             features = self.backbone(x)
         finally:
             _capture.maps = None
         return self.head(features), features, maps
+
+    def record_feature_maps(self, names: Iterable[str]) -> None:
+        """Also record these submodules of ``backbone`` (dotted names, as ``get_submodule`` takes) in
+        ``forward_all(x, feature_maps=True)``, beside ``spec.feature_maps``.
+
+        For a regularizer whose maps the backbone does not declare (DELTA on a bottleneck's conv3),
+        called from its ``setup``. A name already recorded is skipped, so no hook is installed twice.
+        A copy made later (``ctx.start_model()``) records them too; one made before must be asked itself.
+        """
+        modules = dict(self.backbone.named_modules())
+        for name in [names] if isinstance(names, str) else names:
+            if not isinstance(name, str) or not name or name not in modules:
+                raise ConfigError(f"config: feature map {name!r} is not a submodule of the backbone"
+                                  f"{suggest(str(name), [n for n in modules if n])}; name one by its dotted "
+                                  "name, as nn.Module.get_submodule takes")
+            if name not in self._extra_maps and name not in self.spec.feature_maps:
+                self._extra_maps.append(name)
+
+    def _install_hooks(self) -> None:
+        """One recording hook per map name, installed on first use (hooks survive deepcopy, so a copy records too)."""
+        for name in (*self.spec.feature_maps, *self._extra_maps):
+            if name not in self._hooked:
+                self.backbone.get_submodule(name).register_forward_hook(_record(name))
+                self._hooked.add(name)
 
     def blocks(self) -> list[tuple[str, nn.Module]]:
         """Backbone blocks from input to output (the whole backbone as one block if undeclared).

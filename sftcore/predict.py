@@ -46,9 +46,11 @@ class Predictor:
 
         run = rundir.check(run_dir)
         raw = rundir.config(run)
-        if stage not in rundir.STAGES:
-            raise SftError(f"--stage must be one of {', '.join(rundir.STAGES)}, not '{stage}'")
-        if not raw.get(stage):
+        base, _, seed = stage.partition("-seed")  # finetune-seed1: another seed's model of that stage
+        if base not in rundir.STAGES or (seed and not seed.isdigit()):
+            raise SftError(f"--stage must be one of {', '.join(rundir.STAGES)} (or one of them with -seed<N> "
+                           f"for another seed), not '{stage}'")
+        if not raw.get(base):
             ran = [s for s in rundir.STAGES if raw.get(s)]
             raise SftError(f"run '{run}' has no {stage} stage; choose --stage {' or '.join(ran) or 'finetune'}")
         if raw.get("checkpoints") is False:

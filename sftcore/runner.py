@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import signal
@@ -21,7 +22,8 @@ from .errors import ConfigError, Interrupted, PluginError, SftError, TrainingErr
 from .interrupt import StopSignals
 from .model import TransferModel
 from .plugins import get_registry
-from .report import results_table, transfer_verdict
+from . import report
+from .report import results_table
 from .training import MetricsLog, Performance, Stage, evaluate
 
 
@@ -94,6 +96,12 @@ def _check_set(data, what: str, classes: int, plugin: str) -> None:
 
 
 def load_stage_data(stage: str, ds_cfg: dict, backbone: Backbone, seed: int, registry) -> StageData:
+    """The stage's data as the run with ``seed`` trains on it: the dataset, then its seeded subset."""
+    return subset_stage_data(load_splits(stage, ds_cfg, backbone, seed, registry), stage, ds_cfg, seed)
+
+
+def load_splits(stage: str, ds_cfg: dict, backbone: Backbone, seed: int, registry) -> StageData:
+    """The dataset's splits, checked, before any subset: loaded once, then subset for every seed."""
     comp = registry.get("datasets", ds_cfg["name"])
     options = {k: v for k, v in ds_cfg.items() if k != "name" and k not in cfgmod.DATASET_RUNNER_KEYS}
     splits = comp.create(DatasetContext(seed=seed, input_size=backbone.input_size, stage=stage),
@@ -107,15 +115,21 @@ def load_stage_data(stage: str, ds_cfg: dict, backbone: Backbone, seed: int, reg
         if part is not None and tuple(part.image_shape) != tuple(splits.train.image_shape):
             raise PluginError(f"dataset plugin '{comp.plugin}': {what} images are {tuple(part.image_shape)}, "
                               f"train images {tuple(splits.train.image_shape)}; all splits must match")
-    train, val = splits.train, splits.val
     want = ds_cfg["labels_per_class"]
-    if want is not None and len(train):
-        counts = torch.bincount(train.labels.cpu(), minlength=len(splits.classes))
+    if want is not None and len(splits.train):
+        counts = torch.bincount(splits.train.labels.cpu(), minlength=len(splits.classes))
         have = int(counts.min())
         if have < want:
             short = splits.classes[int(counts.argmin())]
             raise ConfigError(f"config: {stage}.dataset.labels_per_class is {want} but class '{short}' has only "
                               f"{have} training examples; set labels_per_class to {have} or less")
+    return StageData(comp.name, list(splits.classes), splits.train, splits.val, splits.test, splits.mean,
+                     splits.std, splits.augment)
+
+
+def subset_stage_data(full: StageData, stage: str, ds_cfg: dict, seed: int) -> StageData:
+    """The few-label subset and validation hold-out drawn with ``seed``; the test split is shared."""
+    train, val = full.train, full.val
     sub = few_label_index(train.labels, seed, ds_cfg["labels_per_class"], ds_cfg["fraction"])
     if sub is not None:
         train = train.subset(sub)
@@ -124,23 +138,59 @@ def load_stage_data(stage: str, ds_cfg: dict, backbone: Backbone, seed: int, reg
         tr, va = holdout_index(train.labels, ds_cfg["val_fraction"], seed + 1)
         train, val = train.subset(tr), train.subset(va)
     if len(train) == 0:
-        raise ConfigError(f"config: {stage}.dataset '{comp.name}' leaves no training examples")
-    return StageData(comp.name, list(splits.classes), train, val, splits.test, splits.mean, splits.std,
-                     splits.augment)
+        raise ConfigError(f"config: {stage}.dataset '{full.name}' leaves no training examples")
+    return StageData(full.name, full.classes, train, val, full.test, full.mean, full.std, full.augment)
 
 
 # --------------------------------------------------------------------------- stages
-def build_backbone(cfg: dict, registry, random_init: bool = False) -> Backbone:
-    """The configured backbone, seeded from the config; shared with `sft predict`, which rebuilds a run's model."""
+def build_backbone(cfg: dict, registry, random_init: bool = False, seed: int | None = None) -> Backbone:
+    """The configured backbone, seeded from the config (or ``seed``); shared with `sft predict`, which
+    rebuilds a run's model."""
     comp = registry.get("backbones", cfg["backbone"]["name"])
     options = {k: v for k, v in cfg["backbone"].items() if k != "name"}
-    torch.manual_seed(cfg["seed"])
-    backbone = comp.create(BackboneContext(seed=cfg["seed"], random_init=random_init),
+    seed = cfg["seed"] if seed is None else seed
+    torch.manual_seed(seed)
+    backbone = comp.create(BackboneContext(seed=seed, random_init=random_init),
                            where="config: backbone", **options)
     if not isinstance(backbone, Backbone):
         raise PluginError(f"backbone '{comp.name}' (plugin '{comp.plugin}') returned "
                           f"{type(backbone).__name__}, not sftcore.api.Backbone")
     return backbone
+
+
+STAGE_SEED_OFFSET = {"pretrain": 0, "finetune": 1, "baseline": 2}
+
+
+@dataclass
+class Start:
+    """Where finetuning starts: a backbone, the head that came with it and its classes, and the
+    pretrain result when a pretrain stage produced it."""
+
+    backbone: Backbone
+    head: torch.nn.Module | None
+    classes: list[str] | None
+    result: dict | None = None
+
+
+def environment(perf: Performance) -> dict:
+    """What changes results besides the config: on the CPU, even the thread count (docs/reproducibility.md)."""
+    import platform
+    from importlib import metadata
+
+    from . import __version__
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    env = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+           "torchvision": version("torchvision"), "timm": version("timm"), "sftcore": __version__,
+           "python": platform.python_version(), "device": str(perf.device)}
+    if perf.device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(perf.device)
+    return env
 
 
 class Pipeline:
@@ -152,6 +202,8 @@ class Pipeline:
         self.perf = resolve_performance(cfg)
         self.log = MetricsLog(run_dir / "metrics.jsonl" if run_dir and distributed.is_main() else None)
         self.seed = cfg["seed"]
+        self.seeds = cfgmod.seed_list(cfg)
+        self._splits: dict[str, StageData] = {}
 
     def _check_stop(self) -> None:
         """Between stages: a signal that came outside the training loop stops the run here."""
@@ -166,8 +218,8 @@ class Pipeline:
         if self.echo is not None:
             self.echo(text)
 
-    def build_backbone(self, random_init: bool = False) -> Backbone:
-        return build_backbone(self.cfg, self.registry, random_init)
+    def build_backbone(self, random_init: bool = False, seed: int | None = None) -> Backbone:
+        return build_backbone(self.cfg, self.registry, random_init, seed)
 
     def _transforms(self, data: StageData, backbone: Backbone):
         in_shape = data.train.image_shape
@@ -182,119 +234,184 @@ class Pipeline:
                                           self.perf.channels_last)
         return make(data.augment), make(None)
 
-    def train_stage(self, name: str, scfg: dict, backbone: Backbone, data: StageData,
-                    source_head=None, source_classes=None) -> tuple[TransferModel, dict]:
-        t0 = time.perf_counter()
-        perf = self.perf
-        train_tf, eval_tf = self._transforms(data, backbone)
-        stage_seed = self.seed + {"pretrain": 0, "finetune": 1, "baseline": 2}.get(name, 3)
-        on_device = data.train.to(perf.device) if isinstance(data.train, ImageSet) else data.train  # once
-        train = Batches(on_device, scfg["batch_size"], perf.device, shuffle=True, seed=stage_seed, sharded=True)
-        val = (Batches(data.val, scfg["eval_batch_size"], perf.device, shuffle=False, sharded=True)
-               if data.val is not None else None)
-        plain = Batches(on_device, scfg["eval_batch_size"], perf.device, shuffle=False)
-        backbone.features.to(perf.device)
-
+    def _train_batches(self, train, batch_size: int, transform: BatchTransform, seed: int):
+        """``ctx.train_batches()``: every training example once, un-augmented, in an order shuffled from
+        ``seed`` (the same at every call), so that a plugin reading only the first examples sees every
+        class: image folders store their examples class by class."""
         def batches():
-            for x, y in plain:
-                yield eval_tf(x), y
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+            for x, y in Batches(train.subset(order), batch_size, self.perf.device, shuffle=False):
+                yield transform(x), y
 
-        ctx = TrainContext(stage=name, backbone=backbone, classes=data.classes, epochs=scfg["epochs"],
-                           device=perf.device, seed=stage_seed, train_batches=batches,
-                           source_classes=source_classes, source_head=source_head)
-        heads = self.registry.get("heads", scfg["head"]["name"])
-        strategy = heads.create(where=f"config: {name}.head",
-                                **{k: v for k, v in scfg["head"].items() if k != "name"})
-        torch.manual_seed(stage_seed)
-        head = strategy.build_head(ctx)
-        model = TransferModel(backbone, head).to(perf.device)
-        if perf.channels_last:
+        return batches
+
+    def _model(self, backbone: Backbone, head: torch.nn.Module) -> TransferModel:
+        model = TransferModel(backbone, head).to(self.perf.device)
+        if self.perf.channels_last:
             model.to(memory_format=torch.channels_last)
-        if perf.compile:
+        if self.perf.compile:
             model.backbone.compile()
+        return model
+
+    def _regularizers(self, name: str, scfg: dict) -> list:
         regs = []
         for i, rcfg in enumerate(scfg["regularizers"]):
             comp = self.registry.get("regularizers", rcfg["name"])
             regs.append(comp.create(where=f"config: {name}.regularizers[{i}]",
                                     **{k: v for k, v in rcfg.items() if k != "name"}))
-        checkpoint = final = None
-        if self.run_dir is not None and self.cfg["checkpoints"]:
-            checkpoint = self.run_dir / "checkpoints" / f"{name}-last.pt"
-            final = self.run_dir / "checkpoints" / f"{name}.pt"
+        return regs
+
+    def _checkpoint_paths(self, tag: str) -> tuple[Path | None, Path | None]:
+        if self.run_dir is None or not self.cfg["checkpoints"]:
+            return None, None
+        return self.run_dir / "checkpoints" / f"{tag}-last.pt", self.run_dir / "checkpoints" / f"{tag}.pt"
+
+    def train_stage(self, name: str, scfg: dict, backbone: Backbone, data: StageData, source_head=None,
+                    source_classes=None, seed: int | None = None, tag: str | None = None) -> tuple[TransferModel, dict]:
+        """Train stage ``name`` for ``seed``; ``tag`` names its files and log lines (``finetune-seed1``)."""
+        t0 = time.perf_counter()
+        perf, seed, tag = self.perf, self.seed if seed is None else seed, tag or name
+        train_tf, eval_tf = self._transforms(data, backbone)
+        stage_seed = seed + STAGE_SEED_OFFSET.get(name, 3)
+        on_device = data.train.to(perf.device) if isinstance(data.train, ImageSet) else data.train  # once
+        train = Batches(on_device, scfg["batch_size"], perf.device, shuffle=True, seed=stage_seed, sharded=True)
+        val = (Batches(data.val, scfg["eval_batch_size"], perf.device, shuffle=False, sharded=True)
+               if data.val is not None else None)
+        backbone.features.to(perf.device)
+        ctx = TrainContext(stage=name, backbone=backbone, classes=data.classes, epochs=cfgmod.epoch_budget(scfg),
+                           device=perf.device, seed=stage_seed, source_classes=source_classes, source_head=source_head,
+                           train_batches=self._train_batches(on_device, scfg["eval_batch_size"], eval_tf, stage_seed))
+        heads = self.registry.get("heads", scfg["head"]["name"])
+        strategy = heads.create(where=f"config: {name}.head",
+                                **{k: v for k, v in scfg["head"].items() if k != "name"})
+        torch.manual_seed(stage_seed)
+        model = self._model(backbone, strategy.build_head(ctx))
+        regs = self._regularizers(name, scfg)
+        checkpoint, final = self._checkpoint_paths(tag)
         if self.resume and final is not None and final.exists():  # finished before the interruption
             state = _load_run_file(final, map_location="cpu")  # result tensors stay on the CPU
             _load_model(model, state, final)
-            self.say(f"{name}: finished in the earlier session, reusing {final}")
+            self.say(f"{tag}: finished in the earlier session, reusing {final}")
             return model, state["result"]
-        stage = Stage(name=name, cfg=scfg, model=model, ctx=ctx, strategy=strategy, regularizers=regs,
+        stage = Stage(name=tag, cfg=scfg, model=model, ctx=ctx, strategy=strategy, regularizers=regs,
                       train=train, val=val, train_transform=train_tf, eval_transform=eval_tf, perf=perf,
-                      log=self.log, checkpoint=checkpoint, progress=self.progress, echo=self.echo, stop=self.stop)
+                      log=self.log, checkpoint=checkpoint, progress=self.progress, echo=self.echo, stop=self.stop,
+                      seed=seed)
         if self.resume:
-            if checkpoint is not None and checkpoint.exists():
-                state = _load_run_file(checkpoint, map_location=perf.device)
-                _load_model(model, state, checkpoint)
-                stage.load_state_dict(state)
-                at = f"epoch {stage.start_epoch}" + (f", batch {state['batch']}" if state["batch"] else "")
-                self.say(f"{name}: resuming after {at} of {scfg['epochs']} epochs")
-            self.log.keep(name, len(stage.history))
+            self._resume_stage(stage, model, checkpoint, tag)
         result = stage.run()
-        result.update(dataset=data.name, **data.sizes(), head=scfg["head"]["name"],
+        result.update(seed=seed, dataset=data.name, **data.sizes(), head=scfg["head"]["name"],
                       regularizers=[r["name"] for r in scfg["regularizers"]])
-        result["correct"] = None
-        if data.test is not None and len(data.test):
-            test = Batches(data.test, scfg["eval_batch_size"], perf.device, shuffle=False, sharded=True)
-            ev = evaluate(model, test, eval_tf, perf)
-            result.update(test_accuracy=ev["accuracy"], test_loss=ev["loss"])
-            result["correct"] = ev["correct"]
-            if self.run_dir is not None and distributed.is_main():  # for `sft plot`'s confusion matrix
-                (self.run_dir / "predictions").mkdir(exist_ok=True)
-                storage.write_json(self.run_dir / "predictions" / f"{name}.json", {
-                    "stage": name, "classes": data.classes,
-                    "targets": ev["targets"].tolist(), "predicted": ev["predicted"].tolist()}, indent=None)
-        else:
-            result.update(test_accuracy=None, test_loss=None)
+        self._test(tag, model, data, scfg, eval_tf, result)
         result["seconds"] = round(time.perf_counter() - t0, 3)
         if final is not None and distributed.is_main():
-            storage.save({"stage": name, "model": model.state_dict(), "classes": data.classes,
-                        "mean": list(map(float, train_tf.mean)), "std": list(map(float, train_tf.std)),
-                        # what the dataset gave and what the model took: `sft predict` prepares new images alike
-                        "image_shape": list(data.train.image_shape),
-                        "input_shape": [train_tf.out_channels, *train_tf.out_hw],
-                        "config": scfg, "result": result}, final)
+            storage.save({"stage": name, "tag": tag, "seed": seed, "model": model.state_dict(),
+                          "classes": data.classes, "mean": list(map(float, train_tf.mean)),
+                          "std": list(map(float, train_tf.std)),
+                          # what the dataset gave and what the model took: `sft predict` prepares new images alike
+                          "image_shape": list(data.train.image_shape),
+                          "input_shape": [train_tf.out_channels, *train_tf.out_hw],
+                          "config": scfg, "result": result}, final)
         return model, result
+
+    def _resume_stage(self, stage: Stage, model: TransferModel, checkpoint: Path | None, tag: str) -> None:
+        if checkpoint is not None and checkpoint.exists():
+            state = _load_run_file(checkpoint, map_location=self.perf.device)
+            _load_model(model, state, checkpoint)
+            stage.load_state_dict(state)
+            at = f"epoch {stage.start_epoch}" + (f", batch {state['batch']}" if state["batch"] else "")
+            self.say(f"{tag}: resuming after {at} of {stage.budget} epochs")
+        self.log.keep(tag, len(stage.history))
+
+    def _test(self, tag: str, model: TransferModel, data: StageData, scfg: dict, eval_tf, result: dict) -> None:
+        """Test accuracy and loss into ``result``, with the per-example hits (``correct``) for the verdict."""
+        result.update(test_accuracy=None, test_loss=None, correct=None)
+        if data.test is None or not len(data.test):
+            return
+        test = Batches(data.test, scfg["eval_batch_size"], self.perf.device, shuffle=False, sharded=True)
+        ev = evaluate(model, test, eval_tf, self.perf)
+        result.update(test_accuracy=ev["accuracy"], test_loss=ev["loss"], correct=ev["correct"])
+        if self.run_dir is not None and distributed.is_main():  # for `sft plot`'s confusion matrix
+            (self.run_dir / "predictions").mkdir(exist_ok=True)
+            storage.write_json(self.run_dir / "predictions" / f"{tag}.json", {
+                "stage": tag, "classes": data.classes,
+                "targets": ev["targets"].tolist(), "predicted": ev["predicted"].tolist()}, indent=None)
+
+    # ------------------------------------------------------------------ stages over seeds
+    def _data(self, stage: str, backbone: Backbone, seed: int) -> StageData:
+        """The stage's dataset is loaded once (with the run's seed); each seed draws its own subset."""
+        ds_cfg = self.cfg[stage]["dataset"]
+        if stage not in self._splits:
+            self._splits[stage] = load_splits(stage, ds_cfg, backbone, self.seed, self.registry)
+        return subset_stage_data(self._splits[stage], stage, ds_cfg, seed)
+
+    def _label(self, name: str, seed: int) -> str:
+        return name if len(self.seeds) == 1 else f"{name} (seed {seed})"
+
+    def _pretrain(self, backbone: Backbone, seed: int, tag: str) -> Start:
+        data = self._data("pretrain", backbone, seed)
+        model, result = self.train_stage("pretrain", self.cfg["pretrain"], backbone, data, backbone.head,
+                                         backbone.source_classes, seed, tag)
+        if backbone.mean is None:  # the features were learned on inputs normalised like this
+            backbone.mean, backbone.std = data.mean, data.std
+        self.say(f"{self._label('pretrain', seed) if tag != 'pretrain' else 'pretrain'} done: "
+                 f"test accuracy {_pct(result['test_accuracy'])}")
+        self._check_stop()
+        return Start(backbone, model.head, data.classes, result)
+
+    def _one_seed(self, index: int, seed: int, shared: Start | None) -> dict:
+        """Every per-seed stage for ``seed``; the first seed's files carry the plain stage names."""
+        cfg, suffix, results = self.cfg, "" if index == 0 else f"-seed{seed}", {}
+        if index:
+            self._check_stop()
+        start = shared
+        if start is None:  # pretrain_per_seed
+            start = self._pretrain(self.build_backbone(seed=seed), seed, "pretrain" + suffix)
+            results["pretrain"] = start.result
+        if cfg["finetune"] is None:
+            return results
+        backbone = copy.deepcopy(start.backbone)  # every seed starts from the same pretrained weights
+        data = self._data("finetune", backbone, seed)
+        _, results["finetune"] = self.train_stage("finetune", cfg["finetune"], backbone, data,
+                                                  copy.deepcopy(start.head), start.classes, seed, "finetune" + suffix)
+        self.say(f"{self._label('finetune', seed)} done: test accuracy {_pct(results['finetune']['test_accuracy'])}")
+        if cfg["baseline"] is not None:
+            self._check_stop()
+            fresh = self.build_backbone(random_init=True, seed=seed)
+            _, results["baseline"] = self.train_stage("baseline", cfg["baseline"], fresh, data, seed=seed,
+                                                      tag="baseline" + suffix)
+            self.say(f"{self._label('baseline', seed)} done: test accuracy "
+                     f"{_pct(results['baseline']['test_accuracy'])}")
+        return results
+
+    def _starts_random(self, backbone: Backbone) -> bool:
+        """The backbone as built equals a random init of the same seed: it loaded no weights."""
+        with torch.random.fork_rng(devices=[]):
+            fresh = self.build_backbone(random_init=True)
+        built, other = backbone.features.state_dict(), fresh.features.state_dict()
+        return built.keys() == other.keys() and all(torch.equal(built[k], other[k].to(built[k].device))
+                                                    for k in built)
 
     def run(self) -> dict:
         cfg = self.cfg
         t0 = time.perf_counter()
-        summary: dict = {"name": cfg["name"], "seed": self.seed, "run_dir": str(self.run_dir) if self.run_dir else None,
-                         "performance": self.perf.describe(), "world_size": distributed.world_size()}
+        summary: dict = {"name": cfg["name"], "seed": self.seed, "seeds": self.seeds,
+                         "pretrain_per_seed": cfg["pretrain_per_seed"],
+                         "run_dir": str(self.run_dir) if self.run_dir else None,
+                         "performance": self.perf.describe(), "environment": environment(self.perf),
+                         "world_size": distributed.world_size()}
         backbone = self.build_backbone()
-        source_head, source_classes = backbone.head, backbone.source_classes
-        results: dict[str, dict] = {}
+        random_start = cfg["pretrain"] is None and cfg["baseline"] is not None and self._starts_random(backbone)
         self._check_stop()
+        shared: Start | None = Start(backbone, backbone.head, backbone.source_classes)
         if cfg["pretrain"] is not None:
-            data = load_stage_data("pretrain", cfg["pretrain"]["dataset"], backbone, self.seed, self.registry)
-            model, results["pretrain"] = self.train_stage("pretrain", cfg["pretrain"], backbone, data,
-                                                          source_head, source_classes)
-            source_head, source_classes = model.head, data.classes
-            if backbone.mean is None:  # the features were learned on inputs normalised like this
-                backbone.mean, backbone.std = data.mean, data.std
-            self.say(f"pretrain done: test accuracy {_pct(results['pretrain']['test_accuracy'])}")
-            self._check_stop()
-        if cfg["finetune"] is not None:
-            data = load_stage_data("finetune", cfg["finetune"]["dataset"], backbone, self.seed, self.registry)
-            _, results["finetune"] = self.train_stage("finetune", cfg["finetune"], backbone, data,
-                                                      source_head, source_classes)
-            self.say(f"finetune done: test accuracy {_pct(results['finetune']['test_accuracy'])}")
-            self._check_stop()
-            if cfg["baseline"] is not None:
-                fresh = self.build_backbone(random_init=True)
-                _, results["baseline"] = self.train_stage("baseline", cfg["baseline"], fresh, data)
-                self.say(f"baseline done: test accuracy {_pct(results['baseline']['test_accuracy'])}")
-        correct = {k: v.pop("correct") for k, v in results.items()}
-        summary.update(results)
-        summary.update(transfer_verdict(results, correct))
-        summary["seconds"] = {k: v["seconds"] for k, v in results.items()}
+            shared = None if cfg["pretrain_per_seed"] else self._pretrain(backbone, self.seed, "pretrain")
+        runs = []
+        if cfg["finetune"] is not None or shared is None:
+            runs = [self._one_seed(i, seed, shared) for i, seed in enumerate(self.seeds)]
+        if shared is not None and shared.result is not None:
+            summary["pretrain"] = shared.result
+        summary.update(report.summarise(runs, self.seeds, summary.get("pretrain"), random_start))
         summary["seconds"]["total"] = round(time.perf_counter() - t0, 3)
         return summary
 
@@ -379,7 +496,7 @@ def run(config=None, *, out=None, overrides=(), progress=None, echo=None, resume
     registry = get_registry()
     if resume is not None:
         if config is not None or overrides or out is not None or force:
-            raise ConfigError("--resume takes the run's own config.yaml; drop CONFIG, --set, --out and --force")
+            raise ConfigError("--resume takes the run's own config.yaml; drop CONFIG, --set, --seeds, --out and --force")
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume '{run_dir}' is not a run directory (it has no config.yaml); "

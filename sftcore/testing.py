@@ -188,7 +188,7 @@ def tiny_config(*, backbone: str | dict | None = None, dataset: str | dict | Non
 
     Name your component in ``backbone``, ``dataset``, ``head`` or ``regularizers``; other keywords
     are finetune stage keys (``batch_size=4``). ``pretrain=True`` adds a one-epoch source stage,
-    ``baseline=True`` the scratch baseline.
+    ``baseline=True`` the scratch baseline (with ``epochs`` epochs). One seed.
     """
     stage: dict = {"dataset": copy.deepcopy(dataset or TINY_DATASET), "epochs": epochs, "batch_size": 8,
                    "eval_batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.01},
@@ -196,13 +196,14 @@ def tiny_config(*, backbone: str | dict | None = None, dataset: str | dict | Non
     if head is not None:
         stage["head"] = copy.deepcopy(head)
     stage.update(copy.deepcopy(finetune))
-    cfg: dict = {"name": "tiny", "seed": 0, "device": "cpu", "backbone": copy.deepcopy(backbone or TINY_BACKBONE),
+    cfg: dict = {"name": "tiny", "seed": 0, "seeds": 1, "device": "cpu",
+                 "backbone": copy.deepcopy(backbone or TINY_BACKBONE),
                  "finetune": stage}
     if pretrain:
         cfg["pretrain"] = {"dataset": dict(TINY_SOURCE), "epochs": 1, "batch_size": 16,
                            **(copy.deepcopy(pretrain) if isinstance(pretrain, dict) else {})}
     if baseline:
-        cfg["baseline"] = "scratch"
+        cfg["baseline"] = {"name": "scratch", "epochs": epochs}  # fixed, not the default epochs: auto
     return cfg
 
 

@@ -16,10 +16,15 @@ import torch.nn.functional as F
 
 from .api import HeadStrategy, Regularizer, Step, TrainContext, unfreeze
 from . import distributed, storage
+from .config import AUTO_SELECT_MIN_VAL, epoch_budget
 from .errors import Interrupted, PluginError, TrainingError
 from .interrupt import StopSignals
 from .data import Batches, BatchTransform
 from .model import TransferModel
+
+
+# epochs: auto (docs/config.md): what "the training loss stopped improving" means
+CONVERGED_RELATIVE, CONVERGED_ABSOLUTE, CONVERGED_TRAIN_ACCURACY = 0.01, 1e-3, 0.9
 
 
 @dataclass
@@ -165,19 +170,24 @@ class Stage:
                  regularizers: list[Regularizer], train: Batches, val: Batches | None,
                  train_transform: BatchTransform, eval_transform: BatchTransform, perf: Performance,
                  log: MetricsLog, checkpoint: Path | None = None, progress: bool = False,
-                 echo: Callable[[str], None] | None = None, stop: StopSignals | None = None):
-        self.name, self.cfg, self.model, self.ctx = name, cfg, model, ctx
+                 echo: Callable[[str], None] | None = None, stop: StopSignals | None = None, seed: int | None = None):
+        self.name, self.cfg, self.model, self.ctx, self.seed = name, cfg, model, ctx, seed
         self.strategy, self.regularizers = strategy, regularizers
         self.train, self.val = train, val
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.perf, self.log, self.checkpoint, self.progress, self.echo = perf, log, checkpoint, progress, echo
         self.stop = stop
         ctx.model = model
+        self.budget = epoch_budget(cfg)
+        self.select = cfg["select"]
+        if self.select == "auto":  # a handful of validation examples moves in big steps: its best epoch is noise
+            val_size = len(val.data) if val is not None else 0
+            self.select = "best" if val_size >= AUTO_SELECT_MIN_VAL else "last"
         groups = strategy.param_groups(ctx, cfg["optimizer"]["lr"], cfg["backbone_lr_mult"])
         self._check_groups(groups)
         self.optimizer = make_optimizer(groups, cfg["optimizer"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _schedule(cfg["schedule"], cfg["epochs"], len(train)))
+            self.optimizer, _schedule(cfg["schedule"], self.budget, len(train)))
         self.scaler = torch.amp.GradScaler(perf.device.type, enabled=perf.amp_dtype is torch.float16)
         self.needs_maps = any(r.needs_feature_maps for r in regularizers)
         distributed.broadcast_module_(model)  # one starting point (and one w0) on every rank
@@ -248,19 +258,34 @@ class Stage:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
-        for epoch in range(self.start_epoch, self.cfg["epochs"]):
+        epoch = self.start_epoch
+        while epoch < self.budget and not self.converged():
             self._epoch(epoch)
-        selected = self.cfg["epochs"]
+            epoch += 1
+        selected = len(self.history)
         if self.best is not None:
             self.model.load_state_dict(self.best["state"])
             selected = self.best["epoch"]
         last = self.history[-1] if self.history else {}
         chosen = next((h for h in self.history if h["epoch"] == selected), {})
-        return {"epochs": self.cfg["epochs"], "selected_epoch": selected, "val_accuracy": chosen.get("val_accuracy"),
+        return {"epochs": len(self.history), "epochs_auto": self.cfg["epochs"] == "auto", "selected_epoch": selected,
+                "select": self.select, "val_accuracy": chosen.get("val_accuracy"),
                 "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss")}
 
+    def converged(self) -> bool:
+        """``epochs: auto``: the training loss has stopped improving (by 1% and 0.001) for ``patience``
+        epochs and the training accuracy is at least 0.9. Derived from the history alone, so a resumed
+        run stops where the uninterrupted one did, on every rank alike."""
+        if self.cfg["epochs"] != "auto" or len(self.history) <= self.cfg["patience"]:
+            return False
+        patience = self.cfg["patience"]
+        losses = [h["train_loss"] for h in self.history]
+        before, recent = min(losses[:-patience]), min(losses[-patience:])
+        improving = recent < before - max(CONVERGED_RELATIVE * before, CONVERGED_ABSOLUTE)
+        return not improving and self.history[-1]["train_accuracy"] >= CONVERGED_TRAIN_ACCURACY
+
     def _epoch(self, epoch: int) -> None:
-        epochs = self.cfg["epochs"]
+        epochs = self.budget
         model, perf = self.model, self.perf
         t0 = time.perf_counter()
         begin_epoch(self.strategy, epoch, self.ctx)
@@ -325,7 +350,7 @@ class Stage:
             distributed.all_reduce_(sums[key])
         seen = max(1, int(sums["seen"].item()))
         record = {
-            "stage": self.name, "epoch": epoch + 1,
+            "stage": self.name, "seed": self.seed, "epoch": epoch + 1,
             "train_loss": sums["loss"].item() / seen,
             "train_accuracy": sums["correct"].item() / seen,
             "penalty": sums["penalty"].item() / seen if self.regularizers else None,
@@ -338,7 +363,7 @@ class Stage:
             ev = evaluate(model, self.val, self.eval_transform, perf)
             record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
             key = (ev["accuracy"], -ev["loss"])
-            if self.cfg["select"] == "best" and (self.best is None or key > tuple(self.best["key"])):
+            if self.select == "best" and (self.best is None or key > tuple(self.best["key"])):
                 self.best = {"key": list(key), "epoch": epoch + 1,
                              "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         record["seconds"] = round(float(sums["seconds"]) + time.perf_counter() - t0, 3)
@@ -356,7 +381,7 @@ class Stage:
     def _interrupted(self, epoch: int, upto: str) -> None:
         distributed.barrier()  # no rank exits (and gets the job torn down) while rank 0 still writes
         saved = f"saved the progress {upto}" if self.checkpoint is not None else "checkpoints are off: nothing saved"
-        raise Interrupted(f"{self.stop.name} during {self.name} epoch {epoch + 1}/{self.cfg['epochs']}; {saved}",
+        raise Interrupted(f"{self.stop.name} during {self.name} epoch {epoch + 1}/{self.budget}; {saved}",
                           self.stop.signum)
 
     def _stopping(self) -> bool:

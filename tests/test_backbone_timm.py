@@ -280,10 +280,10 @@ def test_end_to_end_through_the_runner(tmp_path):
     save_reference(path, "resnet10t", None)
     data = {"name": "shapes", "task": "target", "train_per_class": 6, "test_per_class": 2, "size": 32}
     summary = sftcore.run({
-        "name": "t", "seed": 0, "device": "cpu",
+        "name": "t", "seed": 0, "seeds": 1, "device": "cpu",
         "backbone": {"name": "timm", "model": "resnet10t", "weights": str(path)},
         "finetune": {"dataset": data, "epochs": 1, "batch_size": 8},
-        "baseline": "scratch",
+        "baseline": {"name": "scratch", "epochs": 1},
     }, out=tmp_path / "run")
     assert summary["finetune"]["test_accuracy"] is not None
     assert "baseline" in summary

@@ -104,6 +104,21 @@ CONFIG_CASES = {
         "finetune:\n  dataset: {name: shapes, labels_per_class: 5, fraction: 0.5}\n", ["keep one"]),
     "fp16 on the CPU": ("device: cpu\nprecision: fp16\nfinetune:\n  dataset: shapes\n", ["fp16 needs CUDA"]),
     "nothing to run": ("name: empty\n", ["nothing to run"]),
+    "seeds 0": ("seeds: 0\nfinetune:\n  dataset: shapes\n", ["seeds must be >= 1", "got 0"]),
+    "seeds negative in a list": ("seeds: [0, -1]\nfinetune:\n  dataset: shapes\n", ["seeds[1] must be >= 0"]),
+    "seeds not integers": ("seeds: [0, 1.5]\nfinetune:\n  dataset: shapes\n", ["seeds[1] must be an integer"]),
+    "seeds repeated": ("seeds: [2, 2]\nfinetune:\n  dataset: shapes\n", ["lists a seed twice"]),
+    "seeds empty list": ("seeds: []\nfinetune:\n  dataset: shapes\n", ["at least one seed"]),
+    "seeds a string": ("seeds: many\nfinetune:\n  dataset: shapes\n", ["seeds must be an integer", "'many'"]),
+    "pretrain_per_seed not boolean": ("pretrain_per_seed: yes please\nfinetune:\n  dataset: shapes\n",
+                                      ["pretrain_per_seed must be true or false"]),
+    "epochs a word": ("finetune:\n  dataset: shapes\n  epochs: forever\n", ["epochs must be an integer or auto"]),
+    "auto cap below 1": ("finetune:\n  dataset: shapes\n  epochs: auto\n  max_epochs: 0\n",
+                         ["finetune.max_epochs must be >= 1"]),
+    "baseline auto cap below 1": ("finetune:\n  dataset: shapes\nbaseline: {name: scratch, max_epochs: -3}\n",
+                                  ["baseline.max_epochs must be >= 1"]),
+    "patience 0": ("finetune:\n  dataset: shapes\n  patience: 0\n", ["finetune.patience must be >= 1"]),
+    "select unknown": ("finetune:\n  dataset: shapes\n  select: bestest\n", ["select must be one of auto"]),
 }
 
 
@@ -124,6 +139,14 @@ SET_CASES = {
     "--set unknown head": (["--set", "finetune.head=linear_prob"], ["did you mean 'linear_probe'"]),
     "--set cuda without CUDA": (["--set", "device=cuda"], ["no CUDA device"]),
 }
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_bad_seeds_option_is_a_usage_error(value, tmp_path, capsys):
+    code, _, err = cli(capsys, "run", tiny_yaml(tmp_path), "--seeds", value, "--out", tmp_path / "run")
+    assert code == 2 and "Traceback" not in err
+    assert "Invalid value for '--seeds'" in err and value in err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("case", SET_CASES)

@@ -72,7 +72,8 @@ def test_config_show_with_sets(tiny_yaml):
     cfg = show(tiny_yaml, "--set", "finetune.epochs=9", "--set", "seed=3", "--set", "finetune.optimizer=adamw")
     assert cfg["finetune"]["epochs"] == 9 and cfg["seed"] == 3
     assert cfg["finetune"]["optimizer"] == {"name": "adamw", "lr": 0.001, "weight_decay": 0.01, "betas": [0.9, 0.999]}
-    assert cfg["baseline"]["epochs"] == 9  # the baseline follows finetune
+    assert cfg["baseline"]["optimizer"] == cfg["finetune"]["optimizer"]  # the baseline follows finetune
+    assert cfg["baseline"]["epochs"] == 2  # but for its own budget
 
 
 def test_config_show_set_list_index():
@@ -136,7 +137,7 @@ def test_config_init_file_runs(tmp_path):
     path = tmp_path / "sft.yaml"
     invoke("config", "init", path)
     result = invoke("run", path, "--out", tmp_path / "r", "--set", "device=cpu",
-                    "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1",
+                    "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1", "--set", "baseline.max_epochs=2",
                     "--set", "pretrain.dataset.train_per_class=10", "--set", "pretrain.dataset.test_per_class=4",
                     "--set", "finetune.dataset.train_per_class=10", "--set", "finetune.dataset.test_per_class=4")
     assert result.exit_code == 0, (result.output, result.exception)
@@ -161,7 +162,10 @@ def test_run_prints_the_table_and_the_verdict_at_the_end(tiny_yaml, tmp_path):
     assert [row.split()[0] for row in rows] == ["pretrain", "finetune", "baseline"]
     for row, stage in zip(rows, ("pretrain", "finetune", "baseline")):
         assert f"{100 * summary[stage]['test_accuracy']:.1f}%" in row
-        assert f"{summary[stage]['selected_epoch']}/{summary[stage]['epochs']}" in row
+        assert f"  {summary[stage]['epochs']}  " in row  # epochs trained
+        select = summary[stage]["select"]
+        kept = f"best: {summary[stage]['selected_epoch']}" if select == "best" else select
+        assert f"{kept} (val {summary[stage]['val_examples']})" in row
     assert "Traceback" not in result.output
 
 
@@ -177,7 +181,7 @@ def test_run_writes_what_the_python_api_writes(tiny_yaml, tmp_path):
     out = tmp_path / "r"
     assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints"}
     assert yaml.safe_load((out / "config.yaml").read_text())["finetune"]["epochs"] == 1
-    assert len(tiny.read_metrics(out)) == 1 + 1 + 1
+    assert len(tiny.read_metrics(out)) == 1 + 1 + 2  # the tiny baseline has its own 2 epochs
 
 
 def test_run_out_holding_a_run_is_refused(tiny_yaml, tmp_path):
@@ -284,7 +288,7 @@ def _stderr_lines(proc) -> list[str]:
 def test_process_config_error_exit_2_one_line(sft, tmp_path):
     proc = sft("config", "show", "--set", "finetune.epochs=ten", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert _stderr_lines(proc) == ["sft: error: config: finetune.epochs must be an integer, got str 'ten'"]
+    assert _stderr_lines(proc) == ["sft: error: config: finetune.epochs must be an integer or auto, got 'ten'"]
     assert proc.stdout == ""
 
 

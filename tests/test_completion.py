@@ -47,7 +47,7 @@ def test_the_documented_completion_scripts_are_generated(shell, marker):
 def test_commands_and_options_complete():
     assert complete("sft li") == ["list"]
     assert complete("sft config ") == ["init", "show"]
-    assert complete("sft run --se") == ["--set"]
+    assert complete("sft run --se") == ["--set", "--seeds"]
 
 
 def test_list_completes_kinds_then_names_of_that_kind():

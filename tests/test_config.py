@@ -316,6 +316,7 @@ def test_override_values_are_validated_like_the_file():
 def test_defaults_filled_in():
     cfg = resolve({"finetune": {"dataset": "shapes"}})
     assert cfg["name"] == "run" and cfg["seed"] == 0 and cfg["device"] == "auto"
+    assert cfg["seeds"] == 3 and cfg["pretrain_per_seed"] is False
     assert cfg["backbone"] == {"name": "lenet"}
     assert cfg["pretrain"] is None and cfg["baseline"] is None
     assert cfg["checkpoints"] is True
@@ -327,7 +328,8 @@ def test_defaults_filled_in():
     assert f["schedule"] == {"name": "cosine", "warmup_epochs": 0}
     assert f["head"] == {"name": "reinit"}
     assert f["regularizers"] == []
-    assert f["backbone_lr_mult"] == 1.0 and f["select"] == "best" and f["label_smoothing"] == 0.0
+    assert f["backbone_lr_mult"] == 1.0 and f["select"] == "auto" and f["label_smoothing"] == 0.0
+    assert f["max_epochs"] == 200 and f["patience"] == 10
 
 
 def test_components_as_plain_strings():
@@ -366,9 +368,10 @@ def test_baseline_copies_finetune_with_reinit_head_and_no_regularizers():
                    "baseline": "scratch"})
     f, b = cfg["finetune"], cfg["baseline"]
     assert b["name"] == "scratch"
-    for key in ("dataset", "epochs", "batch_size", "eval_batch_size", "optimizer", "schedule", "label_smoothing",
-                "select"):
+    for key in ("dataset", "batch_size", "eval_batch_size", "optimizer", "schedule", "label_smoothing",
+                "select", "max_epochs", "patience"):
         assert b[key] == f[key], key
+    assert b["epochs"] == "auto" and f["epochs"] == 7  # its own budget: trained until it converges
     assert b["head"] == {"name": "reinit"}
     assert b["regularizers"] == []
     assert b["backbone_lr_mult"] == 1.0

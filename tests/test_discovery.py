@@ -352,7 +352,7 @@ RUN_SCRIPT = """
 import json, sys
 import sftcore
 summary = sftcore.run({
-    "name": "ex",
+    "name": "ex", "seeds": 1,
     "backbone": {"name": "tiny_cnn"},
     "finetune": {"dataset": {"name": "stripes"}, "epochs": 1, "head": {"name": "zero_init"},
                  "regularizers": [{"name": "l1", "alpha": 1e-4}]},

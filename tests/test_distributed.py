@@ -23,13 +23,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # Learns within seconds, so that accuracies say something; augmentation on, so that sharded
 # augmentation is exercised; lp_ft + l2_sp + backbone_lr_mult: the frozen-backbone case under DDP.
 CFG = {
-    "name": "ddp", "seed": 0, "device": "cpu", "backbone": {"name": "lenet", "img_size": 16},
+    "name": "ddp", "seed": 0, "seeds": 1, "device": "cpu", "backbone": {"name": "lenet", "img_size": 16},
     "pretrain": {"dataset": tiny.shapes("source"), "epochs": 3, "batch_size": 32,
                  "optimizer": {"name": "sgd", "lr": 0.05}},
     "finetune": {"dataset": tiny.shapes("target"), "epochs": 6, "batch_size": 16,
                  "optimizer": {"name": "sgd", "lr": 0.05}, "head": {"name": "lp_ft", "probe_epochs": 2},
                  "regularizers": ["l2_sp"], "backbone_lr_mult": 0.1, "select": "last"},
-    "baseline": "scratch",
+    "baseline": {"name": "scratch", "max_epochs": 6, "patience": 2},  # epochs: auto, kept short
 }
 
 

@@ -12,11 +12,11 @@ SHAPES = {"name": "shapes", "train_per_class": 24, "test_per_class": 8, "size": 
 
 def _config(precision: str) -> dict:
     return {
-        "name": "gpu", "device": "cuda", "precision": precision, "channels_last": True, "backbone": "lenet",
+        "name": "gpu", "seeds": 1, "device": "cuda", "precision": precision, "channels_last": True, "backbone": "lenet",
         "pretrain": {"dataset": {**SHAPES, "task": "source"}, "epochs": 2, "batch_size": 32},
         "finetune": {"dataset": {**SHAPES, "task": "source", "labels_per_class": 6}, "epochs": 2,
                      "batch_size": 8, "head": "match_classes", "regularizers": ["l2_sp", "l2"]},
-        "baseline": "scratch",
+        "baseline": {"name": "scratch", "max_epochs": 6, "patience": 2},  # epochs: auto, kept short
     }
 
 

@@ -20,10 +20,10 @@ pytestmark = pytest.mark.slow
 
 # Enough batches per epoch that a signal lands inside one; fp32 on one CPU thread is bit-exact.
 CFG = {
-    "name": "kill", "seed": 3, "device": "cpu", "backbone": {"name": "lenet", "img_size": 24},
+    "name": "kill", "seed": 3, "seeds": 1, "device": "cpu", "backbone": {"name": "lenet", "img_size": 24},
     "finetune": {"dataset": tiny.shapes("target", train_per_class=60, size=24), "epochs": 6, "batch_size": 4,
                  "head": "lp_ft", "regularizers": ["l2_sp"]},
-    "baseline": "scratch",
+    "baseline": {"name": "scratch", "max_epochs": 6, "patience": 2},  # epochs: auto, kept short
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

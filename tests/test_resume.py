@@ -11,13 +11,13 @@ from sftcore import runner, training
 from sftcore.errors import ConfigError, Interrupted
 
 CFG = {
-    "name": "resume", "seed": 0, "backbone": "lenet", "device": "cpu",  # bit-exact: fp32 on the CPU
+    "name": "resume", "seed": 0, "seeds": 1, "backbone": "lenet", "device": "cpu",  # bit-exact: fp32 on the CPU
     "pretrain": {"dataset": {"name": "shapes", "task": "source", "train_per_class": 24, "test_per_class": 6},
                  "epochs": 2, "batch_size": 32},
     "finetune": {"dataset": {"name": "shapes", "task": "target", "train_per_class": 20, "test_per_class": 8,
                              "labels_per_class": 6},
                  "epochs": 4, "batch_size": 8, "head": {"name": "gradual_unfreeze"}, "regularizers": ["l2_sp"]},
-    "baseline": "scratch",
+    "baseline": {"name": "scratch", "max_epochs": 6, "patience": 2},  # epochs: auto, kept short
 }
 
 

@@ -19,7 +19,7 @@ import yaml
 import sftcore
 import tiny
 from sftcore import config as cfgmod
-from sftcore import training
+from sftcore import report, training
 from sftcore.api import Augment
 from sftcore.errors import ConfigError, SftError
 from sftcore.plugins import get_registry
@@ -109,13 +109,17 @@ def test_transfer_gain_ci95_is_the_paired_interval(full):
     assert summary["transfer_gain_ci95"] == pytest.approx(ci, abs=1e-3)
 
 
-def test_verdict_agrees_with_gain_and_interval(full):
-    _, summary = full
-    gain, ci, verdict = summary["transfer_gain"], summary["transfer_gain_ci95"], summary["verdict"]
-    assert isinstance(verdict, str) and f"{gain:+.1f} points" in verdict and f"±{ci:.1f}" in verdict
-    if gain - ci > 0:
+def test_verdict_of_one_seed_rests_on_mcnemar(full):
+    out, summary = full
+    gain, p, verdict = summary["transfer_gain"], summary["transfer_gain_p"], summary["verdict"]
+    ft = tiny.evaluate_saved(out, "finetune")["correct"].tolist()
+    bl = tiny.evaluate_saved(out, "baseline")["correct"].tolist()
+    assert p == pytest.approx(report.mcnemar_p(ft, bl))
+    assert isinstance(verdict, str) and f"{gain:+.1f} points" in verdict
+    assert "one seed: test sampling only" in verdict and f"{len(ft)} test examples" in verdict
+    if p < 0.05 and gain > 0:
         assert verdict.startswith("transfer helped")
-    elif gain + ci < 0:
+    elif p < 0.05 and gain < 0:
         assert verdict.startswith("transfer hurt")
     else:
         assert verdict.startswith("no clear difference")
@@ -380,7 +384,7 @@ def test_out_may_be_an_existing_empty_directory(tmp_path):
 def test_run_from_yaml_path_with_overrides(tmp_path):
     path = tiny.write_yaml(tmp_path / "c.yaml", tiny.config(pretrain=False))
     s = sftcore.run(path, out=tmp_path / "r", overrides=["finetune.epochs=1", "name=from-yaml"])
-    assert s["name"] == "from-yaml" and s["finetune"]["epochs"] == 1 and s["baseline"]["epochs"] == 1
+    assert s["name"] == "from-yaml" and s["finetune"]["epochs"] == 1 and s["baseline"]["epochs"] == 2
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["finetune"]["epochs"] == 1
 
 

@@ -51,7 +51,7 @@ def pretrained(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("pretrain") / "run"
     try:
-        summary = sftcore.run({"name": "pre", "seed": 0, "device": "cpu", "backbone": "lenet",
+        summary = sftcore.run({"name": "pre", "seed": 0, "seeds": 1, "device": "cpu", "backbone": "lenet",
                                "pretrain": {"dataset": SOURCE, "epochs": 1, "batch_size": 16}}, out=out)
     finally:
         torch.set_num_threads(threads)
@@ -77,7 +77,7 @@ def expected_trainable(head: str, epoch: int, total: int) -> int | None:
 def test_head_strategy_with_regularizers(tmp_path, pretrained, head, regs):
     out = tmp_path / "run"
     summary = sftcore.run({
-        "name": f"m-{head}", "seed": 1, "device": "cpu",
+        "name": f"m-{head}", "seed": 1, "seeds": 1, "device": "cpu",
         "backbone": {"name": "lenet", "weights": str(pretrained)},
         "pretrain": None,
         "finetune": {
@@ -127,11 +127,11 @@ def test_match_classes_after_a_real_pretrain_stage_with_baseline(tmp_path):
     """Source and target share class names (both task: source); the pretrain head is handed on."""
     out = tmp_path / "run"
     summary = sftcore.run({
-        "name": "mc", "seed": 0, "device": "cpu", "backbone": "lenet",
+        "name": "mc", "seed": 0, "seeds": 1, "device": "cpu", "backbone": "lenet",
         "pretrain": {"dataset": SOURCE, "epochs": 1, "batch_size": 16},
         "finetune": {"dataset": {**SOURCE, "labels_per_class": 4, "seed": 3}, "head": "match_classes",
                      "regularizers": [{"name": "l2_sp"}], "epochs": 2, "batch_size": 8},
-        "baseline": "scratch",
+        "baseline": {"name": "scratch", "epochs": 2},
     }, out=out)
     for stage in ("pretrain", "finetune", "baseline"):
         assert 0.0 <= summary[stage]["test_accuracy"] <= 1.0 and finite(summary[stage]["test_loss"])

@@ -24,12 +24,13 @@ def shapes(task: str = "target", **extra) -> dict:
 
 
 def config(*, pretrain=True, finetune=True, baseline=True, **top) -> dict:
-    """A complete tiny config: pretrain (source, 10 classes) -> finetune (target, 6 labels/class) -> baseline.
+    """A complete tiny config: pretrain (source, 10 classes) -> finetune (target, 6 labels/class) -> baseline
+    (2 epochs), one seed.
 
     ``pretrain``/``finetune``: False drops the stage, a dict updates its settings; other keywords
     replace top-level keys (a dict updates a mapping such as ``backbone``).
     """
-    cfg: dict = {"name": "tiny", "seed": 0, "device": "cpu", "backbone": {"name": "lenet", "img_size": 16}}
+    cfg: dict = {"name": "tiny", "seed": 0, "seeds": 1, "device": "cpu", "backbone": {"name": "lenet", "img_size": 16}}
     if pretrain:
         cfg["pretrain"] = {"dataset": shapes("source"), "epochs": 1, "batch_size": 32,
                            "optimizer": {"name": "sgd", "lr": 0.05}}
@@ -41,7 +42,8 @@ def config(*, pretrain=True, finetune=True, baseline=True, **top) -> dict:
         if isinstance(finetune, dict):
             cfg["finetune"].update(copy.deepcopy(finetune))
     if baseline and finetune:
-        cfg["baseline"] = "scratch" if baseline is True else copy.deepcopy(baseline)
+        # a fixed budget keeps the tests fast; the default (epochs: auto) has tests of its own
+        cfg["baseline"] = {"name": "scratch", "epochs": 2} if baseline is True else copy.deepcopy(baseline)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
             cfg[key] = {**cfg[key], **copy.deepcopy(value)}

@@ -1,4 +1,5 @@
-"""DELTA: the channel attention it measures, the penalty against a hand computation, its gradient,
+"""DELTA: the channel attention it measures and the class-balanced sample it measures on, the penalty
+against a hand computation, its gradient, the maps it reads (any submodule; conv3 on a timm ResNet),
 resume state, options and a tiny run."""
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import json
 import pytest
 import torch
 
+import sft_example_plugin.delta as delta_module
+from sftcore.api import BackboneContext
 from sftcore.errors import ConfigError
 from sftcore.testing import create, make_step, run_tiny, tiny_backbone, train_context
 
@@ -85,9 +88,24 @@ def test_attention_head_model_measures_with_the_stage_head():
     assert delta(ctx).attention["stage2"].std() > 0  # the default probe still finds structure
 
 
-def test_attention_examples_limits_the_measurement():
+def measured_labels(monkeypatch) -> list:
+    """Spy on channel_importance: the labels of every sample DELTA measures attention on, one tensor per setup."""
+    seen, real = [], delta_module.channel_importance
+
+    def spy(backbone, head, layers, batches, limit):
+        batches = list(batches)
+        seen.append(torch.cat([y for _, y in batches]))
+        return real(backbone, head, layers, batches, limit)
+
+    monkeypatch.setattr(delta_module, "channel_importance", spy)
+    return seen
+
+
+def test_attention_examples_limits_the_measurement(monkeypatch):
+    """Was: only the first 2 batches drawn (the first 7 examples). A class-balanced draw needs every
+    example once, so now the whole training data is read (no forward pass) and 7 of them measured."""
     ctx = train_context(per_class=8, batch_size=5)
-    drawn, batches = [], ctx.train_batches
+    drawn, batches, measured = [], ctx.train_batches, measured_labels(monkeypatch)
 
     def counted():
         for x, y in batches():
@@ -95,8 +113,62 @@ def test_attention_examples_limits_the_measurement():
             yield x, y
 
     ctx.train_batches = counted
-    delta(ctx, attention_examples=7)
-    assert drawn == [5, 5]  # the second batch is cut to 2 examples, the rest never drawn
+    delta(ctx, attention_examples=7, attention_head="model")
+    assert drawn == [5, 5, 5, 5, 4]  # one pass over the 24 examples
+    [labels] = measured
+    assert sorted(labels.bincount(minlength=3).tolist()) == [2, 2, 3]  # 7 over 3 classes
+
+
+def test_attention_is_measured_on_every_class_in_equal_numbers(monkeypatch):
+    """train_context stores its examples class by class, as image folders do."""
+    ctx = train_context(classes=4, per_class=8, batch_size=8)
+    first = torch.cat([y for _, y in ctx.train_batches()])[:8]
+    assert first.bincount(minlength=4).tolist() == [8, 0, 0, 0]  # the old sample: the first 8, one class
+    measured = measured_labels(monkeypatch)
+    delta(ctx, attention_examples=8)
+    delta(ctx, attention_examples=12)
+    assert [labels.bincount(minlength=4).tolist() for labels in measured] == [[2, 2, 2, 2], [3, 3, 3, 3]]
+
+
+def test_attention_sample_does_not_depend_on_the_order_of_the_batches(monkeypatch):
+    ctx = train_context(classes=4, per_class=8, batch_size=8)
+    data = list(ctx.train_batches())
+    x, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(1))
+    ctx.train_batches = lambda: iter(zip(x[order].split(8), y[order].split(8)))  # shuffled, as the runner yields
+    measured = measured_labels(monkeypatch)
+    delta(ctx, attention_examples=8)
+    assert measured[0].bincount(minlength=4).tolist() == [2, 2, 2, 2]
+
+
+def test_balanced_sample_takes_a_quota_per_class_drawn_at_random():
+    labels = torch.arange(4).repeat_interleave(10)  # class by class
+    inputs = torch.arange(40.0).unsqueeze(1)  # an example's value is its index
+    batches = lambda: zip(inputs.split(6), labels.split(6))  # noqa: E731
+    picks = torch.zeros(40)
+    for seed in range(200):
+        x, y, batch_size = delta_module.balanced_sample(batches(), 4, 8, torch.Generator().manual_seed(seed))
+        assert y.bincount(minlength=4).tolist() == [2, 2, 2, 2] and batch_size == 6
+        assert torch.equal(labels[x.squeeze(1).long()], y)  # inputs and labels stay paired
+        picks[x.squeeze(1).long()] += 1
+    assert picks.min() >= 20 and picks.max() <= 60  # uniform within each class: 200 * 2/10 = 40 each
+    x1, _, _ = delta_module.balanced_sample(batches(), 4, 8, torch.Generator().manual_seed(0))
+    x2, _, _ = delta_module.balanced_sample(batches(), 4, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(x1, x2)  # seeded
+
+
+def test_balanced_sample_small_classes_and_fewer_examples_than_classes():
+    labels = torch.tensor([0] + [1] * 10 + [2] * 10)
+    inputs = torch.arange(21.0).unsqueeze(1)
+    x, y, _ = delta_module.balanced_sample(zip(inputs.split(4), labels.split(4)), 3, 9, torch.Generator())
+    assert y.bincount(minlength=3).tolist() == [1, 3, 3]  # all of the small class, no more of the others
+    labels = torch.arange(5).repeat(4)
+    for seed in range(5):
+        _, y, _ = delta_module.balanced_sample(zip(torch.zeros(20, 1).split(4), labels.split(4)), 5, 2,
+                                               torch.Generator().manual_seed(seed))
+        assert len(y) == 2 and len(set(y.tolist())) == 2  # one each from two different classes
+    with pytest.raises(ConfigError, match="training data is empty"):
+        delta_module.balanced_sample(iter([]), 3, 9, torch.Generator())
 
 
 # --------------------------------------------------------------------------- the penalty
@@ -163,6 +235,20 @@ def test_delta_layers_option_picks_feature_maps():
     assert both.penalty(step).item() == pytest.approx(sum(parts), rel=1e-5)
 
 
+def test_delta_layers_may_name_any_submodule():
+    """stage2.0 is the conv inside stage2, before its ReLU: not a declared map, recorded on request."""
+    ctx = train_context()
+    reg = delta(ctx, layers=["stage2.0"], beta=0.0)
+    assert list(reg.attention) == ["stage2.0"] and reg.attention["stage2.0"].shape == (8,)
+    seen = {}
+    ctx.model.backbone.stage2[0].register_forward_hook(lambda _m, _i, out: seen.__setitem__("conv", out))
+    step = make_step(ctx)
+    assert step.feature_maps["stage2.0"] is seen["conv"]
+    assert reg.penalty(step).item() == 0.0
+    move(ctx.model.backbone, 0.05)
+    assert reg.penalty(make_step(ctx)).item() > 0
+
+
 # --------------------------------------------------------------------------- resume
 def test_state_dict_round_trip_restores_the_measured_attention():
     ctx = train_context()
@@ -199,6 +285,7 @@ def test_delta_defaults_are_the_published_ones():
     ({"attention_examples": 0}, "attention_examples must be an integer >= 1"),
     ({"attention_head": "fresh"}, "attention_head must be 'probe'"),
     ({"layers": "stage1"}, "layers must be a list of feature-map names"),
+    ({"layers": ["stage1", ""]}, "layers must be a list of feature-map names"),
     ({"aplha": 1.0}, "did you mean 'alpha'"),
 ])
 def test_delta_options_are_checked_in_one_line(options, message):
@@ -208,13 +295,78 @@ def test_delta_options_are_checked_in_one_line(options, message):
 
 
 def test_delta_setup_errors_name_the_fix():
-    with pytest.raises(ConfigError, match=r"layers \['stage3'\] are not feature maps .* choose from "
-                                          r"\['stage1', 'stage2'\]"):
-        delta(layers=["stage3"])
+    # layers may now name any submodule, so the error suggests close names rather than listing the declared maps
+    with pytest.raises(ConfigError, match=r"layers: the backbone has no submodule 'stage3' \(did you mean "
+                                          r"'stage2' or 'stage1'.*declared feature maps: \['stage1', 'stage2'\]"
+                                          r".*bottleneck_conv3") as err:
+        delta(layers=["stage1", "stage3"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="bottleneck_conv3 found no conv3 .* name the submodules in layers"):
+        delta(layers="bottleneck_conv3")
     backbone = tiny_backbone()
     backbone.feature_maps = []
     with pytest.raises(ConfigError, match="needs a backbone that declares feature_maps.*use l2_sp"):
         delta(train_context(backbone))
+    assert list(delta(train_context(backbone), layers=["stage2"]).attention) == ["stage2"]  # named: fine
+
+
+# --------------------------------------------------------------------------- the authors' maps on a timm ResNet
+RESNET50_CONV3 = ["layer1.2.conv3", "layer2.3.conv3", "layer3.5.conv3", "layer4.2.conv3"]  # TLlib's return_layers
+
+
+def timm_resnet(model: str, **options):
+    return create("backbones", "timm", BackboneContext(seed=0), model=model, pretrained=False, **options)
+
+
+def test_bottleneck_conv3_is_the_authors_choice_on_resnet50():
+    """The README's numbers: 3,840 channels in the four conv3 maps, 3,904 in the declared ones (act1 adds 64)."""
+    backbone = timm_resnet("resnet50")
+    assert backbone.feature_maps == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    assert delta_module.resolve_layers(backbone, "bottleneck_conv3") == RESNET50_CONV3
+    channels = [backbone.features.get_submodule(n).out_channels for n in RESNET50_CONV3]
+    assert channels == [256, 512, 1024, 2048] and sum(channels) == 3840
+    assert sum(info["num_chs"] for info in backbone.features.feature_info) == 3904
+
+
+def test_delta_on_the_bottleneck_conv3_of_a_timm_resnet():
+    """A narrow resnet26 (2 bottlenecks a stage): the maps are conv3's outputs, before bn3 and the residual
+    add; with BatchNorm in eval mode the model at the start gives exactly 0; hooks are installed once."""
+    backbone = timm_resnet("resnet26", img_size=32,
+                           model_args={"channels": [4, 8, 8, 8], "stem_width": 8, "zero_init_last": False})
+    ctx = train_context(backbone, classes=3, per_class=2, batch_size=6)
+    reg = delta(ctx, layers="bottleneck_conv3", beta=0.0, attention_examples=6)
+    names = ["layer1.1.conv3", "layer2.1.conv3", "layer3.1.conv3", "layer4.1.conv3"]
+    assert reg.maps == names and [len(reg.attention[n]) for n in names] == [16, 32, 32, 32]
+    assert all(w.std() > 0 for w in reg.attention.values())  # measured through conv3, not uniform
+    reg.setup(ctx)  # a second setup asks to record the same names again
+    seen = {}
+    for name in names:
+        ctx.model.backbone.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: seen.__setitem__(name, out))
+    ctx.model.eval()
+    step = make_step(ctx)
+    for name in names:
+        assert step.feature_maps[name] is seen[name]
+    _, _, start_maps = step.start_outputs()
+    assert sorted(start_maps) == sorted([*backbone.feature_maps, *names])
+    assert reg.penalty(step).item() == 0.0
+    for model in (ctx.model, ctx.start_model()):  # one recording hook each (plus the test's own on ctx.model)
+        hooks = [len(model.backbone.get_submodule(n)._forward_hooks) for n in names]
+        assert hooks == ([2] * 4 if model is ctx.model else [1] * 4)
+    move(ctx.model.backbone, 0.01)
+    assert reg.penalty(make_step(ctx)).item() > 0
+
+
+def test_record_feature_maps_checks_names_and_reaches_a_later_copy():
+    ctx = train_context(snapshot=False)
+    with pytest.raises(ConfigError, match=r"'stage2\.9' is not a submodule of the backbone \(did you mean"):
+        ctx.model.record_feature_maps(["stage2.9"])
+    ctx.model.record_feature_maps(["stage1.0", "stage2", "stage1.0"])  # stage2 is declared: already recorded
+    assert ctx.model.forward_all(torch.zeros(1, 3, 8, 8), feature_maps=True)[2].keys() == {"stage1", "stage2",
+                                                                                           "stage1.0"}
+    ctx.snapshot()
+    _, _, maps = ctx.start_model().forward_all(torch.zeros(1, 3, 8, 8), feature_maps=True)
+    assert sorted(maps) == ["stage1", "stage1.0", "stage2"]
 
 
 # --------------------------------------------------------------------------- end to end
