@@ -10,11 +10,13 @@ __version__ = "0.1.0"
 __all__ = ["hookimpl", "run", "__version__"]
 
 
-def run(config=None, *, out=None, overrides=(), progress=None, resume=None, force=False):
+def run(config=None, *, out=None, overrides=(), progress=None, resume=None, force=False, allow_config_change=False):
     """Run the pipeline a config describes (a dict, a YAML path, or None for the default); returns the summary.
 
-    ``resume=RUN_DIR`` continues an interrupted run; ``force=True`` replaces an earlier run in ``out``.
+    ``resume=RUN_DIR`` continues an interrupted run with its own config.yaml (edited since the run started:
+    refused unless ``allow_config_change``, then recorded); ``force=True`` replaces an earlier run in ``out``.
     """
     from .runner import run as _run
 
-    return _run(config, out=out, overrides=overrides, progress=progress, resume=resume, force=force)
+    return _run(config, out=out, overrides=overrides, progress=progress, resume=resume, force=force,
+                allow_config_change=allow_config_change)

@@ -18,7 +18,10 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Augment", "ImageSet", "FileSet", "DataSplits", "DatasetContext", "BackboneContext", "Backbone",
     "TrainContext", "Step", "Regularizer", "HeadStrategy", "freeze", "unfreeze", "Checkpoint", "read_checkpoint",
+    "check_option",
 ]
+
+MAX_SEED = 2**32 - 1  # the largest seed sftcore takes (config `seed:` and the built-in datasets' seed:)
 
 
 # --------------------------------------------------------------------------- datasets
@@ -319,3 +322,56 @@ def read_checkpoint(path: str) -> Checkpoint:
                           "use checkpoints/<stage>.pt from an earlier run")
     part = lambda prefix: {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}  # noqa: E731
     return Checkpoint(part("backbone."), part("head."), state.get("classes"), state.get("mean"), state.get("std"))
+
+
+# --------------------------------------------------------------------------- checking options
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _range_text(low, high, low_open: bool) -> str:
+    if low is not None and high is not None and not low_open:
+        return f" from {low} to {high}"
+    parts = ([f"{'>' if low_open else '>='} {low}"] if low is not None else []) + (
+        [f"<= {high}"] if high is not None else [])
+    return " " + " and ".join(parts) if parts else ""
+
+
+def check_option(name: str, value: Any, kind: type = int, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, choices: Sequence | None = None, none: bool = False,
+                 where: str = "config") -> Any:
+    """Check one option of a component and return it (a float for ``kind=float``); a bad value raises
+    a one-line ``ConfigError``: ``{where}.{name} must be an integer from 16 to 512, got 'big'``.
+
+    Factories are called with whatever the YAML held, so a factory that uses an option without
+    checking it fails deep inside torch (or allocates terabytes) instead of naming the option.
+    ``kind`` is int, float, bool or str; ints are accepted as floats, booleans never as numbers,
+    and every float must be finite (``.nan`` passes every comparison, so it is refused by name).
+    ``low``/``high`` bound numbers (``low_open``: ``> low``), ``choices`` lists allowed values,
+    ``none`` allows None. A dataset or backbone factory may also carry a ``validate_options``
+    attribute, ``validate_options(where, **options)``, built from this: sftcore calls it when the
+    config is resolved (``sft config show``, the start of ``sft run``), before anything is built.
+    """
+    import math
+
+    from .errors import ConfigError, show
+
+    if value is None and none:
+        return None
+    numeric = kind in (int, float)
+    ok = isinstance(value, bool) if kind is bool else not isinstance(value, bool) and isinstance(
+        value, (int, float) if kind is float else kind)
+    if kind is float and ok:
+        try:
+            ok = math.isfinite(float(value))
+        except OverflowError:
+            ok = False
+    in_range = ok and (not numeric or ((low is None or value > low or (value == low and not low_open))
+                                      and (high is None or value <= high)))
+    if ok and in_range and (choices is None or value in choices):
+        return float(value) if kind is float else value
+    want = _KIND_NAMES.get(kind, kind.__name__)
+    if choices is not None:
+        want = "one of " + ", ".join(map(str, choices))
+    elif numeric:
+        want = ("a finite number" if kind is float else want) + _range_text(low, high, low_open)
+    raise ConfigError(f"{where}.{name} must be {want}{' or null' if none else ''}, got {show(value)}")

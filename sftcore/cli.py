@@ -152,32 +152,40 @@ def plugins_cmd(as_json):
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override a config value (YAML syntax), e.g. --set finetune.epochs=5. Repeatable.")
-@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<name>-<timestamp>).")
-@click.option("--resume", type=click.Path(file_okay=False), metavar="RUN_DIR",
+@click.option("--out", metavar="DIR", help="Run directory (default runs/<name>-<timestamp>).")
+@click.option("--resume", metavar="RUN_DIR",
               help="Continue an interrupted run from its checkpoints (uses the run's own config).")
-@click.option("--force", is_flag=True, help="Replace an earlier run in the --out directory.")
+@click.option("--allow-config-change", is_flag=True,
+              help="With --resume: continue although config.yaml was edited since the run started (recorded).")
+@click.option("--force", is_flag=True, help="Replace an earlier run (one sftcore wrote) in the --out directory.")
 @click.option("--nproc", type=click.IntRange(min=1), metavar="N",
               help="Train data-parallel in N processes on this machine (runs torchrun: one process per GPU, "
                    "or CPU processes with gloo).")
 @click.option("--seeds", type=click.IntRange(min=1), metavar="N",
               help="Repeat finetune and baseline for N seeds (seed, seed+1, ...); same as --set seeds=N.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
-def run_cmd(config, overrides, out, resume, force, nproc, seeds, progress):
+def run_cmd(config, overrides, out, resume, allow_config_change, force, nproc, seeds, progress):
     """Run pretrain -> finetune -> baseline; say if transfer helped.
 
     CONFIG is a YAML file; without it, the embedded shapes demo runs. Prints a results table and
     the verdict, and writes the run directory (config.yaml, metrics.jsonl, summary.json,
     checkpoints/). Ctrl-C or SIGTERM saves the progress and prints the `--resume` command.
     """
+    from pathlib import Path
+
     from .runner import run
 
+    for option, value in (("--out", out), ("--resume", resume)):
+        if value is not None and Path(value).exists() and not Path(value).is_dir():
+            raise SftError(f"{option} '{value}' is a file; pass a directory path")
     if seeds is not None:
         overrides = (*overrides, f"seeds={seeds}")
     if nproc is not None and nproc > 1:
         from .launch import launch
 
-        sys.exit(launch(nproc, config, overrides, out, resume, force, progress))
-    run(config, out=out, overrides=overrides, progress=progress, echo=click.echo, resume=resume, force=force)
+        sys.exit(launch(nproc, config, overrides, out, resume, force, progress, allow_config_change))
+    run(config, out=out, overrides=overrides, progress=progress, echo=click.echo, resume=resume, force=force,
+        allow_config_change=allow_config_change)
 
 
 @cli.group("config")
@@ -226,8 +234,8 @@ def config_init(path, force):
 
 
 @cli.command("plot")
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), help="Folder for the figures (default RUN_DIR/plots).")
+@click.argument("run_dir")
+@click.option("--out", metavar="DIR", help="Folder for the figures (default RUN_DIR/plots).")
 def plot_cmd(run_dir, out):
     """Draw a run's training curves and confusion matrix.
 
@@ -242,7 +250,7 @@ def plot_cmd(run_dir, out):
 
 
 @cli.command("predict")
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", default=5, show_default=True, help="How many classes to print per image.")
 @click.option("--stage", default="finetune", show_default=True,
@@ -265,7 +273,7 @@ def predict_cmd(run_dir, images, top_k, stage, as_json):
 
 
 @cli.command("compare")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.argument("run_dirs", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: differing_keys and one entry per run.")
 def compare_cmd(run_dirs, as_json):
     """Compare runs: differing config keys, accuracies, gains.

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .api import MAX_SEED
+from .errors import ConfigError, show
 from .registry import suggest
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
@@ -15,6 +18,12 @@ DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECT = ("auto", "best", "last")
+# MAX_SEED (2**32 - 1, from the api, as the built-in datasets' seed: option shares it): seeds feed torch
+# generators, some multiplied (seed * 100003 + epoch seeds the data order), and numpy takes at most
+# 2**32 - 1; beyond it a seed is an error now, not an overflow deep in a run.
+MAX_SEEDS = 1000  # seeds: N runs N finetunes; more is a typo, not an experiment
+MAX_EPOCHS = 100_000  # epochs, max_epochs, patience: more would never end, and is a typo
+MAX_BATCH = 1_000_000  # batch sizes
 AUTO_SELECT_MIN_VAL = 50  # select: auto picks the best epoch only on at least this many validation examples
 
 # Keys of a stage's `dataset:` the runner consumes itself; the rest go to the dataset's factory.
@@ -79,8 +88,9 @@ def _one_of(choices) -> str:
 # table key has no entry. `<stage>` is pretrain, finetune or baseline.
 SCHEMA: dict[str, tuple[str, str, str]] = {
     "name": ("string", "non-empty", "names the run directory runs/<name>-<timestamp> (unless --out is given)"),
-    "seed": ("integer", ">= 0", "seeds the subset, validation hold-out, init, shuffling and augmentation"),
-    "seeds": ("integer or list of integers", ">= 1; a list: distinct integers >= 0", "N: finetune and baseline "
+    "seed": ("integer", f"0 to {MAX_SEED}", "seeds the subset, validation hold-out, init, shuffling and augmentation"),
+    "seeds": ("integer or list of integers", f"1 to {MAX_SEEDS}; a list: distinct integers 0 to {MAX_SEED}",
+              "N: finetune and baseline "
               "repeat for seeds seed, seed+1, ..., seed+N-1 (a list names them); the verdict rests on the spread "
               "over seeds"),
     "pretrain_per_seed": ("boolean", "true, false", "false: one pretraining (with seed) shared by every seed; "
@@ -101,15 +111,16 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
     "checkpoints": ("boolean", "true, false", "write checkpoints/ (--resume needs it)"),
     "<stage>.dataset": ("component", "required: a dataset name, or {name: ..., its options, the runner keys "
                         "below}", "the stage's data (sft list datasets); baseline always uses finetune's"),
-    "<stage>.epochs": ("integer or auto", ">= 1, or auto; 0 only on finetune with a head that needs no "
+    "<stage>.epochs": ("integer or auto", "1 to 100000, or auto; 0 only on finetune with a head that needs no "
                        "training (match_classes, imprint)", "training epochs; auto: until the training loss "
-                       "stops improving and training accuracy is >= 0.9, at most max_epochs (baseline: auto)"),
-    "<stage>.max_epochs": ("integer", ">= 1", "epochs: auto trains at most this many epochs; the learning-rate "
+                       "stops improving (lowering the lr on plateaus) with training accuracy >= 0.9, at most "
+                       "max_epochs (baseline: auto)"),
+    "<stage>.max_epochs": ("integer", "1 to 100000", "epochs: auto trains at most this many epochs; the learning-rate "
                            "schedule spans them"),
-    "<stage>.patience": ("integer", ">= 1", "epochs: auto stops once the training loss has not improved by "
-                         "1% (and 0.001) for this many epochs"),
-    "<stage>.batch_size": ("integer", ">= 1", "training batch size"),
-    "<stage>.eval_batch_size": ("integer", ">= 1", "batch size of validation, test and imprint's "
+    "<stage>.patience": ("integer", "1 to 100000", "epochs: auto: epochs without a 1% (and 0.001) better training "
+                         "loss that make a plateau; two plateaus lower the lr tenfold, the third ends the stage"),
+    "<stage>.batch_size": ("integer", "1 to 1000000", "training batch size"),
+    "<stage>.eval_batch_size": ("integer", "1 to 1000000", "batch size of validation, test and imprint's "
                                 "feature extraction"),
     "<stage>.optimizer": ("name or mapping", f"{_one_of(OPTIMIZERS)}, or a mapping of name and options "
                           "(no name: sgd)", "the optimizer; its options are the optimizer keys below"),
@@ -133,16 +144,17 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
                                      "validation, unless the dataset has a val split"),
     "<stage>.optimizer.name": ("string", _one_of(OPTIMIZERS), "which optimizer; each takes only its own options"),
     "<stage>.optimizer.lr": ("number", "> 0", "the head's learning rate, before the schedule"),
-    "<stage>.optimizer.momentum": ("number", ">= 0", "SGD momentum"),
+    "<stage>.optimizer.momentum": ("number", "0 to 1", "SGD momentum"),
     "<stage>.optimizer.weight_decay": ("number", ">= 0", "sgd: coupled L2 term in the gradient; adamw: "
                                        "decoupled decay; never on biases or norm layers"),
     "<stage>.optimizer.nesterov": ("boolean", "true, false", "Nesterov momentum (has an effect when momentum > 0)"),
     "<stage>.optimizer.betas": ("list of 2 numbers", "each in [0, 1)", "AdamW's moment decay rates"),
     "<stage>.schedule.name": ("string", _one_of(SCHEDULES), "cosine: half a cosine from 1 to 0; step: "
                               "gamma ** (epoch // step_size); none: constant"),
-    "<stage>.schedule.warmup_epochs": ("integer", ">= 0", "epochs of linear warmup before the schedule"),
-    "<stage>.schedule.step_size": ("integer", ">= 1", "epochs between learning-rate drops"),
-    "<stage>.schedule.gamma": ("number", ">= 0", "the factor of each drop"),
+    "<stage>.schedule.warmup_epochs": ("integer", "0 to the stage's epochs (max_epochs under auto)",
+                                       "epochs of linear warmup before the schedule"),
+    "<stage>.schedule.step_size": ("integer", "1 to 1000000", "epochs between learning-rate drops"),
+    "<stage>.schedule.gamma": ("number", "0 to 1", "the factor of each drop"),
 }
 NAMED_TABLES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 
@@ -180,14 +192,72 @@ def describe() -> list[dict]:
     return rows
 
 
-def _yaml_loader():
-    """PyYAML's safe loader, reading ``1e-3`` as a float (YAML 1.2) instead of a string."""
-    import re
+# A config is a few hundred values. A document whose tree, with every alias expanded, holds more
+# nodes than this is refused before it is built: a YAML alias bomb ("billion laughs") expands a few
+# hundred bytes into billions of values, which then hang any code that walks or prints them.
+MAX_YAML_NODES = 100_000
 
+
+class YamlRefused(ConfigError):
+    """A YAML document that is well-formed but refused: too large once aliases expand, or recursive."""
+
+
+def _expanded_size(root) -> int:
+    """How many nodes the document holds with every alias expanded, counted without expanding.
+
+    Aliases share one node object, so the size is computed once per node (memoised) and the walk
+    takes time linear in the text, however large the expansion. Stops as soon as the limit is passed.
+    """
+    import yaml
+
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        kids = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if children_done:
+            sizes[id(node)] = 1 + sum(sizes.get(id(k), 0) for k in kids)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                return sizes[id(node)]
+            continue
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in sizes)
+    return sizes[id(root)]
+
+
+def _yaml_loader():
+    """PyYAML's safe loader, strict: ``1e-3`` is a float (YAML 1.2) instead of a string, a key given
+    twice in one mapping is an error (PyYAML keeps the last one silently), and a document that
+    expands past MAX_YAML_NODES through aliases, or refers to itself, is refused before it is built."""
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def get_single_data(self):
+            node = self.get_single_node()
+            if node is None:
+                return None
+            if _recursive(node):
+                raise YamlRefused("an alias refers to the mapping or list that contains it")
+            if _expanded_size(node) > MAX_YAML_NODES:
+                raise YamlRefused(f"with its aliases expanded it holds over {MAX_YAML_NODES:,} values (an alias "
+                                  "bomb?); a config needs a few hundred")
+            return self.construct_document(node)
+
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {show(key)} appears twice in one mapping (first at line {seen[key]}); "
+                        "keep one", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep)
 
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
@@ -197,6 +267,41 @@ def _yaml_loader():
     return Loader
 
 
+def _recursive(root) -> bool:
+    """Whether a node contains itself (``a: &x [*x]``), which no config needs and no walk survives."""
+    import yaml
+
+    state: dict[int, bool] = {}  # False: on the current path; True: done
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            state[id(node)] = True
+            continue
+        if state.get(id(node)) is False:
+            return True
+        if id(node) in state:
+            continue
+        state[id(node)] = False
+        stack.append((node, True))
+        kids = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                else node.value if isinstance(node, yaml.SequenceNode) else [])
+        stack.extend((k, False) for k in kids)
+    return False
+
+
+def _parse(text: str, loader):
+    """``yaml.load`` with PyYAML's failures that are not YAMLError (deep nesting, a huge integer) as one."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=loader)
+    except RecursionError:
+        raise YamlRefused("it nests mappings or lists too deeply") from None
+    except ValueError as exc:  # int() of more digits than Python converts
+        raise YamlRefused(f"a value cannot be read ({str(exc)[:80]})") from None
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
     import yaml
 
@@ -204,7 +309,9 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file '{p}' not found; pass an existing YAML file or omit it for the default")
     try:
-        data = yaml.load(p.read_text(), Loader=_yaml_loader())
+        data = _parse(p.read_text(), _yaml_loader())
+    except YamlRefused as exc:
+        raise ConfigError(f"config file '{p}' is refused: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -221,11 +328,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set '{text}' must look like key.path=value, e.g. finetune.epochs=5")
+        raise ConfigError(f"--set {show(text)} must look like key.path=value, e.g. finetune.epochs=5")
     try:
-        parsed = yaml.load(value, Loader=_yaml_loader()) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
+        parsed = _parse(value, _yaml_loader()) if value.strip() else None
+    except YamlRefused as exc:
+        raise ConfigError(f"--set {show(key.strip())}: the value is refused: {exc}") from None
+    except yaml.YAMLError as exc:
+        if "appears twice" in str(getattr(exc, "problem", "")):  # not a plain string either: say so
+            raise ConfigError(f"--set {show(key.strip())}: {exc.problem}") from None
+        parsed = value  # not YAML: the text itself (`--set name=a: b`)
     return key.strip().split("."), parsed
 
 
@@ -298,7 +409,7 @@ def _check_keys(mapping: dict, allowed, path: str) -> None:
     for key in mapping:
         if key not in allowed:
             raise ConfigError(
-                f"config: unknown key '{_where(path, str(key))}'{suggest(str(key), allowed)}; "
+                f"config: unknown key {show(_where(path, str(key)))}{suggest(str(key)[:100], allowed)}; "
                 f"allowed here: {', '.join(sorted(allowed))}"
             )
 
@@ -307,30 +418,39 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _int(value: Any, path: str, minimum: int = 0) -> int:
+def _int(value: Any, path: str, minimum: int = 0, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"config: {path} must be an integer, got {_type_name(value)} {value!r}")
+        raise ConfigError(f"config: {path} must be an integer, got {_type_name(value)} {show(value)}")
     if value < minimum:
-        raise ConfigError(f"config: {path} must be >= {minimum}, got {value}")
+        raise ConfigError(f"config: {path} must be >= {minimum}, got {show(value)}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"config: {path} must be <= {maximum}, got {show(value)}")
     return value
 
 
 def _float(value: Any, path: str, low: float | None = None, high: float | None = None,
-           low_open: bool = False) -> float:
+           low_open: bool = False, high_open: bool = False) -> float:
+    """A finite number in range: .nan passes every < and > test, so it is refused by name."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"config: {path} must be a number, got {_type_name(value)} {value!r}")
-    value = float(value)
+        raise ConfigError(f"config: {path} must be a number, got {_type_name(value)} {show(value)}")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise ConfigError(f"config: {path} must be a finite number, got {show(value)}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"config: {path} must be a finite number, got {value}")
     if low is not None and (value < low or (low_open and value == low)):
         raise ConfigError(f"config: {path} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and value > high:
-        raise ConfigError(f"config: {path} must be <= {high}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ConfigError(f"config: {path} must be {'<' if high_open else '<='} {high}, got {value}")
     return value
 
 
 def _choice(value: Any, choices, path: str) -> Any:
     if value not in choices:
         raise ConfigError(
-            f"config: {path} must be one of {', '.join(map(str, choices))}, got {value!r}{suggest(str(value), choices)}"
+            f"config: {path} must be one of {', '.join(map(str, choices))}, got {show(value)}"
+            f"{suggest(value, choices) if isinstance(value, str) and len(value) < 100 else ''}"
         )
     return value
 
@@ -338,7 +458,7 @@ def _choice(value: Any, choices, path: str) -> Any:
 def _tristate(value: Any, path: str) -> Any:
     if value == "auto" or isinstance(value, bool):
         return value
-    raise ConfigError(f"config: {path} must be auto, true or false, got {value!r}")
+    raise ConfigError(f"config: {path} must be auto, true or false, got {show(value)}")
 
 
 def _component(value: Any, path: str) -> dict:
@@ -352,35 +472,45 @@ def _component(value: Any, path: str) -> dict:
     raise ConfigError(f"config: {path} must be a name or a mapping with 'name', got {_type_name(value)}")
 
 
+# Ranges of the optimizer and schedule options: (low, high, low excluded). Every number is also
+# finite. warmup_epochs is bounded by the stage's epochs in _stage, where those are known.
+MAX_STEP_SIZE = 1_000_000  # SCHEMA says so too
+NAMED_RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "lr": (0.0, None, True), "momentum": (0.0, 1.0, False), "weight_decay": (0.0, None, False),
+    "gamma": (0.0, 1.0, False), "step_size": (1, MAX_STEP_SIZE, False), "warmup_epochs": (0, None, False),
+}
+
+
+def _named_option(key: str, value: Any, default: Any, where: str) -> Any:
+    """One optimizer or schedule option, checked by the type of its default and NAMED_RANGES."""
+    low, high, low_open = NAMED_RANGES.get(key, (0.0, None, False))
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config: {where} must be true or false, got {show(value)}")
+        return value
+    if isinstance(default, float):
+        return _float(value, where, low, high, low_open=low_open)
+    if isinstance(default, int):
+        return _int(value, where, int(low), None if high is None else int(high))
+    if key == "betas":
+        if not isinstance(value, list) or len(value) != 2:
+            raise ConfigError(f"config: {where} must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {show(value)}")
+        return [_float(b, f"{where}[{i}]", 0.0, 1.0, high_open=True) for i, b in enumerate(value)]
+    return value
+
+
 def _named_options(value: Any, table: dict, path: str, what: str, default: str) -> dict:
     if isinstance(value, dict) and "name" not in value:  # `--set finetune.optimizer.lr=0.1` keeps the default
         value = {"name": default, **value}
     value = _component(value, path)
     name = value["name"]
     if name not in table:
-        raise ConfigError(f"config: unknown {what} '{name}' at {path}{suggest(name, table)}; "
+        raise ConfigError(f"config: unknown {what} {show(name)} at {path}{suggest(name, table)}; "
                           f"available: {', '.join(table)}")
-    allowed = {"name", *table[name]}
-    _check_keys(value, allowed, path)
+    _check_keys(value, {"name", *table[name]}, path)
     merged = {"name": name, **copy.deepcopy(table[name]), **value}
     for key, default_value in table[name].items():
-        where = f"{path}.{key}"
-        if isinstance(default_value, bool):
-            if not isinstance(merged[key], bool):
-                raise ConfigError(f"config: {where} must be true or false, got {merged[key]!r}")
-        elif isinstance(default_value, float):
-            merged[key] = _float(merged[key], where, 0.0, low_open=key == "lr")
-        elif isinstance(default_value, int):
-            merged[key] = _int(merged[key], where, 1 if key == "step_size" else 0)
-        elif key == "betas":
-            betas = merged[key]
-            if not isinstance(betas, list) or len(betas) != 2:
-                raise ConfigError(f"config: {where} must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {betas!r}")
-            merged[key] = [_float(b, where, 0.0, 1.0) for b in betas]
-            if max(merged[key]) >= 1.0:
-                raise ConfigError(f"config: {where} must be two numbers in [0, 1), got {betas!r}")
-    if "lr" in merged:
-        merged["lr"] = _float(merged["lr"], f"{path}.lr", 0.0, low_open=True)
+        merged[key] = _named_option(key, merged[key], default_value, f"{path}.{key}")
     return merged
 
 
@@ -401,6 +531,7 @@ def _dataset(value: Any, path: str, registry) -> dict:
         except ConfigError as exc:
             raise ConfigError(f"config: {path}: {exc}") from None
         comp.check_options(options, f"config: {path}")
+        comp.validate(options, f"config: {path}")
     return {"name": value["name"], **runner, **options}
 
 
@@ -415,6 +546,7 @@ def _checked_component(value: Any, kind: str, path: str, registry) -> tuple[dict
             raise ConfigError(f"config: {path}: {exc}") from None
         options = {k: v for k, v in value.items() if k != "name"}
         comp.check_options(options, f"config: {path}")
+        comp.validate(options, f"config: {path}")
         if kind in ("heads", "regularizers"):  # cheap to build: bad values fail now, not after pretraining
             made = comp.create(where=f"config: {path}", **options)
     return value, made
@@ -424,8 +556,8 @@ def _epochs(value: Any, path: str) -> int | str:
     if value == "auto":
         return value
     if isinstance(value, str):
-        raise ConfigError(f"config: {path} must be an integer or auto, got {value!r}")
-    return _int(value, path, 0)
+        raise ConfigError(f"config: {path} must be an integer or auto, got {show(value)}")
+    return _int(value, path, 0, MAX_EPOCHS)
 
 
 def epoch_budget(stage: dict) -> int:
@@ -434,15 +566,21 @@ def epoch_budget(stage: dict) -> int:
 
 
 def _seeds(value: Any, seed: int) -> list[int]:
-    """``seeds: N`` -> seed, seed+1, ..., seed+N-1; a list names the seeds."""
+    """``seeds: N`` -> seed, seed+1, ..., seed+N-1; a list names the seeds. Each within MAX_SEED."""
     if isinstance(value, list):
         if not value:
             raise ConfigError("config: seeds must name at least one seed, e.g. seeds: [0, 1, 2] or seeds: 3")
-        seeds = [_int(s, f"seeds[{i}]", 0) for i, s in enumerate(value)]
+        if len(value) > MAX_SEEDS:
+            raise ConfigError(f"config: seeds lists {len(value)} seeds; at most {MAX_SEEDS}")
+        seeds = [_int(s, f"seeds[{i}]", 0, MAX_SEED) for i, s in enumerate(value)]
         if len(set(seeds)) != len(seeds):
-            raise ConfigError(f"config: seeds lists a seed twice ({seeds}); each seed must be distinct")
+            raise ConfigError(f"config: seeds lists a seed twice ({show(seeds)}); each seed must be distinct")
         return seeds
-    return [seed + i for i in range(_int(value, "seeds", 1))]
+    count = _int(value, "seeds", 1, MAX_SEEDS)
+    if seed + count - 1 > MAX_SEED:
+        raise ConfigError(f"config: seed + seeds - 1 must be <= {MAX_SEED} (the last seed run), got "
+                          f"{seed + count - 1}; lower seed")
+    return [seed + i for i in range(count)]
 
 
 def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
@@ -454,12 +592,13 @@ def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
         raise ConfigError(f"config: {path}.dataset is required, e.g. {path}: {{dataset: {{name: shapes}}}}")
     stage["dataset"] = _dataset(stage["dataset"], f"{path}.dataset", registry)
     stage["epochs"] = _epochs(stage["epochs"], f"{path}.epochs")
-    stage["max_epochs"] = _int(stage["max_epochs"], f"{path}.max_epochs", 1)
-    stage["patience"] = _int(stage["patience"], f"{path}.patience", 1)
-    stage["batch_size"] = _int(stage["batch_size"], f"{path}.batch_size", 1)
-    stage["eval_batch_size"] = _int(stage["eval_batch_size"], f"{path}.eval_batch_size", 1)
+    stage["max_epochs"] = _int(stage["max_epochs"], f"{path}.max_epochs", 1, MAX_EPOCHS)
+    stage["patience"] = _int(stage["patience"], f"{path}.patience", 1, MAX_EPOCHS)
+    stage["batch_size"] = _int(stage["batch_size"], f"{path}.batch_size", 1, MAX_BATCH)
+    stage["eval_batch_size"] = _int(stage["eval_batch_size"], f"{path}.eval_batch_size", 1, MAX_BATCH)
     stage["optimizer"] = _named_options(stage["optimizer"], OPTIMIZERS, f"{path}.optimizer", "optimizer", "sgd")
     stage["schedule"] = _named_options(stage["schedule"], SCHEDULES, f"{path}.schedule", "schedule", "cosine")
+    _check_warmup(stage, path)
     stage["head"], strategy = _checked_component(stage["head"], "heads", f"{path}.head", registry)
     if stage["epochs"] == 0 and not (path == "finetune" and getattr(strategy, "usable_untrained", registry is None)):
         raise ConfigError(f"config: {path}.epochs must be >= 1, got 0 (0 only evaluates a finetune head that needs "
@@ -476,6 +615,16 @@ def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
     return stage
 
 
+def _check_warmup(stage: dict, path: str) -> None:
+    """Warmup longer than the stage would train the whole stage at a sliver of the lr (warmup_epochs:
+    1e12 trains at lr * 1e-14): it may last at most the stage's epochs (max_epochs under auto)."""
+    budget, warmup = epoch_budget(stage), stage["schedule"]["warmup_epochs"]
+    if warmup > budget:
+        cap = f"max_epochs ({budget})" if stage["epochs"] == "auto" else f"epochs ({budget})"
+        raise ConfigError(f"config: {path}.schedule.warmup_epochs must be at most the stage's {cap}, "
+                          f"got {show(warmup)}")
+
+
 def _baseline(value: Any, finetune: dict | None, registry) -> dict | None:
     if value is None or value is False:
         return None
@@ -484,7 +633,7 @@ def _baseline(value: Any, finetune: dict | None, registry) -> dict | None:
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, dict) or value.get("name", "scratch") != "scratch":
-        raise ConfigError(f"config: baseline must be 'scratch' (or a mapping with name: scratch), got {value!r}")
+        raise ConfigError(f"config: baseline must be 'scratch' (or a mapping with name: scratch), got {show(value)}")
     # Same data, budget and optimizer as finetune, from a random init, trained plainly.
     # Its own budget: trained to convergence, so that the verdict compares converged models.
     base = {**copy.deepcopy(finetune), "head": {"name": "reinit"}, "regularizers": [], "backbone_lr_mult": 1.0,
@@ -513,18 +662,19 @@ def resolve(raw: dict, registry=None) -> dict:
     cfg = {**copy.deepcopy(RUN_DEFAULTS), **copy.deepcopy(raw)}
     if not isinstance(cfg["name"], str) or not cfg["name"].strip():
         raise ConfigError("config: name must be a non-empty string")
-    cfg["seed"] = _int(cfg["seed"], "seed", 0)
+    cfg["seed"] = _int(cfg["seed"], "seed", 0, MAX_SEED)
     if isinstance(cfg["seeds"], int) and not isinstance(cfg["seeds"], bool) and cfg["seeds"] < 1:
-        raise ConfigError(f"config: seeds must be >= 1 (how many seeds to run) or a list of seeds, got {cfg['seeds']}")
+        raise ConfigError("config: seeds must be >= 1 (how many seeds to run) or a list of seeds, "
+                          f"got {show(cfg['seeds'])}")
     _seeds(cfg["seeds"], cfg["seed"])
     if not isinstance(cfg["pretrain_per_seed"], bool):
-        raise ConfigError(f"config: pretrain_per_seed must be true or false, got {cfg['pretrain_per_seed']!r}")
+        raise ConfigError(f"config: pretrain_per_seed must be true or false, got {show(cfg['pretrain_per_seed'])}")
     cfg["device"] = _choice(cfg["device"], DEVICES, "device")
     cfg["precision"] = _choice(cfg["precision"], PRECISIONS, "precision")
     cfg["channels_last"] = _tristate(cfg["channels_last"], "channels_last")
     cfg["compile"] = _tristate(cfg["compile"], "compile")
     if not isinstance(cfg["checkpoints"], bool):
-        raise ConfigError(f"config: checkpoints must be true or false, got {cfg['checkpoints']!r}")
+        raise ConfigError(f"config: checkpoints must be true or false, got {show(cfg['checkpoints'])}")
     cfg["backbone"] = _checked_component(cfg["backbone"], "backbones", "backbone", registry)[0]
     for stage in ("pretrain", "finetune"):
         if cfg[stage] is not None:

@@ -28,3 +28,24 @@ class Interrupted(SftError):
     def __init__(self, message: str, signum: int = 2):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+SHOW_LIMIT = 80  # characters of a value an error message quotes
+
+
+def show(value, limit: int = SHOW_LIMIT) -> str:
+    """``repr(value)`` cut to ``limit`` characters with "…": a value quoted in an error message.
+
+    Error lines quote what the user wrote; a hostile or mistaken value (a 35 MB string, a YAML
+    alias bomb, an integer of a million digits) must not make that line huge or slow to build.
+    """
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = short.maxlong = limit
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict, short.maxset = 3, 6, 6, 6, 6
+    try:
+        text = short.repr(value)
+    except ValueError:  # an int too long for str() (Python's 4300-digit limit)
+        text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else "<unprintable>"
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -17,21 +17,8 @@ import sys
 from .errors import ConfigError
 
 
-def launch(nproc: int, config, overrides, out, resume, force, progress) -> int:
-    from . import config as cfgmod
-    from .plugins import get_registry
-    from .runner import check_batch_sizes, new_run_path
-
-    if resume is not None:
-        if config is not None or overrides or out is not None or force:
-            raise ConfigError("--resume takes the run's own config.yaml; drop CONFIG, --set, --out and --force")
-        args = ["run", "--resume", str(resume)]
-    else:
-        cfg = cfgmod.resolve(cfgmod.load(config, overrides), get_registry())
-        check_batch_sizes(cfg, nproc)
-        out = out if out is not None else str(new_run_path(cfg["name"]))
-        args = ["run", *([str(config)] if config is not None else []), *[a for o in overrides for a in ("--set", o)],
-                "--out", str(out), *(["--force"] if force else [])]
+def launch(nproc: int, config, overrides, out, resume, force, progress, allow_config_change=False) -> int:
+    args = _worker_args(nproc, config, overrides, out, resume, force, allow_config_change)
     args.append("--progress" if progress else "--no-progress")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "sftcore", *args]
@@ -80,6 +67,25 @@ def launch(nproc: int, config, overrides, out, resume, force, progress) -> int:
     if received and code:
         return 128 + received[0]
     return code
+
+
+def _worker_args(nproc: int, config, overrides, out, resume, force, allow_config_change) -> list[str]:
+    """The workers' `sft run` arguments: the config checked, and the run directory named, here."""
+    from . import config as cfgmod
+    from .plugins import get_registry
+    from .runner import check_batch_sizes, new_run_path
+
+    if resume is not None:
+        if config is not None or overrides or out is not None or force:
+            raise ConfigError("--resume takes the run's own config.yaml; drop CONFIG, --set, --out and --force")
+        return ["run", "--resume", str(resume), *(["--allow-config-change"] if allow_config_change else [])]
+    if allow_config_change:
+        raise ConfigError("--allow-config-change goes with --resume RUN_DIR; a new run takes any config")
+    cfg = cfgmod.resolve(cfgmod.load(config, overrides), get_registry())
+    check_batch_sizes(cfg, nproc)
+    out = out if out is not None else str(new_run_path(cfg["name"]))
+    return ["run", *([str(config)] if config is not None else []), *[a for o in overrides for a in ("--set", o)],
+            "--out", str(out), *(["--force"] if force else [])]
 
 
 def _torchrun_noise(line: str) -> bool:

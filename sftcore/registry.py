@@ -10,7 +10,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import ConfigError, PluginError
+from .errors import ConfigError, PluginError, show
 
 KINDS = ("datasets", "backbones", "regularizers", "heads")
 SINGULAR = {"datasets": "dataset", "backbones": "backbone", "regularizers": "regularizer", "heads": "head"}
@@ -58,9 +58,17 @@ class Component:
         for key in options:
             if key not in names:
                 raise ConfigError(
-                    f"{where}: {SINGULAR[self.kind]} '{self.name}' has no option '{key}'"
+                    f"{where}: {SINGULAR[self.kind]} '{self.name}' has no option {show(key)}"
                     f"{suggest(key, names)}; its options are: {', '.join(names) or '(none)'}"
                 )
+
+    def validate(self, options: dict, where: str) -> None:
+        """Run the factory's ``validate_options(where, **options)``, if it has one (sftcore.api.check_option):
+        bad option values of datasets and backbones then fail when the config is resolved, not
+        after pretraining when the finetune dataset is built."""
+        check = getattr(self.load(), "validate_options", None)
+        if callable(check):
+            check(where, **options)
 
     def create(self, *args: Any, where: str = "", **options: Any) -> Any:
         self.check_options(options, where or f"{SINGULAR[self.kind]} {self.name}")
@@ -71,6 +79,8 @@ class Component:
 
 
 def suggest(word: str, choices) -> str:
+    if not isinstance(word, str) or len(word) > 100:  # no name is that long; difflib would crawl over it
+        return ""
     close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
     if not close:
         return ""
@@ -120,7 +130,7 @@ class Registry:
         except KeyError:
             names = sorted(self.components[kind])
             raise ConfigError(
-                f"unknown {SINGULAR[kind]} '{name}'{suggest(name, names)}; available: "
+                f"unknown {SINGULAR[kind]} {show(name)}{suggest(name, names)}; available: "
                 f"{', '.join(names) or '(none)'} (see `sft list {kind}`)"
             ) from None
 

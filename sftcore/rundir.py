@@ -16,6 +16,8 @@ STAGES = ("pretrain", "finetune", "baseline")
 def check(run_dir) -> Path:
     """The run directory as a Path; a folder `sft run` did not write is a user error."""
     path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise SftError(f"'{path}' is a file, not a run directory; pass a folder written by `sft run`")
     if not path.is_dir():
         raise SftError(f"run directory '{path}' not found; pass a folder written by `sft run` "
                        "(runs/<name>-<time> or its --out)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -15,10 +14,10 @@ from typing import Callable, Sequence
 import torch
 
 from . import config as cfgmod
-from . import distributed, storage
+from . import distributed, ownership, storage
 from .api import (Augment, Backbone, BackboneContext, DatasetContext, DataSplits, FileSet, ImageSet, TrainContext)
 from .data import Batches, BatchTransform, few_label_index, holdout_index
-from .errors import ConfigError, Interrupted, PluginError, SftError, TrainingError
+from .errors import ConfigError, Interrupted, PluginError, SftError, show
 from .interrupt import StopSignals
 from .model import TransferModel
 from .plugins import get_registry
@@ -115,6 +114,10 @@ def load_splits(stage: str, ds_cfg: dict, backbone: Backbone, seed: int, registr
         if part is not None and tuple(part.image_shape) != tuple(splits.train.image_shape):
             raise PluginError(f"dataset plugin '{comp.plugin}': {what} images are {tuple(part.image_shape)}, "
                               f"train images {tuple(splits.train.image_shape)}; all splits must match")
+    present = int(torch.unique(splits.train.labels).numel()) if len(splits.train) else 0
+    if len(splits.classes) < 2 or present < 2:  # with one class every prediction is right: 100% says nothing
+        raise ConfigError(f"config: {stage}.dataset '{comp.name}' has {present} class(es) with training examples; "
+                          "a classifier needs at least 2")
     want = ds_cfg["labels_per_class"]
     if want is not None and len(splits.train):
         counts = torch.bincount(splits.train.labels.cpu(), minlength=len(splits.classes))
@@ -332,7 +335,7 @@ class Pipeline:
         ev = evaluate(model, test, eval_tf, self.perf)
         result.update(test_accuracy=ev["accuracy"], test_loss=ev["loss"], correct=ev["correct"])
         if self.run_dir is not None and distributed.is_main():  # for `sft plot`'s confusion matrix
-            (self.run_dir / "predictions").mkdir(exist_ok=True)
+            storage.make_dir(self.run_dir / "predictions")
             storage.write_json(self.run_dir / "predictions" / f"{tag}.json", {
                 "stage": tag, "classes": data.classes,
                 "targets": ev["targets"].tolist(), "predicted": ev["predicted"].tolist()}, indent=None)
@@ -420,7 +423,7 @@ def _pct(x) -> str:
     return "n/a (no test split)" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
-RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints", "predictions", "plots")
+RUN_FILES = ownership.RUN_FILES  # what --force removes: only files a run writes
 
 
 def check_batch_sizes(cfg: dict, world: int) -> None:
@@ -431,8 +434,20 @@ def check_batch_sizes(cfg: dict, world: int) -> None:
                               f"{world} processes; each needs at least 2 examples: use {2 * world} or more")
 
 
+def check_run_name(name: str) -> None:
+    """``name`` becomes one folder, ``runs/<name>-<time>``: it must not lead anywhere else."""
+    from pathlib import PureWindowsPath
+
+    name = str(name)
+    if (not name or any(c in name for c in ("/", "\\", "\0")) or name.startswith(".")
+            or Path(name).is_absolute() or PureWindowsPath(name).drive):
+        raise ConfigError(f"config: name {show(name)} names the run directory runs/<name>-<time>, so it must be one "
+                          "folder name: no '/', '\\', NUL, '..' or leading '.'; change name, or pass --out DIR")
+
+
 def new_run_path(name: str) -> Path:
     """``runs/<name>-<timestamp>``, numbered if taken (not created here)."""
+    check_run_name(name)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     path = Path("runs") / f"{name}-{stamp}"
     i = 1
@@ -442,30 +457,11 @@ def new_run_path(name: str) -> Path:
     return path
 
 
-def _run_dir(out, name: str, force: bool) -> Path:
-    """A new run directory; an existing run in ``out`` is replaced only with ``force``."""
-    if out is None:
-        path = new_run_path(name)
-    else:
-        path = Path(out)
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"--out '{path}' is a file; choose a directory path")
-        if path.is_dir() and any(path.iterdir()):
-            ours = [path / f for f in RUN_FILES if (path / f).exists()]
-            if not force:
-                what = "already holds a run" if ours else "is not empty"
-                raise ConfigError(f"--out '{path}' {what}; choose a new directory, continue it with "
-                                  f"`sft run --resume {path}`, or replace it with --force")
-            for item in ours:  # only what a run writes; other files stay
-                if item.is_dir():
-                    shutil.rmtree(item)
-                else:
-                    item.unlink()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create run directory '{path}': {exc.strerror}") from None
-    return path
+def _run_dir(out, cfg: dict, force: bool) -> ownership.Claim:
+    """A new run directory, owned (locked) by this process; an existing run in ``out`` is replaced only with
+    ``force``, and a directory sftcore did not write never is."""
+    path = new_run_path(cfg["name"]) if out is None else Path(out)
+    return ownership.claim_new(path, force, cfg)
 
 
 def _load_run_file(path: Path, map_location) -> dict:
@@ -487,74 +483,99 @@ def _load_model(model: TransferModel, state: dict, path: Path) -> None:
                           "resume only with the run's own config.yaml, or start a new run") from None
 
 
-def run(config=None, *, out=None, overrides=(), progress=None, echo=None, resume=None, force=False) -> dict:
+def run(config=None, *, out=None, overrides=(), progress=None, echo=None, resume=None, force=False,
+        allow_config_change=False) -> dict:
     """Resolve the config, run every stage, write the run directory, return the summary.
 
-    ``resume=RUN_DIR`` continues an interrupted run from its checkpoints with its own config;
-    ``force=True`` replaces an earlier run in ``out``.
+    ``resume=RUN_DIR`` continues an interrupted run from its checkpoints with its own config, which must
+    be the config the run started with unless ``allow_config_change`` (the change is recorded in the run's
+    config-changes.jsonl); ``force=True`` replaces an earlier run in ``out``.
     """
     registry = get_registry()
     if resume is not None:
         if config is not None or overrides or out is not None or force:
             raise ConfigError("--resume takes the run's own config.yaml; drop CONFIG, --set, --seeds, --out and --force")
         run_dir = Path(resume)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"--resume '{run_dir}' is a file; pass the run directory an earlier `sft run` printed")
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume '{run_dir}' is not a run directory (it has no config.yaml); "
                               "pass the directory an earlier `sft run` printed")
         cfg = cfgmod.resolve(cfgmod.load(run_dir / "config.yaml"), registry)
-        storage.remove_partial_writes(run_dir)
         if not cfg["checkpoints"]:
             raise ConfigError(f"--resume '{run_dir}': that run had checkpoints: false, so there is nothing to "
                               "continue from; start it again")
     else:
+        if allow_config_change:
+            raise ConfigError("--allow-config-change goes with --resume RUN_DIR; a new run takes any config")
         cfg = cfgmod.resolve(cfgmod.load(config, overrides), registry)
     resolve_performance(cfg)  # joins torchrun's process group; a device error leaves no empty run directory
     try:
         check_batch_sizes(cfg, distributed.world_size())
-        summary = _run(cfg, run_dir if resume is not None else None, out, force, progress, echo)
+        summary = _run(cfg, run_dir if resume is not None else None, out, force, progress, echo,
+                       allow_config_change)
         distributed.barrier()  # rank 0 writes last; no rank leaves the group before it is done
         return summary
     finally:
         distributed.teardown()
 
 
-def _run(cfg: dict, resume: Path | None, out, force: bool, progress, echo) -> dict:
-    main = distributed.is_main()
-    run_dir = resume
-    if resume is None:
-        made = None
-        if main:
-            try:
-                made = _run_dir(out, cfg["name"], force)
-                storage.write_text(made / "config.yaml", cfgmod.dump(cfg))
-            except SftError as exc:
-                distributed.broadcast_object(str(exc))  # the other ranks stop with the same line
-                raise
-        made = distributed.broadcast_object(str(made) if made is not None else None)
-        if not isinstance(made, str) or not Path(made).is_dir():
-            raise ConfigError(made if isinstance(made, str) else "rank 0 could not create the run directory")
-        run_dir = Path(made)
-    if cfg["checkpoints"] and main:
-        (run_dir / "checkpoints").mkdir(exist_ok=True)
-    if not main:
+def _claim(cfg: dict, resume: Path | None, out, force: bool, allow_change: bool):
+    """Rank 0 owns the run directory (lock, marker, config.yaml); every rank learns its path, or rank 0's error."""
+    claim = None
+    if distributed.is_main():
+        try:
+            claim = (_run_dir(out, cfg, force) if resume is None
+                     else ownership.claim_resume(resume, cfg, allow_change))
+            if cfg["checkpoints"]:
+                storage.make_dir(claim.path / "checkpoints")
+        except SftError as exc:
+            if claim is not None and claim.fresh:
+                claim.discard()
+            elif claim is not None:
+                claim.release()
+            distributed.broadcast_object(str(exc))  # the other ranks stop with the same line
+            raise
+    made = distributed.broadcast_object(str(claim.path) if claim is not None else None)
+    if not isinstance(made, str) or not Path(made).is_dir():
+        raise ConfigError(made if isinstance(made, str) else "rank 0 could not create the run directory")
+    return Path(made), claim
+
+
+def _run(cfg: dict, resume: Path | None, out, force: bool, progress, echo, allow_change: bool = False) -> dict:
+    run_dir, claim = _claim(cfg, resume, out, force, allow_change)
+    if not distributed.is_main():
         echo, progress = None, False
     if progress is None:
         import sys
 
         progress = echo is not None and sys.stderr.isatty()
-    again = f"resume with: sft run --resume {run_dir}" if cfg["checkpoints"] else "start the run again"
     try:
-        with StopSignals(catch_repeats=distributed.active()) as stop:
-            summary = Pipeline(cfg, run_dir, progress, echo, resume=resume is not None, stop=stop).run()
-    except KeyboardInterrupt:  # outside the training loop (loading data, evaluating): nothing half-written
-        raise Interrupted(f"Ctrl-C; every finished stage and epoch is saved; {again}", signal.SIGINT) from None
-    except (Interrupted, TrainingError) as exc:
-        if isinstance(exc, Interrupted):
-            raise Interrupted(f"{exc}; {again}", exc.exit_code - 128) from None
+        summary = _pipeline(cfg, run_dir, resume is not None, progress, echo)
+        if claim is not None:
+            storage.write_json(run_dir / "summary.json", summary)
+    except SftError as exc:
+        # a new run that failed before it saved anything (a dataset error, say) leaves nothing behind,
+        # so the corrected config can go to the same --out; an interrupted one stays for --resume
+        if claim is not None and claim.fresh and not isinstance(exc, Interrupted) and \
+                not ownership.has_progress(run_dir):
+            claim.discard()
         raise
-    if main:
-        storage.write_json(run_dir / "summary.json", summary)
+    finally:
+        if claim is not None:
+            claim.release()
     if echo is not None:
         echo(results_table(summary))
         echo(f"run directory: {run_dir}")
     return summary
+
+
+def _pipeline(cfg: dict, run_dir: Path, resume: bool, progress, echo) -> dict:
+    again = f"resume with: sft run --resume {run_dir}" if cfg["checkpoints"] else "start the run again"
+    try:
+        with StopSignals(catch_repeats=distributed.active()) as stop:
+            return Pipeline(cfg, run_dir, progress, echo, resume=resume, stop=stop).run()
+    except KeyboardInterrupt:  # outside the training loop (loading data, evaluating): nothing half-written
+        raise Interrupted(f"Ctrl-C; every finished stage and epoch is saved; {again}", signal.SIGINT) from None
+    except Interrupted as exc:
+        raise Interrupted(f"{exc}; {again}", exc.exit_code - 128) from None

@@ -44,16 +44,44 @@ def _write(path: Path, fill: Callable[[Any], None], binary: bool) -> None:
         os.replace(tmp, path)
         tmp = None
         _fsync_dir(path.parent)
-    except OSError as exc:
-        hint = ("the disk is full; free space, then resume the run" if exc.errno == errno.ENOSPC
-                else exc.strerror or str(exc))
-        raise StorageError(f"cannot write '{path}': {hint}; the previous version of the file is unchanged") from None
+    except (OSError, _WriterFailed) as exc:
+        raise StorageError(f"cannot write '{path}': {_hint(exc)}; the previous version of the file is unchanged") \
+            from None
     finally:
         if tmp is not None:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+class _WriterFailed(Exception):
+    """torch's zip writer failed (it raises RuntimeError, not OSError, for a full disk at some sizes)."""
+
+
+# what torch's PytorchStreamWriter says when the write under it failed
+_WRITER_FAILURES = ("PytorchStreamWriter failed", "unexpected pos", "file write failed", "write failed")
+
+
+def _hint(exc: BaseException) -> str:
+    """One line for a failed write, whatever layer raised it."""
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC or isinstance(exc, _WriterFailed):
+        return ("the disk is full" if code == errno.ENOSPC else "the file system refused the write (disk full?)") + \
+            "; free space, then resume the run"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied; make the folder writable"
+    if code == errno.EROFS:
+        return "the file system is read-only; write the run elsewhere"
+    return (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).splitlines()[0][:200]
+
+
+def make_dir(path: Path) -> None:
+    """``mkdir -p`` with one-line errors."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create '{path}': {_hint(exc)}") from None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -95,7 +123,15 @@ def save(obj: Any, path: Path) -> None:
     """``torch.save`` made atomic."""
     import torch
 
-    _write(path, lambda f: torch.save(obj, f), binary=True)
+    def fill(f) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            if any(s in str(exc) for s in _WRITER_FAILURES):
+                raise _WriterFailed(str(exc)) from None
+            raise
+
+    _write(path, fill, binary=True)
 
 
 def load(path: Path, what: str, fix: str, map_location: Any = "cpu") -> Any:

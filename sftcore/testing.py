@@ -27,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover - the helpers below work without pytest
     pytest = None
 
-__all__ = ["registered", "sft_plugin", "create", "tiny_backbone", "train_context", "make_step", "tiny_config",
+__all__ = ["registered", "sft_plugin", "create", "rejects", "tiny_backbone", "train_context", "make_step", "tiny_config",
            "run_tiny"]
 
 
@@ -88,6 +88,32 @@ def create(kind: str, name: str, *args: Any, **options: Any) -> Any:
     from . import plugins
 
     return plugins.get_registry().get(kind, name).create(*args, **options)
+
+
+def rejects(kind: str, name: str, *args: Any, **options: Any) -> str:
+    """Assert that a registered component refuses ``options`` with one ``ConfigError`` line; return it.
+
+    Checked as sftcore does: the option names, then the factory's ``validate_options`` (at config
+    resolution), then the factory itself (``args`` are its positional arguments, e.g. the
+    ``DatasetContext``). A value that slips through would fail later inside torch with a traceback,
+    or train on nonsense, so every option deserves a test of its bad values.
+    """
+    from . import plugins
+    from .errors import ConfigError
+
+    comp = plugins.get_registry().get(kind, name)
+    where = f"config: {kind}"
+    try:
+        comp.check_options(options, where)
+        comp.validate(options, where)
+        comp.create(*args, where=where, **options)
+    except ConfigError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError(f"{kind} '{name}' accepted {options!r}; expected a ConfigError")
+    if "\n" in message or not message.strip() or len(message) > 500:
+        raise AssertionError(f"{kind} '{name}': the error for {options!r} is not one short line: {message[:500]!r}")
+    return message
 
 
 # --------------------------------------------------------------------------- a tiny model and context

@@ -23,8 +23,36 @@ from .data import Batches, BatchTransform
 from .model import TransferModel
 
 
-# epochs: auto (docs/config.md): what "the training loss stopped improving" means
+# epochs: auto (docs/config.md): what "the training loss stopped improving" means, and what is tried
+# before giving up: on each plateau the learning rate drops tenfold, at most AUTO_LR_DROPS times
 CONVERGED_RELATIVE, CONVERGED_ABSOLUTE, CONVERGED_TRAIN_ACCURACY = 0.01, 1e-3, 0.9
+AUTO_LR_DROP, AUTO_LR_DROPS = 0.1, 2
+
+
+def _plateau(losses: list[float], patience: int) -> bool:
+    """The last ``patience`` epochs did not beat the best before them by 1% (and by 0.001)."""
+    before, recent = min(losses[:-patience]), min(losses[-patience:])
+    return recent >= before - max(CONVERGED_RELATIVE * before, CONVERGED_ABSOLUTE)
+
+
+def auto_epochs(history: list[dict], patience: int) -> tuple[int, bool]:
+    """``epochs: auto`` replayed over the logged epochs: ``(learning-rate drops so far, converged)``.
+
+    Once the training accuracy is at least 0.9, a plateau of the training loss drops the learning
+    rate tenfold (twice at most) and is judged afresh from there; a plateau at the lowest rate is
+    convergence. Before that, a plateau changes nothing: a scratch model often sits at chance for
+    a while before it learns. Derived from the history alone, so a resumed run drops and stops where
+    the uninterrupted one did, on every rank alike."""
+    drops, start = 0, 0
+    for end in range(1, len(history) + 1):
+        losses = [h["train_loss"] for h in history[start:end]]
+        fitted = history[end - 1]["train_accuracy"] >= CONVERGED_TRAIN_ACCURACY
+        if not fitted or len(losses) <= patience or not _plateau(losses, patience):
+            continue  # a flat start (a scratch model at chance) keeps the full learning rate
+        if drops == AUTO_LR_DROPS:
+            return drops, True
+        drops, start = drops + 1, end
+    return drops, False
 
 
 @dataclass
@@ -186,8 +214,9 @@ class Stage:
         groups = strategy.param_groups(ctx, cfg["optimizer"]["lr"], cfg["backbone_lr_mult"])
         self._check_groups(groups)
         self.optimizer = make_optimizer(groups, cfg["optimizer"])
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _schedule(cfg["schedule"], self.budget, len(train)))
+        factor = _schedule(cfg["schedule"], self.budget, len(train))
+        self.lr_scale = 1.0  # epochs: auto lowers it on a plateau of the training loss
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: factor(step) * self.lr_scale)
         self.scaler = torch.amp.GradScaler(perf.device.type, enabled=perf.amp_dtype is torch.float16)
         self.needs_maps = any(r.needs_feature_maps for r in regularizers)
         distributed.broadcast_module_(model)  # one starting point (and one w0) on every rank
@@ -273,16 +302,17 @@ class Stage:
                 "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss")}
 
     def converged(self) -> bool:
-        """``epochs: auto``: the training loss has stopped improving (by 1% and 0.001) for ``patience``
-        epochs and the training accuracy is at least 0.9. Derived from the history alone, so a resumed
-        run stops where the uninterrupted one did, on every rank alike."""
-        if self.cfg["epochs"] != "auto" or len(self.history) <= self.cfg["patience"]:
+        """``epochs: auto``: whether the stage has converged; sets this epoch's learning-rate scale."""
+        if self.cfg["epochs"] != "auto":
             return False
-        patience = self.cfg["patience"]
-        losses = [h["train_loss"] for h in self.history]
-        before, recent = min(losses[:-patience]), min(losses[-patience:])
-        improving = recent < before - max(CONVERGED_RELATIVE * before, CONVERGED_ABSOLUTE)
-        return not improving and self.history[-1]["train_accuracy"] >= CONVERGED_TRAIN_ACCURACY
+        drops, done = auto_epochs(self.history, self.cfg["patience"])
+        if AUTO_LR_DROP ** drops != self.lr_scale:  # from the next step on, not one step late
+            self.lr_scale = AUTO_LR_DROP ** drops
+            step = self.scheduler.last_epoch
+            for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                           self.scheduler.lr_lambdas):
+                group["lr"] = base * factor(step)
+        return done
 
     def _epoch(self, epoch: int) -> None:
         epochs = self.budget

@@ -77,13 +77,15 @@ def test_train_val_test_layout(tmp_path):
     assert s.test.images[4, 1].float().mean() > 150  # class c is green
     only_train = tmp_path / "only"
     write_image(only_train / "train" / "x" / "0.png")
+    write_image(only_train / "train" / "y" / "0.png")  # one class alone is an error (tests/test_hostile_config.py)
     s = image_folder(ctx(), root=str(only_train))
-    assert s.test is None and s.val is None and s.classes == ["x"]
+    assert s.test is None and s.val is None and s.classes == ["x", "y"]
 
 
 def test_unknown_test_class_is_an_error(tmp_path):
     root = tmp_path / "imgs"
     write_image(root / "train" / "a" / "0.png")
+    write_image(root / "train" / "b" / "0.png")
     write_image(root / "test" / "a" / "0.png")
     write_image(root / "test" / "zebra" / "0.png")
     with pytest.raises(SftError) as exc:

@@ -189,7 +189,7 @@ def test_shapes_size_noise_and_rotation_options():
 
 @pytest.mark.parametrize("options, message", [
     ({"task": "foo"}, "task must be 'source' or 'target', got 'foo'"),
-    ({"size": 8}, "size must be >= 16, got 8"),
+    ({"size": 8}, "size must be an integer from 16 to 512, got 8"),
     ({"colour": True}, "has no option 'colour'"),
 ])
 def test_shapes_options_are_validated(options, message):

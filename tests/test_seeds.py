@@ -127,23 +127,31 @@ def test_a_list_of_seeds(tmp_path):
 
 
 # --------------------------------------------------------------------------- epochs: auto
-def _stage_stub(history, epochs="auto", patience=3):
-    stage = training.Stage.__new__(training.Stage)
-    stage.cfg, stage.history = {"epochs": epochs, "patience": patience}, history
-    return stage
-
-
 def _history(losses, acc=1.0):
     return [{"epoch": i + 1, "train_loss": loss, "train_accuracy": acc} for i, loss in enumerate(losses)]
 
 
-def test_converged_needs_a_plateau_and_high_training_accuracy():
-    assert not _stage_stub(_history([1.0, 0.9, 0.8])).converged()  # fewer epochs than patience + 1
-    assert not _stage_stub(_history([1.0, 0.8, 0.6, 0.4])).converged()  # still improving
-    assert _stage_stub(_history([1.0, 0.5, 0.5, 0.499, 0.5])).converged()  # < 1% better for 3 epochs
-    assert not _stage_stub(_history([1.0, 0.5, 0.5, 0.499, 0.5], acc=0.8)).converged()  # plateau, but not fitted
-    assert _stage_stub(_history([0.5, 0.0009, 0.0005, 0.0002, 0.0001])).converged()  # < 0.001: nothing left
-    assert not _stage_stub(_history([1.0, 0.5, 0.5, 0.5, 0.5]), epochs=5).converged()  # fixed epochs never stop
+def test_auto_epochs_drops_the_lr_on_each_plateau_then_stops():
+    auto = training.auto_epochs
+    assert auto(_history([1.0, 0.9, 0.8]), 3) == (0, False)  # fewer epochs than patience + 1
+    assert auto(_history([1.0, 0.8, 0.6, 0.4]), 3) == (0, False)  # still improving
+    assert auto(_history([1.0, 0.5, 0.5, 0.499, 0.5]), 3) == (1, False)  # < 1% better for 3 epochs: drop
+    # after a drop the plateau is judged afresh: it needs patience + 1 epochs of its own
+    assert auto(_history([1.0, 0.5, 0.5, 0.5, 0.5, 0.3, 0.3, 0.3]), 3) == (1, False)
+    assert auto(_history([1.0, 0.5, 0.5, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3]), 3) == (2, False)
+    flat = [1.0, 0.5, 0.5, 0.5, 0.5] + [0.4] * 4 + [0.3] * 4
+    assert auto(_history(flat), 3) == (2, True)  # a plateau at the lowest rate: converged
+    assert auto(_history(flat, acc=0.8), 3) == (0, False)  # not fitted yet: no drop, no stop
+    stuck = _history([1.6] * 12, acc=0.2) + _history([1.0, 0.5, 0.5, 0.5, 0.5])
+    assert auto(stuck, 3) == (1, False)  # the flat start at chance did not lower the rate
+    tiny_loss = [0.5, 0.0009, 0.0005, 0.0002, 0.0001]  # below 0.001 nothing counts as improving
+    assert auto(_history(tiny_loss), 3) == (1, False)
+
+
+def test_fixed_epochs_never_stop_early():
+    stage = training.Stage.__new__(training.Stage)
+    stage.cfg, stage.history = {"epochs": 5, "patience": 3}, _history([1.0, 0.5, 0.5, 0.5, 0.5])
+    assert not stage.converged()
 
 
 def test_auto_baseline_trains_until_converged_and_records_it(tmp_path):
@@ -154,9 +162,11 @@ def test_auto_baseline_trains_until_converged_and_records_it(tmp_path):
     assert base["epochs_auto"] is True and summary["finetune"]["epochs_auto"] is False
     records = [r for r in tiny.read_metrics(tmp_path / "r") if r["stage"] == "baseline"]
     assert len(records) == base["epochs"] and 3 < base["epochs"] <= 60
-    if base["epochs"] < 60:  # stopped early: because it converged
+    if base["epochs"] < 60:  # stopped early: because it converged, at the lowest learning rate
         assert base["train_accuracy"] >= 0.9
-    assert records[-1]["lr"] > 0  # the schedule spans max_epochs: an early stop leaves lr above 0
+        assert training.auto_epochs(records, 3) == (2, True)
+        drops = [i for i in range(1, len(records)) if records[i]["lr"] < 0.5 * records[i - 1]["lr"]]
+        assert len(drops) == 2  # two tenfold drops, each visible in the next epoch's lr
 
 
 def test_auto_stops_at_the_cap(tmp_path):

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import copy
 import difflib
+import math
 from pathlib import Path
 
 import timm
@@ -21,8 +22,8 @@ import torch
 from timm.models import clean_state_dict, get_pretrained_cfg, group_parameters
 from torch import nn
 
-from sftcore.api import Backbone, BackboneContext
-from sftcore.errors import ConfigError
+from sftcore.api import Backbone, BackboneContext, check_option
+from sftcore.errors import ConfigError, show
 
 WHERE = "config: backbone"
 # create_model arguments this factory sets itself; model_args must not fight over them.
@@ -42,11 +43,10 @@ def timm_backbone(ctx: BackboneContext, model: str = "resnet18", pretrained: boo
     (e.g. 224 to meet ImageNet weights at their resolution); by default CNNs see the data's
     own size and fixed-size models (ViTs) their configured one.
     """
+    validate_options(WHERE, model, pretrained, weights, model_args, classes, in_chans, mean, std, img_size)
     name = _check_model(model)
     args = _check_model_args(model_args)
     if img_size is not None:
-        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 8:
-            raise ConfigError(f"{WHERE}.img_size must be an integer >= 8, got {img_size!r}")
         fixed = getattr(timm.models.get_pretrained_cfg(name.split(".")[0]), "fixed_input_size", False)
         if fixed and "img_size" not in args:  # a ViT must be built for the size it will see
             args["img_size"] = img_size
@@ -111,6 +111,45 @@ def timm_backbone(ctx: BackboneContext, model: str = "resnet18", pretrained: boo
 
 
 # --------------------------------------------------------------------------- checks
+def validate_options(where: str, model: str = "resnet18", pretrained: bool = False, weights: str | None = None,
+                     model_args: dict | None = None, classes: list[str] | None = None, in_chans: int | None = None,
+                     mean: list[float] | None = None, std: list[float] | None = None,
+                     img_size: int | None = None) -> None:
+    """Types and ranges of the options, checked when the config is resolved (before timm builds
+    anything) and again by the factory, which checks what needs timm or the weights."""
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"{where}.model must be a timm model name such as resnet18, got {show(model)}")
+    check_option("pretrained", pretrained, bool, where=where)
+    if weights is not None and (not isinstance(weights, str) or not weights.strip()):
+        raise ConfigError(f"{where}.weights must be the path of a weights file, got {show(weights)}")
+    if model_args is not None and (not isinstance(model_args, dict) or not all(isinstance(k, str) for k in model_args)):
+        raise ConfigError(f"{where}.model_args must be a mapping of timm.create_model arguments, "
+                          f"got {show(model_args)}")
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+        raise ConfigError(f"{where}.classes must be a list of class names, got {show(classes)}")
+    check_option("in_chans", in_chans, int, low=1, high=64, none=True, where=where)
+    if isinstance(img_size, int) and not isinstance(img_size, bool) and img_size < 8:
+        raise ConfigError(f"{where}.img_size must be an integer >= 8, got {img_size}")
+    check_option("img_size", img_size, int, low=8, high=1024, none=True, where=where)
+    for what, values in (("mean", mean), ("std", std)):
+        items = values if isinstance(values, (list, tuple)) else [values]
+        if values is not None and not all(_finite(v) and (what == "mean" or v > 0) for v in items):
+            raise ConfigError(f"{where}.{what} must be a list of finite numbers{' > 0' if what == 'std' else ''}, "
+                              f"got {show(values)}")
+
+
+def _finite(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+timm_backbone.validate_options = validate_options
+
+
 def _check_model(model) -> str:
     """An architecture timm knows, with a pretrained tag (``resnet18.a1_in1k``) if one is given."""
     if not isinstance(model, str) or not model:

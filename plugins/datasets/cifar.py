@@ -9,13 +9,14 @@ holds (numpy arrays, lists, strings), so a stray pickle under ``root`` cannot ru
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-from sftcore.api import Augment, DatasetContext, DataSplits, ImageSet
-from sftcore.errors import ConfigError, SftError
+from sftcore.api import Augment, DatasetContext, DataSplits, ImageSet, check_option
+from sftcore.errors import ConfigError, SftError, show
 
 
 @dataclass(frozen=True)
@@ -75,20 +76,35 @@ def cifar100(ctx: DatasetContext, root: str = "./data", download: bool = False, 
              mean: list[float] | None = None, std: list[float] | None = None, augment: bool = True,
              labels: str = "fine") -> DataSplits:
     """CIFAR-100: 50,000 training and 10,000 test images, 32x32 RGB, 100 fine or 20 coarse classes."""
-    if labels not in ("fine", "coarse"):
-        raise ConfigError(f"config: {ctx.stage}.dataset.labels is {labels!r}; use fine (100 classes) "
-                          "or coarse (20 superclasses)")
+    validate_options(f"config: {ctx.stage}.dataset", labels=labels)
     return _load(ctx, CIFAR100, f"{labels}_labels", f"{labels}_label_names", root, download, verify, mean, std,
                  augment)
+
+
+def validate_options(where: str, root: str = "./data", download: bool = False, verify: bool = True,
+                     mean: list[float] | None = None, std: list[float] | None = None, augment: bool = True,
+                     labels: str = "fine") -> None:
+    """Every option's type and range, checked when the config is resolved (before anything is built)
+    and again when the data load; CIFAR-10 takes no ``labels`` (its signature rejects the key first)."""
+    if not isinstance(root, str) or not root.strip():
+        raise ConfigError(f"{where}.root must be a folder path, got {show(root)}")
+    for name, value in (("download", download), ("verify", verify), ("augment", augment)):
+        check_option(name, value, bool, where=where)
+    _stats(mean, (0.5,) * 3, f"{where}.mean", positive=False)
+    _stats(std, (0.5,) * 3, f"{where}.std", positive=True)
+    if labels not in ("fine", "coarse"):
+        raise ConfigError(f"{where}.labels is {show(labels)}; use fine (100 classes) or coarse (20 superclasses)")
+
+
+cifar10.validate_options = validate_options
+cifar100.validate_options = validate_options
 
 
 # --------------------------------------------------------------------------- loading
 def _load(ctx, spec: _Spec, label_key: str, names_key: str, root, download, verify, mean, std,
           augment) -> DataSplits:
     where = f"config: {ctx.stage}.dataset"
-    for name, value in (("download", download), ("verify", verify), ("augment", augment)):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}.{name} must be true or false, got {value!r}")
+    validate_options(where, root, download, verify, mean, std, augment)
     mean = _stats(mean, spec.mean, f"{where}.mean", positive=False)
     std = _stats(std, spec.std, f"{where}.std", positive=True)
     folder = _ensure_files(spec, Path(os.path.expanduser(str(root))), download, verify)
@@ -104,13 +120,14 @@ def _stats(value, default, where: str, positive: bool) -> tuple[float, ...]:
         return default
     values = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
     try:
-        out = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
+        out = () if isinstance(values, str) or any(isinstance(v, (bool, str)) for v in values) else \
+            tuple(float(v) for v in values)
+    except (TypeError, ValueError, OverflowError):
         out = ()
-    if len(out) not in (1, 3) or (positive and min(out) <= 0):
+    if len(out) not in (1, 3) or not all(math.isfinite(v) for v in out) or (positive and min(out) <= 0):
         need = "positive numbers" if positive else "numbers"
         raise ConfigError(f"{where} must be 1 or 3 {need}, e.g. [0.5, 0.5, 0.5]; "
-                          f"got {value!r}")
+                          f"got {show(value)}")
     return out * 3 if len(out) == 1 else out
 
 

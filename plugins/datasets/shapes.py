@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from sftcore.api import Augment, DatasetContext, DataSplits, ImageSet
-from sftcore.errors import ConfigError
+from sftcore.api import MAX_SEED, Augment, DatasetContext, DataSplits, ImageSet, check_option
+from sftcore.errors import ConfigError, show
 
 
 # --------------------------------------------------------------------------- signed distances
@@ -142,14 +142,39 @@ def generate(task: str, split: str, per_class: int, seed: int, size: int, noise:
     return ImageSet(images, labels)
 
 
+MAX_PER_CLASS = 100_000
+MAX_BYTES = 4 << 30  # the rendered images, train and test, are held in memory
+
+
+def validate_options(where: str, task: str = "source", train_per_class: int = 1000, test_per_class: int = 300,
+                     seed: int = 0, size: int = 32, noise: float = 0.03, rotation: float = 360.0) -> None:
+    """Every option's type and range, called when the config is resolved and again by the factory: a
+    bad value names itself in one line instead of failing in torch (``size: big``) or allocating far
+    more memory than exists (``size: 1000000`` asks for 160 TB)."""
+    if task not in ("source", "target"):
+        raise ConfigError(f"{where}.task must be 'source' or 'target', got {show(task)}")
+    check_option("size", size, int, low=16, high=512, where=where)
+    check_option("train_per_class", train_per_class, int, low=1, high=MAX_PER_CLASS, where=where)
+    check_option("test_per_class", test_per_class, int, low=0, high=MAX_PER_CLASS, where=where)
+    check_option("seed", seed, int, low=0, high=MAX_SEED, where=where)
+    check_option("noise", noise, float, low=0.0, high=1.0, where=where)
+    check_option("rotation", rotation, float, low=0.0, high=360.0, where=where)
+    total = (train_per_class + test_per_class) * len(classes(task)) * 3 * size * size
+    if total > MAX_BYTES:
+        raise ConfigError(f"{where}: shapes with size {size} and {train_per_class} + {test_per_class} images per "
+                          f"class need {total / 2**30:.1f} GiB; at most {MAX_BYTES >> 30} GiB: lower size or the "
+                          "per-class counts")
+
+
 def shapes(ctx: DatasetContext, task: str = "source", train_per_class: int = 1000, test_per_class: int = 300,
            seed: int = 0, size: int = 32, noise: float = 0.03, rotation: float = 360.0) -> DataSplits:
     """Procedural shapes; ``task: source`` (10 classes) or ``task: target`` (5 other classes)."""
-    if task not in ("source", "target"):
-        raise ConfigError(f"config: dataset shapes: task must be 'source' or 'target', got {task!r}")
-    if size < 16:
-        raise ConfigError(f"config: dataset shapes: size must be >= 16, got {size}")
+    validate_options(f"config: {ctx.stage}.dataset", task, train_per_class, test_per_class, seed, size, noise,
+                     rotation)
     train = generate(task, "train", train_per_class, seed, size, noise, rotation)
-    test = generate(task, "test", test_per_class, seed, size, noise, rotation)
+    test = generate(task, "test", test_per_class, seed, size, noise, rotation) if test_per_class else None
     return DataSplits(classes=[name for name, _, _ in classes(task)], train=train, test=test,
                       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment=Augment(crop_padding=2, flip=True))
+
+
+shapes.validate_options = validate_options

@@ -3,13 +3,14 @@ so a resumed run freezes what the interrupted one had frozen (Lightning #21901, 
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
 from torch import nn
 
 from sftcore.api import HeadStrategy, TrainContext, freeze, unfreeze
-from sftcore.errors import ConfigError
+from sftcore.errors import ConfigError, show
 
 
 def _is_int(value) -> bool:
@@ -33,7 +34,8 @@ class LPFT(HeadStrategy):
 
     def __init__(self, probe_epochs: int | None = None):
         if probe_epochs is not None and (not _is_int(probe_epochs) or probe_epochs < 0):
-            raise ConfigError(f"config: head lp_ft: probe_epochs must be a non-negative integer, got {probe_epochs!r}")
+            raise ConfigError("config: head lp_ft: probe_epochs must be a non-negative integer, "
+                              f"got {show(probe_epochs)}")
         self.probe_epochs = probe_epochs
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
@@ -50,7 +52,7 @@ class GradualUnfreeze(HeadStrategy):
     def __init__(self, every: int = 1, blocks_per_step: int = 1):
         for key, value in (("every", every), ("blocks_per_step", blocks_per_step)):
             if not _is_int(value) or value < 1:
-                raise ConfigError(f"config: head gradual_unfreeze: {key} must be an integer >= 1, got {value!r}")
+                raise ConfigError(f"config: head gradual_unfreeze: {key} must be an integer >= 1, got {show(value)}")
         self.every, self.blocks_per_step = every, blocks_per_step
 
     def unfrozen_blocks(self, epoch: int) -> int:
@@ -81,6 +83,10 @@ class MatchClasses(HeadStrategy):
     usable_untrained = True
 
     def __init__(self, aliases: dict | None = None):
+        if aliases is not None and (not isinstance(aliases, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
+            raise ConfigError("config: head match_classes: aliases must map target class names to source class "
+                              f"names, e.g. {{kitty: cat}}; got {show(aliases)}")
         self.aliases = {_norm_name(k): _norm_name(v) for k, v in (aliases or {}).items()}
         self.matched: dict[str, str] = {}
 
@@ -126,8 +132,8 @@ class Imprint(HeadStrategy):
     usable_untrained = True
 
     def __init__(self, scale: float = 10.0):
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
-            raise ConfigError(f"config: head imprint: scale must be a positive number, got {scale!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+            raise ConfigError(f"config: head imprint: scale must be a positive number, got {show(scale)}")
         self.scale = float(scale)
 
     def build_head(self, ctx: TrainContext) -> nn.Module:

@@ -14,7 +14,7 @@ class L2(Regularizer):
     """alpha/2 * ||w||^2 over the model's trainable parameters (conv/linear weights by default)."""
 
     def __init__(self, alpha: float = 0.01, params: str = "weights", match: str | None = None):
-        check(params, "l2")
+        check(params, "l2", match)
         self.alpha, self.params, self.match = strength(alpha, "alpha", "l2"), params, match
 
     def setup(self, ctx: TrainContext) -> None:

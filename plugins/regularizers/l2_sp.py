@@ -17,7 +17,7 @@ class L2SP(Regularizer):
     """
 
     def __init__(self, alpha: float = 0.1, beta: float = 0.01, params: str = "weights", match: str | None = None):
-        check(params, "l2_sp")
+        check(params, "l2_sp", match)
         self.alpha, self.beta = strength(alpha, "alpha", "l2_sp"), strength(beta, "beta", "l2_sp")
         self.params, self.match = params, match
 

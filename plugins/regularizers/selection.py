@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 
-from sftcore.errors import ConfigError
+from sftcore.errors import ConfigError, show
 
 CHOICES = ("weights", "all")
 
 
 def strength(value, key: str, name: str) -> float:
     """alpha, beta: a non-negative number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"config: regularizer {name}: {key} must be a number >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:  # nan fails too
+        raise ConfigError(f"config: regularizer {name}: {key} must be a number >= 0 (finite), got {show(value)}")
     return float(value)
 
 
-def check(params: str, name: str) -> None:
+def check(params: str, name: str, match: str | None = None) -> None:
+    """``params`` and ``match``, checked when the config is resolved (the regularizer is built then)."""
     if params not in CHOICES:
         raise ConfigError(f"config: regularizer {name}: params must be 'weights' (conv/linear kernels, "
-                          f"no norm layers or biases) or 'all', got {params!r}")
+                          f"no norm layers or biases) or 'all', got {show(params)}")
+    if match is not None and not isinstance(match, str):
+        raise ConfigError(f"config: regularizer {name}: match must be a glob of parameter names such as "
+                          f"'backbone.*', got {show(match)}")
 
 
 def selected(named_parameters, params: str, match: str | None):
