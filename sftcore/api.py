@@ -143,8 +143,10 @@ class TrainContext:
     def __init__(self, *, stage: str, backbone: Backbone, classes: list[str], epochs: int, device: Any,
                  seed: int, train_batches: Callable[[], Iterator[tuple["torch.Tensor", "torch.Tensor"]]],
                  extract_features: Callable[[], tuple["torch.Tensor", "torch.Tensor"]] | None = None,
-                 source_classes: list[str] | None = None, source_head: "nn.Module | None" = None):
+                 source_classes: list[str] | None = None, source_head: "nn.Module | None" = None,
+                 epochs_auto: bool = False):
         self.stage = stage
+        self.epochs_auto = epochs_auto  # epochs: auto: the stage may stop before ``epochs`` (its cap)
         self.backbone = backbone
         self.classes = classes
         self.epochs = epochs

@@ -161,7 +161,7 @@ def plugins_cmd(as_json):
 @click.option("--nproc", type=click.IntRange(min=1), metavar="N",
               help="Train data-parallel in N processes on this machine (runs torchrun: one process per GPU, "
                    "or CPU processes with gloo).")
-@click.option("--seeds", type=click.IntRange(min=1), metavar="N",
+@click.option("--seeds", metavar="N",  # checked with the config, so a bad value is one line
               help="Repeat finetune and baseline for N seeds (seed, seed+1, ...); same as --set seeds=N.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
 def run_cmd(config, overrides, out, resume, allow_config_change, force, nproc, seeds, progress):

@@ -77,7 +77,7 @@ def _worker_args(nproc: int, config, overrides, out, resume, force, allow_config
 
     if resume is not None:
         if config is not None or overrides or out is not None or force:
-            raise ConfigError("--resume takes the run's own config.yaml; drop CONFIG, --set, --out and --force")
+            raise ConfigError("--resume takes the run's own config.yaml; drop CONFIG, --set, --seeds, --out and --force")
         return ["run", "--resume", str(resume), *(["--allow-config-change"] if allow_config_change else [])]
     if allow_config_change:
         raise ConfigError("--allow-config-change goes with --resume RUN_DIR; a new run takes any config")

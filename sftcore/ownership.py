@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,9 +56,13 @@ def lock(run_dir: Path) -> Lock:
     """Own ``run_dir``, or one line naming the process that owns it."""
     path = Path(run_dir) / LOCK
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except OSError as exc:
-        raise storage.StorageError(f"cannot lock run directory '{run_dir}': {exc.strerror or exc}") from None
+        why = "it is a symbolic link: remove it" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+        raise storage.StorageError(f"cannot lock run directory '{run_dir}' ({LOCK}: {why})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise storage.StorageError(f"cannot lock run directory '{run_dir}': {LOCK} is not a regular file; remove it")
     if fcntl is not None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -86,8 +91,26 @@ def _owner(path: Path) -> str:
 def is_run(path: Path) -> bool:
     """sftcore wrote this directory: it has the marker, or is a run made before the marker existed."""
     path = Path(path)
-    return (path / MARKER).is_file() or ((path / "config.yaml").is_file() and (
-        (path / "summary.json").is_file() or (path / "metrics.jsonl").is_file()))
+    return (path / MARKER).is_file() or _legacy_run(path)
+
+
+def _legacy_run(path: Path) -> bool:
+    """A run from before the marker: sftcore's own keys in config.yaml and in summary.json or metrics.jsonl
+    (other tools write files of those names too; their folders are never a run)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+        if not (isinstance(cfg, dict) and "backbone" in cfg and ("finetune" in cfg or "pretrain" in cfg)):
+            return False
+        if (path / "summary.json").is_file():
+            summary = json.loads((path / "summary.json").read_text())
+            return isinstance(summary, dict) and "transfer_gain" in summary
+        first = (path / "metrics.jsonl").read_text().splitlines()[:1]
+        record = json.loads(first[0]) if first else {}
+        return isinstance(record, dict) and "stage" in record and "train_loss" in record
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
 
 
 def normal(cfg: dict) -> Any:
@@ -186,6 +209,12 @@ def claim_new(path: Path, force: bool, cfg: dict) -> Claim:
         raise
     try:
         _check_replaceable(path, force)  # again, now that no one else can write here
+    except BaseException:  # another run got here first: leave its files alone
+        claim.lock.release(unlink=not had_lock_file)
+        if not existed:
+            _rmdir_quiet(path)
+        raise
+    try:
         for name in RUN_FILES:  # only what a run writes; other files stay
             _remove(path / name)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -249,8 +278,28 @@ def _check_config(run_dir: Path, cfg: dict, allow_change: bool) -> None:
               "changed": {k: [old.get(k), new.get(k)] for k in changed}}
     path = run_dir / CHANGES
     before = path.read_text() if path.is_file() else ""
+    record["retrained"] = _invalidate(run_dir, changed)
     storage.write_text(path, before + json.dumps(record) + "\n")
     storage.write_json(run_dir / MARKER, {**marker, "config": now})
+
+
+def _invalidate(run_dir: Path, changed: list[str]) -> list[str]:
+    """Remove the checkpoints of every stage a config change touches, so those stages train again
+    under the new config (a finished or half-trained stage would otherwise keep the old one)."""
+    stages = {"pretrain": ["pretrain", "finetune", "baseline"], "finetune": ["finetune", "baseline"],
+              "baseline": ["baseline"]}
+    touched: list[str] = []
+    for key in changed:
+        top = key.split(".")[0]
+        if top != "name":  # anything outside the stages (backbone, seeds, ...) touches every stage
+            touched += stages.get(top, stages["pretrain"])
+    touched = [s for s in stages["pretrain"] if s in touched]
+    folder = run_dir / "checkpoints"
+    for stage in touched:
+        for path in [*folder.glob(f"{stage}.pt"), *folder.glob(f"{stage}-*.pt")]:
+            _remove(path)
+    _remove(run_dir / "summary.json")
+    return touched
 
 
 def has_progress(run_dir: Path) -> bool:

@@ -35,8 +35,11 @@ def mcnemar_p(a_correct, b_correct) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
-    return min(1.0, 2 * tail / (1 << n))  # exact big-integer arithmetic, then one rounding
+    # log-space binomial tail: fast for any test-set size (big-integer sums grow quadratically)
+    logs = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) - n * math.log(2)
+            for k in range(min(b, c) + 1)]
+    top = max(logs)
+    return min(1.0, 2 * math.exp(top) * sum(math.exp(v - top) for v in logs))
 
 
 def paired_interval(a_correct, b_correct) -> float:

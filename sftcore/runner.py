@@ -282,6 +282,7 @@ class Pipeline:
                if data.val is not None else None)
         backbone.features.to(perf.device)
         ctx = TrainContext(stage=name, backbone=backbone, classes=data.classes, epochs=cfgmod.epoch_budget(scfg),
+                           epochs_auto=scfg["epochs"] == "auto",
                            device=perf.device, seed=stage_seed, source_classes=source_classes, source_head=source_head,
                            train_batches=self._train_batches(on_device, scfg["eval_batch_size"], eval_tf, stage_seed))
         heads = self.registry.get("heads", scfg["head"]["name"])
@@ -293,6 +294,9 @@ class Pipeline:
         checkpoint, final = self._checkpoint_paths(tag)
         if self.resume and final is not None and final.exists():  # finished before the interruption
             state = _load_run_file(final, map_location="cpu")  # result tensors stay on the CPU
+            if state.get("seed", seed) != seed:
+                raise ConfigError(f"checkpoint '{final}' was trained with seed {state['seed']}, not {seed}; the run's "
+                                  "seeds changed: start a new run")
             _load_model(model, state, final)
             self.say(f"{tag}: finished in the earlier session, reusing {final}")
             return model, state["result"]
@@ -347,6 +351,15 @@ class Pipeline:
         if stage not in self._splits:
             self._splits[stage] = load_splits(stage, ds_cfg, backbone, self.seed, self.registry)
         return subset_stage_data(self._splits[stage], stage, ds_cfg, seed)
+
+    def _check_data(self, backbone: Backbone) -> None:
+        """Every stage's data, for every seed, before any training: a mistake in the finetune data
+        fails in seconds, not after pretraining (and leaves no run behind)."""
+        for stage in ("pretrain", "finetune"):
+            if self.cfg[stage] is not None:
+                per_seed = stage == "finetune" or self.cfg["pretrain_per_seed"]
+                for seed in self.seeds if per_seed else [self.seed]:
+                    self._data(stage, backbone, seed)
 
     def _label(self, name: str, seed: int) -> str:
         return name if len(self.seeds) == 1 else f"{name} (seed {seed})"
@@ -405,13 +418,18 @@ class Pipeline:
                          "world_size": distributed.world_size()}
         backbone = self.build_backbone()
         random_start = cfg["pretrain"] is None and cfg["baseline"] is not None and self._starts_random(backbone)
+        self._check_data(backbone)
         self._check_stop()
         shared: Start | None = Start(backbone, backbone.head, backbone.source_classes)
         if cfg["pretrain"] is not None:
             shared = None if cfg["pretrain_per_seed"] else self._pretrain(backbone, self.seed, "pretrain")
+            if shared is not None:
+                self._splits.pop("pretrain", None)  # trained once: its data is not needed again
         runs = []
         if cfg["finetune"] is not None or shared is None:
             runs = [self._one_seed(i, seed, shared) for i, seed in enumerate(self.seeds)]
+        else:  # one pretraining, no per-seed stage: that one seed is what ran
+            summary["seeds"] = [self.seed]
         if shared is not None and shared.result is not None:
             summary["pretrain"] = shared.result
         summary.update(report.summarise(runs, self.seeds, summary.get("pretrain"), random_start))
@@ -501,7 +519,11 @@ def run(config=None, *, out=None, overrides=(), progress=None, echo=None, resume
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"--resume '{run_dir}' is not a run directory (it has no config.yaml); "
                               "pass the directory an earlier `sft run` printed")
-        cfg = cfgmod.resolve(cfgmod.load(run_dir / "config.yaml"), registry)
+        raw = cfgmod.load(run_dir / "config.yaml")
+        if isinstance(raw, dict):  # a run from before seeds existed ran one seed: keep it at one
+            raw.setdefault("seeds", 1)
+            raw.setdefault("pretrain_per_seed", False)
+        cfg = cfgmod.resolve(raw, registry)
         if not cfg["checkpoints"]:
             raise ConfigError(f"--resume '{run_dir}': that run had checkpoints: false, so there is nothing to "
                               "continue from; start it again")

@@ -76,6 +76,15 @@ def _hint(exc: BaseException) -> str:
     return (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).splitlines()[0][:200]
 
 
+def append_text(path: Path, text: str) -> None:
+    """Append to a log file (metrics.jsonl) with one-line errors; a cut-short line is dropped on resume."""
+    try:
+        with Path(path).open("a") as f:
+            f.write(text)
+    except OSError as exc:
+        raise StorageError(f"cannot write '{path}': {_hint(exc)}") from None
+
+
 def make_dir(path: Path) -> None:
     """``mkdir -p`` with one-line errors."""
     try:
@@ -156,6 +165,7 @@ def load(path: Path, what: str, fix: str, map_location: Any = "cpu") -> Any:
                                f"plain container, and could run code; {fix}") from None
         raise StorageError(f"{what} '{path}' is truncated or corrupt, or is a pickle that is not plain tensors "
                            f"(not loaded); {fix}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
+            IndexError, KeyError, TypeError, AttributeError) as exc:  # random bytes can derail the unpickler anywhere
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise StorageError(f"{what} '{path}' is truncated or corrupt ({first}); {fix}") from None

@@ -84,12 +84,11 @@ class MetricsLog:
     def __init__(self, path: Path | None):
         self.path = path
         if path is not None:
-            path.touch()
+            storage.append_text(path, "")
 
     def write(self, record: dict) -> None:
         if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            storage.append_text(self.path, json.dumps(record) + "\n")
 
     def keep(self, stage: str, epochs: int) -> None:
         """Drop ``stage``'s lines after epoch ``epochs`` (and any line cut short by a kill): a resumed

@@ -242,11 +242,23 @@ def test_a_run_failing_on_its_data_leaves_no_directory(tmp_path, capsys, pre_exi
     assert code == 0, err
 
 
-def test_a_failure_after_a_checkpoint_keeps_the_run(tmp_path):
+def test_finetune_data_is_checked_before_pretraining(tmp_path):
     cfg = tiny.config(baseline=False, finetune={"dataset": tiny.shapes("target", train_per_class=4,
                                                                        labels_per_class=10)})
     with pytest.raises(ConfigError, match="labels_per_class"):
         sftcore.run(cfg, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # failed before pretraining: nothing to keep
+
+
+def test_a_failure_after_a_checkpoint_keeps_the_run(tmp_path, monkeypatch):
+    from sftcore import runner
+
+    def fail(self, *args):
+        raise ConfigError("config: something went wrong after pretraining")
+
+    monkeypatch.setattr(runner.Pipeline, "_one_seed", fail)
+    with pytest.raises(ConfigError, match="after pretraining"):
+        sftcore.run(tiny.config(baseline=False), out=tmp_path / "run")
     assert (tmp_path / "run" / "checkpoints" / "pretrain.pt").is_file()
 
 
@@ -354,3 +366,63 @@ def test_a_dataset_with_one_class_is_an_error_not_100_percent(tmp_path, plugin):
     with pytest.raises(ConfigError, match=r"1 class\(es\) with training examples; a classifier needs at least 2"):
         sftcore.run(cfg, out=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+# --------------------------------------------------------------------------- review findings
+def test_an_allowed_change_retrains_the_stages_it_touches(tmp_path):
+    """A finished stage is not reused under a changed config, and a half-trained one starts over
+    (its optimizer state would otherwise carry the old lr)."""
+    run = tmp_path / "run"
+    sftcore.run(tiny.config(baseline={"name": "scratch", "epochs": 1}, finetune={"epochs": 2}), out=run)
+    before = torch_load(run / "checkpoints" / "pretrain.pt")
+    edit_config(run, finetune__epochs=3, finetune__optimizer__lr=0.05)
+    summary = sftcore.run(resume=run, allow_config_change=True)
+    assert summary["finetune"]["epochs"] == 3
+    finetune = [r for r in tiny.read_metrics(run) if r["stage"] == "finetune"]
+    assert [r["epoch"] for r in finetune] == [1, 2, 3]
+    assert finetune[0]["lr"] > 0.02  # the new lr from the first step (the old run's was 0.02)
+    [change] = [json.loads(line) for line in (run / ownership.CHANGES).read_text().splitlines()]
+    assert change["retrained"] == ["finetune", "baseline"]
+    after = torch_load(run / "checkpoints" / "pretrain.pt")
+    assert all((before[k] == after[k]).all() for k in before)  # pretrain was untouched
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_force_refuses_another_tools_run_folder(tmp_path, capsys):
+    out = tmp_path / "proj"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "config.yaml").write_text("model: resnet\nlr: 0.1\n")
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    (out / "checkpoints" / "model_epoch_90.ckpt").write_text("weights")
+    code, _, err = cli(capsys, "run", tiny.write_yaml(tmp_path / "c.yaml", small()), "--out", out, "--force")
+    one_line_error(code, err, "holds no sftcore run")
+    assert (out / "checkpoints" / "model_epoch_90.ckpt").read_text() == "weights"
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data")
+    (out / ownership.LOCK).symlink_to(victim)
+    code, _, err = cli(capsys, "run", tiny.write_yaml(tmp_path / "c.yaml", small()), "--out", out)
+    one_line_error(code, err, "symbolic link")
+    assert victim.read_text() == "precious data"
+
+
+def test_a_run_from_before_seeds_resumes_with_one_seed(tmp_path):
+    run = cut_run(tmp_path)
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    for key in ("seeds", "pretrain_per_seed"):
+        cfg.pop(key)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (run / ownership.MARKER).unlink()
+    summary = sftcore.run(resume=run)
+    assert summary["seeds"] == [0] and len(summary["per_seed"]) == 1

@@ -241,3 +241,13 @@ def test_predict_reads_another_seeds_model(multi, tmp_path):
         Predictor(out, "finetune-seed7")
     with pytest.raises(sftcore.errors.SftError, match="-seed<N>"):
         Predictor(out, "finetune-seedx")
+
+
+def test_lp_ft_probes_ten_epochs_under_auto(tmp_path):
+    """Half of max_epochs would keep a stage that stops early a linear probe."""
+    cfg = tiny.config(pretrain=False, baseline=False,
+                      finetune={"epochs": "auto", "max_epochs": 14, "head": "lp_ft"})
+    sftcore.run(cfg, out=tmp_path / "r")
+    records = [r for r in tiny.read_metrics(tmp_path / "r") if r["stage"] == "finetune"]
+    params = [r["trainable_params"] for r in records]
+    assert params[:10] == [params[0]] * 10 and params[10] > params[0]

@@ -57,3 +57,20 @@ def test_unreadable_files(tmp_path, content, needle):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="checkpoint '.*nope.pt' not found; fix it"):
         storage.load(tmp_path / "nope.pt", "checkpoint", "fix it")
+
+
+@pytest.mark.parametrize("exc", [IndexError("pop from empty list"), KeyError(3), TypeError("bad"), AttributeError("x")])
+def test_random_bytes_that_derail_the_unpickler_are_one_line(tmp_path, monkeypatch, exc):
+    """Random bytes sometimes make torch's unpickler fail with an IndexError and the like (seen with
+    os.urandom(4096)): still 'truncated or corrupt', never an internal error."""
+    import torch
+
+    path = tmp_path / "x.pt"
+    path.write_bytes(b"junk")
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(torch, "load", fail)
+    with pytest.raises(storage.StorageError, match="truncated or corrupt"):
+        storage.load(path, "checkpoint", "delete it")

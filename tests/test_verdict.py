@@ -150,3 +150,11 @@ def test_table_shows_mean_sd_epochs_range_and_validation_size():
     table = report.results_table({"finetune": stage, "seeds": [0, 1], "verdict": "transfer helped: ..."})
     assert "65.0 ± 3.0%" in table and "40-54 auto" in table and "last (val 5)" in table
     assert "mean ± sd over seeds 0, 1" in table and table.endswith("transfer helped: ...")
+
+
+def test_mcnemar_is_fast_on_a_large_test_set():
+    import time
+
+    t0 = time.perf_counter()
+    p = report.mcnemar_p([True] * 16_000 + [False] * 15_000, [False] * 16_000 + [True] * 15_000)
+    assert time.perf_counter() - t0 < 1.0 and 0 < p < 1e-6

@@ -29,8 +29,13 @@ class LinearProbe(HeadStrategy):
         unfreeze(ctx.model.head)
 
 
+# under epochs: auto the stage's length is unknown (ctx.epochs is its cap): probe for a fixed number of epochs
+AUTO_PROBE_EPOCHS = 10
+
+
 class LPFT(HeadStrategy):
-    """Linear probe for ``probe_epochs`` (default: half the stage), then finetune everything."""
+    """Linear probe for ``probe_epochs`` (default: half the stage; 10 under ``epochs: auto``), then finetune
+    everything."""
 
     def __init__(self, probe_epochs: int | None = None):
         if probe_epochs is not None and (not _is_int(probe_epochs) or probe_epochs < 0):
@@ -39,7 +44,8 @@ class LPFT(HeadStrategy):
         self.probe_epochs = probe_epochs
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
-        probe = self.probe_epochs if self.probe_epochs is not None else ctx.epochs // 2
+        default = AUTO_PROBE_EPOCHS if getattr(ctx, "epochs_auto", False) else ctx.epochs // 2
+        probe = self.probe_epochs if self.probe_epochs is not None else default
         if epoch < probe:
             freeze(ctx.model.backbone)
             unfreeze(ctx.model.head)
