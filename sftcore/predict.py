@@ -31,18 +31,16 @@ class Prediction:
 
 
 class Predictor:
-    """A stage's model from ``checkpoints/<stage>.pt``, rebuilt through the backbone registry from config.yaml."""
+    """A stage's model from ``checkpoints/<stage>.pt``, rebuilt through the backbone registry from config.yaml's
+    ``backbone`` and ``seed`` (nothing else of the config is read, see ``_backbone``)."""
 
     def __init__(self, run_dir, stage: str = "finetune"):
         import torch
         from torch import nn
 
-        from . import config as cfgmod
         from . import storage
         from .data import BatchTransform
         from .model import TransferModel
-        from .plugins import get_registry
-        from .runner import build_backbone
 
         run = rundir.check(run_dir)
         raw = rundir.config(run)
@@ -63,9 +61,7 @@ class Predictor:
         state = storage.load(path, "checkpoint", f"delete it and finish the run with `sft run --resume {run}`")
         if not isinstance(state, dict) or not all(k in state for k in ("model", "classes", "mean", "std")):
             raise SftError(f"'{path}' is not a sftcore stage checkpoint (needs model, classes, mean and std)")
-        registry = get_registry()
-        cfg = cfgmod.resolve(cfgmod.load(run / "config.yaml"), registry)
-        backbone = build_backbone(cfg, registry, random_init=True)  # the weights come from the checkpoint
+        backbone = _backbone(run, raw)  # random weights: the checkpoint's replace them
         self.classes = [str(c) for c in state["classes"]]
         model = TransferModel(backbone, nn.Linear(backbone.num_features, len(self.classes)))
         try:
@@ -106,6 +102,28 @@ class Predictor:
                 for i, (v, c) in enumerate(zip(values.tolist(), index.tolist())):
                     out.append(Prediction(paths[start + i], [(self.classes[j], p) for j, p in zip(c, v)]))
         return out
+
+
+def _backbone(run: Path, raw: dict):
+    """The run's backbone from config.yaml's ``backbone`` and ``seed`` alone. Prediction needs nothing else,
+    so a run trained with a dataset, head or regularizer from a plugin not installed here still predicts;
+    only the backbone's own plugin must be, and its absence is one line naming the backbone."""
+    from . import config as cfgmod
+    from .errors import ConfigError, show
+    from .plugins import get_registry
+    from .runner import build_backbone
+
+    registry = get_registry()
+    entry = cfgmod._component(raw.get("backbone", cfgmod.RUN_DEFAULTS["backbone"]), "backbone")
+    try:
+        registry.get("backbones", entry["name"])
+    except ConfigError as exc:
+        raise ConfigError(f"run '{run}' needs backbone {show(entry['name'])} to rebuild its model, and no installed "
+                          f"plugin provides it: install the plugin that registers it (the one the run was trained "
+                          f"with) to predict; {exc}") from None
+    cfg = {"backbone": cfgmod._checked_component(entry, "backbones", "backbone", registry)[0],
+           "seed": cfgmod._int(raw.get("seed", cfgmod.RUN_DEFAULTS["seed"]), "seed", 0, cfgmod.MAX_SEED)}
+    return build_backbone(cfg, registry, random_init=True)
 
 
 def read_image(path, shape) -> "torch.Tensor":

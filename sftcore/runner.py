@@ -161,6 +161,12 @@ def build_backbone(cfg: dict, registry, random_init: bool = False, seed: int | N
     return backbone
 
 
+def _six_decimals(probabilities: torch.Tensor) -> list[list[float]]:
+    """Probabilities cut (not rounded) to 6 decimals: the file stays small, and an example's top-k
+    never sums above 1, as rounding each of them up could make it."""
+    return [[math.floor(p * 1e6) / 1e6 for p in row] for row in probabilities.double().tolist()]
+
+
 STAGE_SEED_OFFSET = {"pretrain": 0, "finetune": 1, "baseline": 2}
 
 
@@ -342,7 +348,10 @@ class Pipeline:
             storage.make_dir(self.run_dir / "predictions")
             storage.write_json(self.run_dir / "predictions" / f"{tag}.json", {
                 "stage": tag, "classes": data.classes,
-                "targets": ev["targets"].tolist(), "predicted": ev["predicted"].tolist()}, indent=None)
+                "targets": ev["targets"].tolist(), "predicted": ev["predicted"].tolist(),
+                # the k = min(5, classes) most probable classes of each example: top-5 accuracy, calibration
+                "top_k": ev["top_k"].tolist(), "top_k_probability": _six_decimals(ev["top_k_probability"])},
+                indent=None)
 
     # ------------------------------------------------------------------ stages over seeds
     def _data(self, stage: str, backbone: Backbone, seed: int) -> StageData:

@@ -158,31 +158,46 @@ def _freeze_frozen_norms(model: torch.nn.Module) -> None:
 
 def evaluate(model: TransferModel, batches: Batches, transform: BatchTransform, perf: Performance) -> dict:
     """Accuracy and loss with deterministic transforms; ``correct`` is the per-example hit vector,
-    ``predicted`` the per-example predicted class."""
+    ``predicted`` the per-example predicted class, ``top_k``/``top_k_probability`` the k = min(5, classes)
+    most probable classes and their softmax probabilities, kept so that top-5 accuracy and calibration
+    can be computed from predictions/<stage>.json after the run (top-k of the logits already computed:
+    no second pass, and a fraction of the size of whole probability vectors)."""
     was_training = model.training
     model.eval()
-    predicted, targets, loss_sum, n = [], [], torch.zeros((), device=perf.device), 0
+    predicted, targets, top, top_p = [], [], [], []
+    loss_sum, n = torch.zeros((), device=perf.device), 0
     with torch.inference_mode():
         for x, y in batches:
             with perf.autocast():
                 logits = model(transform(x))
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
             predicted.append(logits.argmax(1))
+            values, index = logits.topk(min(TOP_K, logits.shape[1]), dim=1)
+            top.append(index)
+            top_p.append((values - logits.logsumexp(1, keepdim=True)).exp())
             targets.append(y)
             n += len(y)
     model.train(was_training)
-    empty = torch.zeros(0, dtype=torch.long)
-    predicted = torch.cat(predicted).cpu() if predicted else empty
-    targets = torch.cat(targets).cpu() if targets else empty
+    parts = [_joined(t) for t in (predicted, targets, top, top_p)]
     if distributed.active():  # each rank evaluated one contiguous share: put them back in order
-        shares = distributed.all_gather_objects((predicted, targets, loss_sum.item(), n))
-        predicted = torch.cat([sh[0] for sh in shares])
-        targets = torch.cat([sh[1] for sh in shares])
-        loss_sum = torch.tensor(sum(sh[2] for sh in shares))
-        n = sum(sh[3] for sh in shares)
+        shares = distributed.all_gather_objects((*parts, loss_sum.item(), n))
+        parts = [torch.cat([sh[i] for sh in shares]) for i in range(4)]
+        loss_sum = torch.tensor(sum(sh[4] for sh in shares))
+        n = sum(sh[5] for sh in shares)
+    predicted, targets, top, top_p = parts
     correct = predicted == targets
     return {"accuracy": correct.float().mean().item() if n else float("nan"),
-            "loss": loss_sum.item() / max(1, n), "correct": correct, "predicted": predicted, "targets": targets}
+            "loss": loss_sum.item() / max(1, n), "correct": correct, "predicted": predicted, "targets": targets,
+            "top_k": top, "top_k_probability": top_p}
+
+
+TOP_K = 5  # classes per example that evaluate() keeps with their probabilities
+
+
+def _joined(tensors: list) -> torch.Tensor:
+    """One CPU tensor from a batch list; an empty list (no examples on this rank) gives an empty long tensor."""
+    return torch.cat(tensors).cpu() if tensors else torch.zeros(0, dtype=torch.long)
 
 
 class Stage:

@@ -120,7 +120,8 @@ def main(out: str) -> None:
     # 5. sharded evaluation returns the whole set's predictions in order
     ev = evaluate(model, Batches(train, 5, CPU, shuffle=False, sharded=True), plain, Performance(CPU))
     full = model.eval()(plain(train.images)).argmax(1)
-    report["eval_same"] = bool(torch.equal(ev["predicted"], full)) and len(ev["correct"]) == 24
+    report["eval_same"] = (bool(torch.equal(ev["predicted"], full)) and len(ev["correct"]) == 24
+                           and bool(torch.equal(ev["top_k"][:, 0], full)) and ev["top_k_probability"].shape == (24, 3))
 
     if rank == 0:
         with open(out, "w") as f:

@@ -267,6 +267,50 @@ def test_predict_errors(run_dir, test_split, tmp_path, case, expect):
     assert expect in one_error_line(invoke("predict", run, image, *extra))
 
 
+@pytest.mark.parametrize("stage,classes", [("pretrain", 10), ("finetune", 5)])
+def test_predictions_keep_the_top_k_classes_and_probabilities(run_dir, stage, classes):
+    preds = json.loads((run_dir / "predictions" / f"{stage}.json").read_text())
+    n, k = len(preds["targets"]), min(5, classes)
+    assert len(preds["classes"]) == classes and len(preds["top_k"]) == len(preds["top_k_probability"]) == n > 0
+    for top, probs, predicted in zip(preds["top_k"], preds["top_k_probability"], preds["predicted"]):
+        assert len(top) == len(probs) == k and len(set(top)) == k and all(0 <= c < classes for c in top)
+        assert top[0] == predicted
+        assert probs == sorted(probs, reverse=True) and all(0 <= q <= 1 for q in probs) and sum(probs) <= 1 + 1e-6
+        assert all(q == round(q, 6) for q in probs)
+    top1 = sum(p == t for p, t in zip(preds["predicted"], preds["targets"])) / n
+    top5 = sum(t in top for top, t in zip(preds["top_k"], preds["targets"])) / n
+    assert top5 >= top1
+    if classes <= 5:
+        assert top5 == 1.0  # every class is in the top k
+
+
+def test_predict_needs_only_the_backbones_plugin(run_dir, test_split, tmp_path):
+    from sftcore.predict import Predictor
+
+    def elsewhere(cfg):  # as if trained with plugins not installed here
+        cfg["finetune"]["regularizers"] = [{"name": "delta_not_installed"}]
+        cfg["finetune"]["dataset"] = {"name": "nowhere_dataset"}
+        cfg["pretrain"]["dataset"] = {"name": "nowhere_dataset"}
+
+    run = copy_run(run_dir, tmp_path / "elsewhere", files=("config.yaml", "checkpoints/finetune.pt"), edit=elsewhere)
+    _, paths = write_test_images(test_split, tmp_path / "images", every=5)
+    before = [p.top for p in Predictor(run_dir, "finetune")(paths)]
+    assert [p.top for p in Predictor(run, "finetune")(paths)] == before
+
+
+def test_predict_without_the_backbones_plugin_is_one_line_naming_it(run_dir, test_split, tmp_path):
+    from sftcore.errors import SftError
+    from sftcore.predict import Predictor
+
+    run = copy_run(run_dir, tmp_path / "other", files=("config.yaml", "checkpoints/finetune.pt"),
+                   edit=lambda c: c.update(backbone={"name": "no_such_backbone"}))
+    with pytest.raises(SftError) as err:
+        Predictor(run, "finetune")
+    assert "\n" not in str(err.value) and "no_such_backbone" in str(err.value) and "install" in str(err.value)
+    _, (image,) = write_test_images(test_split, tmp_path / "images", every=10_000)
+    assert "no_such_backbone" in one_error_line(invoke("predict", run, image))
+
+
 # --------------------------------------------------------------------------- compare
 def test_compare_lists_exactly_the_differing_keys(run_dir, tmp_path):
     def edit(cfg):
