@@ -663,9 +663,6 @@ def resolve(raw: dict, registry=None) -> dict:
     if not isinstance(cfg["name"], str) or not cfg["name"].strip():
         raise ConfigError("config: name must be a non-empty string")
     cfg["seed"] = _int(cfg["seed"], "seed", 0, MAX_SEED)
-    if isinstance(cfg["seeds"], int) and not isinstance(cfg["seeds"], bool) and cfg["seeds"] < 1:
-        raise ConfigError("config: seeds must be >= 1 (how many seeds to run) or a list of seeds, "
-                          f"got {show(cfg['seeds'])}")
     _seeds(cfg["seeds"], cfg["seed"])
     if not isinstance(cfg["pretrain_per_seed"], bool):
         raise ConfigError(f"config: pretrain_per_seed must be true or false, got {show(cfg['pretrain_per_seed'])}")

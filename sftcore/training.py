@@ -329,67 +329,78 @@ class Stage:
         return done
 
     def _epoch(self, epoch: int) -> None:
-        epochs = self.budget
-        model, perf = self.model, self.perf
         t0 = time.perf_counter()
         begin_epoch(self.strategy, epoch, self.ctx)
         self._wrap()
-        model.train()
-        _freeze_frozen_norms(model)
+        self.model.train()
+        _freeze_frozen_norms(self.model)
         self.train.set_epoch(epoch)
-        dev = perf.device
-        sums = {"loss": torch.zeros((), device=dev), "penalty": torch.zeros((), device=dev),
-                "correct": torch.zeros((), device=dev, dtype=torch.long),
-                "seen": torch.zeros((), device=dev, dtype=torch.long),
-                "bad_batch": torch.full((), -1, device=dev, dtype=torch.long),  # first non-finite loss
-                "seconds": torch.zeros((), dtype=torch.float64)}
-        first = 0
-        if self.partial is not None:  # resumed mid-epoch
-            first = self.partial["batch"]
-            self.generator.set_state(self.partial["generator"].cpu())
-            sums = _resumed_sums(self.partial["sums"])
-            sums = {k: v.to(dev) if k != "seconds" else v.clone() for k, v in sums.items()}
-            self.partial = None
-        else:
-            self.generator.manual_seed(self.ctx.seed * 7919 + epoch)
+        first, sums = self._epoch_start(epoch)
         batches = self.train.iter_from(first)
         if self.progress:
             from tqdm import tqdm
 
-            batches = tqdm(batches, desc=f"{self.name} {epoch + 1}/{epochs}", leave=False, unit="batch",
+            batches = tqdm(batches, desc=f"{self.name} {epoch + 1}/{self.budget}", leave=False, unit="batch",
                            total=len(self.train), initial=first)
         for k, (x, y) in enumerate(batches, start=first):
-            part = self.train.part(k) if self.train.world > 1 else None
-            inputs = self.train_transform(x, self.generator, part)
-            with perf.autocast():
-                logits, features, maps = self.net(inputs, all_outputs=True, feature_maps=self.needs_maps)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg["label_smoothing"])
-                if self.regularizers:
-                    step = Step(self.ctx, epoch, inputs, y, logits, features, maps)
-                    penalty = sum(r.penalty(step) for r in self.regularizers)
-                    sums["penalty"] += penalty.detach() * len(y)
-                    loss = loss + penalty
-            self.optimizer.zero_grad(set_to_none=True)
-            if loss.requires_grad:
-                # DDP averages gradients over ranks; weigh each rank's mean loss by its share of the
-                # global batch so that the step equals a single process's on the whole batch
-                scaled = loss * (len(y) * self.train.world / part[2]) if part is not None else loss
-                self.scaler.scale(scaled).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            self.scheduler.step()
-            # no host sync per step: the first bad batch is recorded on the device, checked below
-            bad = sums["bad_batch"]
-            sums["bad_batch"] = torch.where((bad < 0) & ~torch.isfinite(loss.detach()), k, bad)
-            sums["loss"] += loss.detach() * len(y)
-            sums["correct"] += (logits.argmax(1) == y).sum()
-            sums["seen"] += len(y)
+            self._step(epoch, k, x, y, sums)
             if self._stopping() and k + 1 < len(self.train):
                 self._check_finite(epoch, sums)
                 sums["seconds"] += time.perf_counter() - t0
                 self._save(epoch, k + 1, sums)
                 self._interrupted(epoch, f"up to batch {k + 1} of {len(self.train)}")
         self._check_finite(epoch, sums)
+        self._epoch_end(epoch, sums, t0)
+
+    def _epoch_start(self, epoch: int) -> tuple[int, dict]:
+        """The first batch and the running sums: zero, or where a mid-epoch checkpoint left them."""
+        dev = self.perf.device
+        sums = {"loss": torch.zeros((), device=dev), "penalty": torch.zeros((), device=dev),
+                "correct": torch.zeros((), device=dev, dtype=torch.long),
+                "seen": torch.zeros((), device=dev, dtype=torch.long),
+                "bad_batch": torch.full((), -1, device=dev, dtype=torch.long),  # first non-finite loss
+                "seconds": torch.zeros((), dtype=torch.float64)}
+        if self.partial is None:
+            self.generator.manual_seed(self.ctx.seed * 7919 + epoch)
+            return 0, sums
+        first = self.partial["batch"]  # resumed mid-epoch
+        self.generator.set_state(self.partial["generator"].cpu())
+        sums = _resumed_sums(self.partial["sums"])
+        sums = {k: v.to(dev) if k != "seconds" else v.clone() for k, v in sums.items()}
+        self.partial = None
+        return first, sums
+
+    def _step(self, epoch: int, k: int, x: torch.Tensor, y: torch.Tensor, sums: dict) -> None:
+        """One optimizer step on batch ``k``; its loss, hits and first non-finite loss go into ``sums``."""
+        part = self.train.part(k) if self.train.world > 1 else None
+        inputs = self.train_transform(x, self.generator, part)
+        with self.perf.autocast():
+            logits, features, maps = self.net(inputs, all_outputs=True, feature_maps=self.needs_maps)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg["label_smoothing"])
+            if self.regularizers:
+                step = Step(self.ctx, epoch, inputs, y, logits, features, maps)
+                penalty = sum(r.penalty(step) for r in self.regularizers)
+                sums["penalty"] += penalty.detach() * len(y)
+                loss = loss + penalty
+        self.optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            # DDP averages gradients over ranks; weigh each rank's mean loss by its share of the
+            # global batch so that the step equals a single process's on the whole batch
+            scaled = loss * (len(y) * self.train.world / part[2]) if part is not None else loss
+            self.scaler.scale(scaled).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+        # no host sync per step: the first bad batch is recorded on the device, checked at the epoch end
+        bad = sums["bad_batch"]
+        sums["bad_batch"] = torch.where((bad < 0) & ~torch.isfinite(loss.detach()), k, bad)
+        sums["loss"] += loss.detach() * len(y)
+        sums["correct"] += (logits.argmax(1) == y).sum()
+        sums["seen"] += len(y)
+
+    def _epoch_end(self, epoch: int, sums: dict, t0: float) -> None:
+        """The epoch's record (train sums over ranks, validation, selection), logged and checkpointed."""
+        model = self.model
         for key in ("loss", "penalty", "correct", "seen"):
             distributed.all_reduce_(sums[key])
         seen = max(1, int(sums["seen"].item()))
@@ -404,7 +415,7 @@ class Stage:
         # each rank updated batch-norm statistics on its own slice: evaluate and keep rank 0's everywhere
         distributed.broadcast_buffers_(model)
         if self.val is not None and len(self.val.data):
-            ev = evaluate(model, self.val, self.eval_transform, perf)
+            ev = evaluate(model, self.val, self.eval_transform, self.perf)
             record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
             key = (ev["accuracy"], -ev["loss"])
             if self.select == "best" and (self.best is None or key > tuple(self.best["key"])):
@@ -416,10 +427,10 @@ class Stage:
             self.log.write(record)
         if self.progress and self.echo:
             val = f" val_acc {record['val_accuracy']:.3f}" if "val_accuracy" in record else ""
-            self.echo(f"{self.name} epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.3f} "
+            self.echo(f"{self.name} epoch {epoch + 1}/{self.budget}: loss {record['train_loss']:.3f} "
                       f"train_acc {record['train_accuracy']:.3f}{val}")
         self._save(epoch + 1)
-        if self._stopping() and epoch + 1 < epochs:
+        if self._stopping() and epoch + 1 < self.budget:
             self._interrupted(epoch, "up to the end of that epoch")
 
     def _interrupted(self, epoch: int, upto: str) -> None:

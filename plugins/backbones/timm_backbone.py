@@ -51,33 +51,9 @@ def timm_backbone(ctx: BackboneContext, model: str = "resnet18", pretrained: boo
         if fixed and "img_size" not in args:  # a ViT must be built for the size it will see
             args["img_size"] = img_size
     if in_chans is not None:
-        if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
-            raise ConfigError(f"{WHERE}.in_chans must be a positive integer, got {in_chans!r}")
         args["in_chans"] = in_chans
-    if not isinstance(pretrained, bool):
-        raise ConfigError(f"{WHERE}.pretrained must be true or false, got {pretrained!r}")
-    if pretrained and weights is not None:
-        raise ConfigError(f"{WHERE}: give either pretrained: true (timm hub) or weights: PATH (a local file), "
-                          "not both")
-
-    source_classes, norm = None, None  # norm: (mean, std) the loaded weights were trained with
     loaded = not ctx.random_init and (pretrained or weights is not None)
-    if not loaded:
-        net = _create(name, args)
-    elif pretrained:
-        net = _create(name, args, hub=True)
-        source_classes = _imagenet_names(net.num_classes)
-        norm = net.pretrained_cfg.get("mean"), net.pretrained_cfg.get("std")
-    else:
-        state, rows, source_classes, norm = _read_weights(weights, name)
-        args["num_classes"] = rows
-        # The file's head loads with its real number of rows (strictly, not dropped as a
-        # mismatch); label_offset 0 keeps every row. `file` only records where it came from.
-        overlay = dict(file=str(weights), state_dict=state, num_classes=rows, label_offset=0)
-        net = _create(name, args, weights=weights, overlay=overlay)
-        net.pretrained_cfg.pop("state_dict", None)  # timm keeps its cfg on the model: drop that copy
-        del state, overlay
-
+    net, source_classes, norm = _build(name, args, pretrained, weights, loaded)
     head = None
     if loaded and getattr(net, "num_classes", 0):  # a random classifier is no source head
         head = _as_head(copy.deepcopy(net.get_classifier()))
@@ -110,6 +86,23 @@ def timm_backbone(ctx: BackboneContext, model: str = "resnet18", pretrained: boo
     )
 
 
+def _build(name: str, args: dict, pretrained: bool, weights, loaded: bool):
+    """The timm model, with the source class names and the (mean, std) of its weights when it loaded any."""
+    if not loaded:
+        return _create(name, args), None, None
+    if pretrained:
+        net = _create(name, args, hub=True)
+        return net, _imagenet_names(net.num_classes), (net.pretrained_cfg.get("mean"), net.pretrained_cfg.get("std"))
+    state, rows, source_classes, norm = _read_weights(weights, name)
+    args["num_classes"] = rows
+    # The file's head loads with its real number of rows (strictly, not dropped as a
+    # mismatch); label_offset 0 keeps every row. `file` only records where it came from.
+    overlay = dict(file=str(weights), state_dict=state, num_classes=rows, label_offset=0)
+    net = _create(name, args, weights=weights, overlay=overlay)
+    net.pretrained_cfg.pop("state_dict", None)  # timm keeps its cfg on the model: drop that copy
+    return net, source_classes, norm
+
+
 # --------------------------------------------------------------------------- checks
 def validate_options(where: str, model: str = "resnet18", pretrained: bool = False, weights: str | None = None,
                      model_args: dict | None = None, classes: list[str] | None = None, in_chans: int | None = None,
@@ -120,6 +113,9 @@ def validate_options(where: str, model: str = "resnet18", pretrained: bool = Fal
     if not isinstance(model, str) or not model:
         raise ConfigError(f"{where}.model must be a timm model name such as resnet18, got {show(model)}")
     check_option("pretrained", pretrained, bool, where=where)
+    if pretrained and weights is not None:
+        raise ConfigError(f"{where}: give either pretrained: true (timm hub) or weights: PATH (a local file), "
+                          "not both")
     if weights is not None and (not isinstance(weights, str) or not weights.strip()):
         raise ConfigError(f"{where}.weights must be the path of a weights file, got {show(weights)}")
     if model_args is not None and (not isinstance(model_args, dict) or not all(isinstance(k, str) for k in model_args)):
@@ -128,8 +124,6 @@ def validate_options(where: str, model: str = "resnet18", pretrained: bool = Fal
     if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
         raise ConfigError(f"{where}.classes must be a list of class names, got {show(classes)}")
     check_option("in_chans", in_chans, int, low=1, high=64, none=True, where=where)
-    if isinstance(img_size, int) and not isinstance(img_size, bool) and img_size < 8:
-        raise ConfigError(f"{where}.img_size must be an integer >= 8, got {img_size}")
     check_option("img_size", img_size, int, low=8, high=1024, none=True, where=where)
     for what, values in (("mean", mean), ("std", std)):
         items = values if isinstance(values, (list, tuple)) else [values]
@@ -151,9 +145,8 @@ timm_backbone.validate_options = validate_options
 
 
 def _check_model(model) -> str:
-    """An architecture timm knows, with a pretrained tag (``resnet18.a1_in1k``) if one is given."""
-    if not isinstance(model, str) or not model:
-        raise ConfigError(f"{WHERE}.model must be a timm model name such as resnet18, got {model!r}")
+    """An architecture timm knows, with a pretrained tag (``resnet18.a1_in1k``) if one is given
+    (its type was checked by validate_options)."""
     arch, _, tag = model.partition(".")
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
@@ -171,11 +164,8 @@ def _check_model(model) -> str:
 
 
 def _check_model_args(model_args) -> dict:
-    if model_args is None:
+    if model_args is None:  # a mapping of string keys: validate_options checked it
         return {}
-    if not isinstance(model_args, dict) or not all(isinstance(k, str) for k in model_args):
-        raise ConfigError(f"{WHERE}.model_args must be a mapping of timm.create_model arguments, "
-                          f"got {model_args!r}")
     for key in model_args:
         if key in _RESERVED:
             use = _RESERVED[key]
