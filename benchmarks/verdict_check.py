@@ -180,7 +180,7 @@ class SftData:
         self.cfg, self.registry, self.full = cfg, registry, {}
 
     def stage(self, stage: str, backbone, seed: int):
-        from sftcore import runner
+        from sftcore import _runner as runner
 
         ds_cfg = self.cfg[stage]["dataset"]
         if hasattr(runner, "load_splits") and hasattr(runner, "subset_stage_data"):
@@ -297,8 +297,8 @@ def plain_case(cfg: dict, case: str, args, sft: dict | None, run_dir: Path | Non
     import torch
     from torch import nn
 
-    from sftcore import runner
-    from sftcore.plugins import get_registry
+    from sftcore import _runner as runner
+    from sftcore._plugins import get_registry
 
     registry = get_registry()
     data = SftData(cfg, registry)
@@ -394,7 +394,7 @@ def plain_case(cfg: dict, case: str, args, sft: dict | None, run_dir: Path | Non
 
 
 def cfg_seeds(cfg: dict) -> list[int]:
-    from sftcore import config as cfgmod
+    from sftcore import _config as cfgmod
 
     if hasattr(cfgmod, "seed_list"):
         return cfgmod.seed_list(cfg)
@@ -517,8 +517,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from sftcore import config as cfgmod
-    from sftcore.plugins import get_registry
+    from sftcore import _config as cfgmod
+    from sftcore._plugins import get_registry
 
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="verdict_check-"))

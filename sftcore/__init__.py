@@ -16,7 +16,7 @@ def run(config=None, *, out=None, overrides=(), progress=None, resume=None, forc
     ``resume=RUN_DIR`` continues an interrupted run with its own config.yaml (edited since the run started:
     refused unless ``allow_config_change``, then recorded); ``force=True`` replaces an earlier run in ``out``.
     """
-    from .runner import run as _run
+    from ._runner import run as _run
 
     return _run(config, out=out, overrides=overrides, progress=progress, resume=resume, force=force,
                 allow_config_change=allow_config_change)

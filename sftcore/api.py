@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from .model import TransferModel
+    from ._model import TransferModel
 
 __all__ = [
     "Augment", "ImageSet", "FileSet", "DataSplits", "DatasetContext", "BackboneContext", "Backbone",
@@ -314,7 +314,7 @@ class Checkpoint:
 
 def read_checkpoint(path: str) -> Checkpoint:
     """Read a sftcore model file, so that a backbone can start from an earlier run's weights."""
-    from . import storage
+    from . import _storage as storage
     from .errors import ConfigError
 
     state = storage.load(path, "config: weights file", "give the path of checkpoints/<stage>.pt from an earlier run")

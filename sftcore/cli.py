@@ -67,7 +67,7 @@ def _complete_names(kind: str | None, incomplete: str) -> list[str]:
     import contextlib
     import io
 
-    from .plugins import get_registry
+    from ._plugins import get_registry
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):
@@ -99,8 +99,8 @@ def list_cmd(kind, pattern, as_json):
     shell wildcard over names: `sft list heads 'lp*'`. A pattern alone searches every kind:
     `sft list 'l2*'`.
     """
-    from .plugins import get_registry
-    from .registry import suggest
+    from ._plugins import get_registry
+    from ._registry import suggest
 
     if kind is not None and kind.lower() not in KIND_ALIASES:
         if pattern is None:  # `sft list 'l2*'`: a pattern over every kind
@@ -130,7 +130,7 @@ def plugins_cmd(as_json):
     For each plugin: its distribution and version, the hooks it implements, its components,
     and the error if it failed to load.
     """
-    from .plugins import plugin_infos
+    from ._plugins import plugin_infos
 
     infos = plugin_infos()
     if as_json:
@@ -173,7 +173,7 @@ def run_cmd(config, overrides, out, resume, allow_config_change, force, nproc, s
     """
     from pathlib import Path
 
-    from .runner import run
+    from ._runner import run
 
     for option, value in (("--out", out), ("--resume", resume)):
         if value is not None and Path(value).exists() and not Path(value).is_dir():
@@ -181,7 +181,7 @@ def run_cmd(config, overrides, out, resume, allow_config_change, force, nproc, s
     if seeds is not None:
         overrides = (*overrides, f"seeds={seeds}")
     if nproc is not None and nproc > 1:
-        from .launch import launch
+        from ._launch import launch
 
         sys.exit(launch(nproc, config, overrides, out, resume, force, progress, allow_config_change))
     run(config, out=out, overrides=overrides, progress=progress, echo=click.echo, resume=resume, force=force,
@@ -203,8 +203,8 @@ def config_show(config, overrides):
     Every key, component name and option is checked against the registry. Without CONFIG, the
     embedded shapes demo is shown. A mistake prints one line and exits with code 2.
     """
-    from . import config as cfgmod
-    from .plugins import get_registry
+    from . import _config as cfgmod
+    from ._plugins import get_registry
 
     click.echo(cfgmod.dump(cfgmod.resolve(cfgmod.load(config, overrides), get_registry())), nl=False)
 
@@ -220,7 +220,7 @@ def config_init(path, force):
     """
     from pathlib import Path
 
-    from .config import DEFAULT_CONFIG
+    from ._config import DEFAULT_CONFIG
 
     target = Path(path)
     if target.exists() and not force:
@@ -243,7 +243,7 @@ def plot_cmd(run_dir, out):
     and finetune-confusion.png with the counts in finetune-confusion.csv. Needs matplotlib:
     pip install 'sftcore[plot]'.
     """
-    from .plots import plot
+    from ._plots import plot
 
     for path in plot(run_dir, out):
         click.echo(str(path))
@@ -261,7 +261,7 @@ def predict_cmd(run_dir, images, top_k, stage, as_json):
 
     Reads JPEG, PNG, WebP and GIF files and prepares them as the run prepared its test images.
     """
-    from .predict import Predictor, format_predictions
+    from ._predict import Predictor, format_predictions
 
     if top_k < 1:
         raise SftError(f"--top-k must be 1 or more, got {top_k}")
@@ -281,7 +281,7 @@ def compare_cmd(run_dirs, as_json):
     One row per run: the config keys (dotted, as --set takes them) in which the runs differ, the test
     accuracy of each stage and the transfer gain. Runs without summary.json are marked unfinished.
     """
-    from .compare import compare, table
+    from ._compare import compare, table
 
     result = compare(run_dirs)
     click.echo(json.dumps(result, indent=2) if as_json else table(result))

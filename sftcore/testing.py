@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from .api import Backbone, Step, TrainContext
-    from .plugins import PluginInfo
+    from ._plugins import PluginInfo
 
 try:
     import pytest
@@ -41,7 +41,7 @@ def registered(plugin: Any, name: str | None = None, *, check: bool = True) -> I
     miss. A plugin that its entry point already loaded (it is pip-installed) is used as it is and
     stays registered afterwards.
     """
-    from . import plugins
+    from . import _plugins as plugins
 
     plugins.load_plugins()  # installed plugins first, so that a clash shows up now
     if plugins.pm.is_registered(plugin):
@@ -61,7 +61,7 @@ def registered(plugin: Any, name: str | None = None, *, check: bool = True) -> I
 
 
 def _check(info: "PluginInfo", check: bool) -> None:
-    from . import plugins
+    from . import _plugins as plugins
 
     if check:
         plugins.get_registry()  # runs the hooks: problems land in info.errors
@@ -85,7 +85,7 @@ def create(kind: str, name: str, *args: Any, **options: Any) -> Any:
     ``kind`` is datasets, backbones, regularizers or heads; ``args`` are the factory's positional
     arguments (the ``DatasetContext`` or ``BackboneContext``).
     """
-    from . import plugins
+    from . import _plugins as plugins
 
     return plugins.get_registry().get(kind, name).create(*args, **options)
 
@@ -98,7 +98,7 @@ def rejects(kind: str, name: str, *args: Any, **options: Any) -> str:
     ``DatasetContext``). A value that slips through would fail later inside torch with a traceback,
     or train on nonsense, so every option deserves a test of its bad values.
     """
-    from . import plugins
+    from . import _plugins as plugins
     from .errors import ConfigError
 
     comp = plugins.get_registry().get(kind, name)
@@ -158,7 +158,7 @@ def train_context(backbone: "Backbone | None" = None, *, classes: int | Sequence
     from torch import nn
 
     from .api import TrainContext
-    from .model import TransferModel
+    from ._model import TransferModel
 
     backbone = backbone if backbone is not None else tiny_backbone(seed=seed)
     names = [f"c{i}" for i in range(classes)] if isinstance(classes, int) else list(classes)

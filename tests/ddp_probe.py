@@ -8,12 +8,12 @@ import sys
 
 import torch
 
-from sftcore import distributed
+from sftcore import _distributed as distributed
 from sftcore.api import Augment, ImageSet, TrainContext
-from sftcore.data import Batches, BatchTransform
-from sftcore.model import TransferModel
-from sftcore.plugins import get_registry
-from sftcore.training import MetricsLog, Performance, Stage, evaluate
+from sftcore._data import Batches, BatchTransform
+from sftcore._model import TransferModel
+from sftcore._plugins import get_registry
+from sftcore._training import MetricsLog, Performance, Stage, evaluate
 
 CPU = torch.device("cpu")
 

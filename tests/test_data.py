@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sftcore.api import Augment, FileSet, ImageSet
-from sftcore.data import Batches, BatchTransform, few_label_index, holdout_index
+from sftcore._data import Batches, BatchTransform, few_label_index, holdout_index
 
 CPU = torch.device("cpu")
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
@@ -359,8 +359,8 @@ def test_cosine_schedule_ends_at_zero_when_a_batch_of_one_is_dropped():
     from torch import nn
 
     from sftcore.api import Backbone, HeadStrategy, TrainContext
-    from sftcore.model import TransferModel
-    from sftcore.training import MetricsLog, Performance, Stage
+    from sftcore._model import TransferModel
+    from sftcore._training import MetricsLog, Performance, Stage
 
     torch.manual_seed(0)
     backbone = Backbone(features=nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), num_features=2, input_size=(1, 2, 2))

@@ -19,9 +19,9 @@ import yaml
 
 import sftcore
 from sftcore import api, hookspecs
-from sftcore import config as cfgmod
-from sftcore.plugins import get_registry, plugin_infos
-from sftcore.registry import KINDS
+from sftcore import _config as cfgmod
+from sftcore._plugins import get_registry, plugin_infos
+from sftcore._registry import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -93,7 +93,7 @@ def test_register_callback_signature_is_documented():
 def test_plugin_environment_variables_are_documented():
     text = read(DOCS / "plugins.md")
     for var in ("SFTCORE_STRICT_PLUGINS", "SFTCORE_LOAD_PLUGINS"):
-        assert var in read(ROOT / "sftcore" / "plugins.py")
+        assert var in read(ROOT / "sftcore" / "_plugins.py")
         assert f"{var}=" in text
 
 
@@ -217,7 +217,7 @@ def test_every_choice_is_documented(choices):
 # --------------------------------------------------------------------------- config-reference.md
 def test_every_key_of_the_defaults_tables_has_a_description():
     keys = cfgmod.table_keys()
-    assert [k for k in keys if k not in cfgmod.SCHEMA] == [], "add the key(s) to SCHEMA in sftcore/config.py"
+    assert [k for k in keys if k not in cfgmod.SCHEMA] == [], "add the key(s) to SCHEMA in sftcore/_config.py"
     assert [k for k in cfgmod.SCHEMA if k not in keys] == [], "SCHEMA describes key(s) no defaults table has"
     assert all(all(text.strip() for text in entry) for entry in cfgmod.SCHEMA.values())
 
@@ -233,10 +233,10 @@ def test_schema_defaults_come_from_the_tables():
 
 
 def test_config_reference_is_the_generated_text():
-    from sftcore import config_reference
+    from sftcore import _config_reference as config_reference
 
     assert read(DOCS / "config-reference.md") == config_reference.markdown(), \
-        "docs/config-reference.md is stale: python -m sftcore.config_reference > docs/config-reference.md"
+        "docs/config-reference.md is stale: python -m sftcore._config_reference > docs/config-reference.md"
 
 
 def test_config_reference_lists_every_key_and_default():

@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from sftcore.api import Backbone, BackboneContext, HeadStrategy, ImageSet, TrainContext, freeze, unfreeze
-from sftcore.data import Batches, BatchTransform
+from sftcore._data import Batches, BatchTransform
 from sftcore.errors import ConfigError, PluginError
-from sftcore.model import TransferModel
-from sftcore.plugins import get_registry
-from sftcore.training import MetricsLog, Performance, Stage, _freeze_frozen_norms, begin_epoch, make_optimizer
+from sftcore._model import TransferModel
+from sftcore._plugins import get_registry
+from sftcore._training import MetricsLog, Performance, Stage, _freeze_frozen_norms, begin_epoch, make_optimizer
 
 CPU = torch.device("cpu")
 LENET_BLOCKS = ["stage1", "stage2", "fc1", "fc2"]

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from sftcore.api import Backbone, BackboneContext, Step, TrainContext, freeze
-from sftcore.data import Batches, BatchTransform
+from sftcore._data import Batches, BatchTransform
 from sftcore.errors import ConfigError
-from sftcore.model import TransferModel
-from sftcore.plugins import get_registry
-from sftcore.training import MetricsLog, Performance, Stage, make_optimizer
+from sftcore._model import TransferModel
+from sftcore._plugins import get_registry
+from sftcore._training import MetricsLog, Performance, Stage, make_optimizer
 
 CPU = torch.device("cpu")
 LENET_WEIGHTS = ["backbone.stage1.0.weight", "backbone.stage2.0.weight", "backbone.fc1.0.weight",

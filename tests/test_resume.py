@@ -7,7 +7,7 @@ import torch
 
 import sftcore
 import tiny
-from sftcore import runner, training
+from sftcore import _runner as runner, _training as training
 from sftcore.errors import ConfigError, Interrupted
 
 CFG = {

@@ -10,10 +10,10 @@ import torch
 
 import sftcore
 import tiny
-from sftcore import report, training
+from sftcore import _report as report, _training as training
 from sftcore.api import ImageSet
 from sftcore.cli import main
-from sftcore.runner import Pipeline
+from sftcore._runner import Pipeline
 
 
 def two_seeds(**top):
@@ -66,7 +66,7 @@ def test_seeds_differ_in_their_subset_and_the_first_seed_matches_a_one_seed_run(
     for stage in ("finetune", "baseline"):
         assert first[stage]["test_accuracy"] == single[stage]["test_accuracy"]
         assert first[stage]["train_loss"] == single[stage]["train_loss"]
-    subsets = [tiny.stage_data(sftcore.config.resolve(two_seeds(), None), "finetune", seed)[2].train.images
+    subsets = [tiny.stage_data(sftcore._config.resolve(two_seeds(), None), "finetune", seed)[2].train.images
                for seed in (0, 1)]
     assert subsets[0].shape == subsets[1].shape and not torch.equal(subsets[0], subsets[1])
     assert single["seeds"] == [0] and len(single["per_seed"]) == 1
@@ -212,7 +212,7 @@ def test_random_start_is_warned_only_without_pretraining(multi, tmp_path):
 
 
 def test_train_batches_are_shuffled_the_same_way_at_every_call():
-    cfg = sftcore.config.resolve(tiny.config(pretrain=False, baseline=False), None)
+    cfg = sftcore._config.resolve(tiny.config(pretrain=False, baseline=False), None)
     pipe = Pipeline(cfg, None, False, None)
     labels = torch.arange(4).repeat_interleave(8)  # stored class by class, as image folders are
     images = torch.arange(len(labels), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 4, 4).contiguous()
@@ -229,7 +229,7 @@ def test_train_batches_are_shuffled_the_same_way_at_every_call():
 def test_predict_reads_another_seeds_model(multi, tmp_path):
     from PIL import Image
 
-    from sftcore.predict import Predictor
+    from sftcore._predict import Predictor
 
     out, _ = multi
     path = tmp_path / "x.png"

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from sftcore import report
+from sftcore import _report as report
 
 
 # --------------------------------------------------------------------------- statistics

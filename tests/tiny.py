@@ -87,8 +87,8 @@ def expected_selection(records: list[dict]) -> int:
 # --------------------------------------------------------------------------- re-evaluating a saved model
 def stage_data(cfg: dict, stage: str, seed: int | None = None):
     """The StageData the runner builds for ``stage`` of a resolved config."""
-    from sftcore.plugins import get_registry
-    from sftcore.runner import Pipeline, load_stage_data
+    from sftcore._plugins import get_registry
+    from sftcore._runner import Pipeline, load_stage_data
 
     pipe = Pipeline(cfg, None, False, None)
     backbone = pipe.build_backbone(random_init=True)
@@ -102,11 +102,11 @@ def evaluate_saved(run_dir, stage: str, split: str = "test") -> dict:
     import torch
     from torch import nn
 
-    from sftcore import config as cfgmod
-    from sftcore.data import Batches, BatchTransform
-    from sftcore.model import TransferModel
-    from sftcore.plugins import get_registry
-    from sftcore.training import evaluate
+    from sftcore import _config as cfgmod
+    from sftcore._data import Batches, BatchTransform
+    from sftcore._model import TransferModel
+    from sftcore._plugins import get_registry
+    from sftcore._training import evaluate
 
     run_dir = Path(run_dir)
     cfg = cfgmod.resolve(cfgmod.load(run_dir / "config.yaml"), get_registry())

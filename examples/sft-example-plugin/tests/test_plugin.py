@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 
-from sftcore.plugins import get_registry
+from sftcore._plugins import get_registry
 
 import sft_example_plugin
 

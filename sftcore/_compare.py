@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import rundir
+from . import _rundir as rundir
 
 _MISSING = object()
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from .api import Backbone
 from .errors import ConfigError
-from .registry import suggest
+from ._registry import suggest
 
 _capture = threading.local()  # the feature-map dict of the forward_all call in progress, if any
 

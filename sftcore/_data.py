@@ -13,7 +13,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from . import distributed
+from . import _distributed as distributed
 from .api import Augment, FileSet, ImageSet
 
 

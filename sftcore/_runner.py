@@ -13,17 +13,17 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import config as cfgmod
-from . import distributed, ownership, storage
+from . import _config as cfgmod
+from . import _distributed as distributed, _ownership as ownership, _storage as storage
 from .api import (Augment, Backbone, BackboneContext, DatasetContext, DataSplits, FileSet, ImageSet, TrainContext)
-from .data import Batches, BatchTransform, few_label_index, holdout_index
+from ._data import Batches, BatchTransform, few_label_index, holdout_index
 from .errors import ConfigError, Interrupted, PluginError, SftError, show
-from .interrupt import StopSignals
-from .model import TransferModel
-from .plugins import get_registry
-from . import report
-from .report import results_table
-from .training import MetricsLog, Performance, Stage, evaluate
+from ._interrupt import StopSignals
+from ._model import TransferModel
+from ._plugins import get_registry
+from . import _report as report
+from ._report import results_table
+from ._training import MetricsLog, Performance, Stage, evaluate
 
 
 # --------------------------------------------------------------------------- device and precision

@@ -71,9 +71,9 @@ def launch(nproc: int, config, overrides, out, resume, force, progress, allow_co
 
 def _worker_args(nproc: int, config, overrides, out, resume, force, allow_config_change) -> list[str]:
     """The workers' `sft run` arguments: the config checked, and the run directory named, here."""
-    from . import config as cfgmod
-    from .plugins import get_registry
-    from .runner import check_batch_sizes, new_run_path
+    from . import _config as cfgmod
+    from ._plugins import get_registry
+    from ._runner import check_batch_sizes, new_run_path
 
     if resume is not None:
         if config is not None or overrides or out is not None or force:

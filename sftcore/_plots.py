@@ -10,7 +10,7 @@ import importlib
 import io
 from pathlib import Path
 
-from . import rundir, storage
+from . import _rundir as rundir, _storage as storage
 from .errors import SftError
 
 NEEDS_MATPLOTLIB = "`sft plot` needs matplotlib: pip install 'sftcore[plot]'"

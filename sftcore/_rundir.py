@@ -28,7 +28,7 @@ def check(run_dir) -> Path:
 
 def config(run_dir: Path) -> dict:
     """``config.yaml`` as written: the resolved config of the run."""
-    from .config import load_yaml
+    from ._config import load_yaml
 
     return load_yaml(Path(run_dir) / "config.yaml")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from .api import MAX_SEED
 from .errors import ConfigError, show
-from .registry import suggest
+from ._registry import suggest
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 

@@ -2,7 +2,7 @@
 
 Regenerate after changing a defaults table or ``config.SCHEMA``:
 
-    python -m sftcore.config_reference > docs/config-reference.md
+    python -m sftcore._config_reference > docs/config-reference.md
 
 tests/test_docs.py fails when the file differs from what this prints.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import NAMED_TABLES, describe
+from ._config import NAMED_TABLES, describe
 
 SECTIONS = {
     "": ("Top level", "The keys of the config file itself."),
@@ -28,8 +28,8 @@ SECTIONS = {
 HEADER = """\
 # Configuration reference
 
-<!-- Generated from SCHEMA and the defaults tables in sftcore/config.py by
-     `python -m sftcore.config_reference > docs/config-reference.md`. Do not edit by hand:
+<!-- Generated from SCHEMA and the defaults tables in sftcore/_config.py by
+     `python -m sftcore._config_reference > docs/config-reference.md`. Do not edit by hand:
      tests/test_docs.py fails when this file differs from the generated text. -->
 
 Every key a run config takes, with its type, default, allowed values and meaning. `<stage>` stands

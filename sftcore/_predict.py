@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import rundir
+from . import _rundir as rundir
 from .errors import SftError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,9 +38,9 @@ class Predictor:
         import torch
         from torch import nn
 
-        from . import storage
-        from .data import BatchTransform
-        from .model import TransferModel
+        from . import _storage as storage
+        from ._data import BatchTransform
+        from ._model import TransferModel
 
         run = rundir.check(run_dir)
         raw = rundir.config(run)
@@ -108,10 +108,10 @@ def _backbone(run: Path, raw: dict):
     """The run's backbone from config.yaml's ``backbone`` and ``seed`` alone. Prediction needs nothing else,
     so a run trained with a dataset, head or regularizer from a plugin not installed here still predicts;
     only the backbone's own plugin must be, and its absence is one line naming the backbone."""
-    from . import config as cfgmod
+    from . import _config as cfgmod
     from .errors import ConfigError, show
-    from .plugins import get_registry
-    from .runner import build_backbone
+    from ._plugins import get_registry
+    from ._runner import build_backbone
 
     registry = get_registry()
     entry = cfgmod._component(raw.get("backbone", cfgmod.RUN_DEFAULTS["backbone"]), "backbone")

@@ -18,7 +18,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .registry import KINDS, Registry, suggest
+from ._registry import KINDS, Registry, suggest
 
 GROUP = "sftcore"
 HOOKS = {kind: f"register_{kind}" for kind in KINDS}

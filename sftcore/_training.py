@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from .api import HeadStrategy, Regularizer, Step, TrainContext, unfreeze
-from . import distributed, storage
-from .config import AUTO_SELECT_MIN_VAL, epoch_budget
+from . import _distributed as distributed, _storage as storage
+from ._config import AUTO_SELECT_MIN_VAL, epoch_budget
 from .errors import Interrupted, PluginError, TrainingError
-from .interrupt import StopSignals
-from .data import Batches, BatchTransform
-from .model import TransferModel
+from ._interrupt import StopSignals
+from ._data import Batches, BatchTransform
+from ._model import TransferModel
 
 
 # epochs: auto (docs/config.md): what "the training loss stopped improving" means, and what is tried

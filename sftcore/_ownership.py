@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import storage
+from . import _storage as storage
 from .errors import ConfigError
 
 try:
@@ -115,7 +115,7 @@ def _legacy_run(path: Path) -> bool:
 
 def normal(cfg: dict) -> Any:
     """The config as config.yaml holds it, in JSON types: what a run's config is compared by."""
-    from . import config as cfgmod
+    from . import _config as cfgmod
     import yaml
 
     return json.loads(json.dumps(yaml.safe_load(cfgmod.dump(cfg)), default=str))
@@ -123,7 +123,7 @@ def normal(cfg: dict) -> Any:
 
 def changed_keys(old: Any, new: Any) -> list[str]:
     """Dotted keys (as --set takes them) whose values differ."""
-    from .compare import flatten
+    from ._compare import flatten
 
     a, b = flatten(old), flatten(new)
 
@@ -188,7 +188,7 @@ def _check_replaceable(path: Path, force: bool) -> None:
 def claim_new(path: Path, force: bool, cfg: dict) -> Claim:
     """Own ``path`` for a new run: lock it, clear an earlier run (``force``), write the marker and config.yaml."""
     from . import __version__
-    from . import config as cfgmod
+    from . import _config as cfgmod
 
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -271,7 +271,7 @@ def _check_config(run_dir: Path, cfg: dict, allow_change: bool) -> None:
         keys = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
         raise ConfigError(f"--resume '{run_dir}': config.yaml differs from the config the run started with ({keys}); "
                           "restore it, start a new run, or pass --allow-config-change to continue with the change")
-    from .compare import flatten
+    from ._compare import flatten
 
     old, new = flatten(marker["config"]), flatten(now)
     record = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
