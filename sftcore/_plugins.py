@@ -18,10 +18,12 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from ._registry import KINDS, Registry, suggest
+from ._kinds import KIND_TABLE
+from ._registry import Registry, suggest
 
 GROUP = "sftcore"
-HOOKS = {kind: f"register_{kind}" for kind in KINDS}
+HOOKS = {kind.name: kind.hook for kind in KIND_TABLE}
+OTHER_HOOKS = ("register_commands",)
 
 pm = pluggy.PluginManager("sftcore")
 pm.add_hookspecs(hookspecs)
@@ -74,7 +76,7 @@ def _report(info: PluginInfo, message: str, consequence: str = "continuing witho
 
 def _check_hook_names(info: PluginInfo, plugin: Any) -> None:
     """pluggy ignores a misspelt hook; we report it (pytest does too, llm and datasette don't)."""
-    known = set(HOOKS.values())
+    known = {*HOOKS.values(), *OTHER_HOOKS}
     for attr in dir(plugin):
         if pm.parse_hookimpl_opts(plugin, attr) is None:
             continue
@@ -151,23 +153,36 @@ def load_plugins() -> None:
         register_plugin(plugin, ep.name, dist_name, version, builtin)
 
 
+def _each_plugin(hook_name: str):
+    """``(info, caller)`` for every plugin implementing ``hook_name``: those marked ``tryfirst`` first,
+    ``trylast`` last, and otherwise the built-ins, then the rest by name (not by when they were
+    registered, so a clash always names the same winner). ``caller`` is pluggy's own hook caller
+    narrowed to that one plugin: tracing and call monitoring see every call, and one plugin's failure
+    is reported without losing the others' components."""
+    impls = getattr(pm.hook, hook_name).get_hookimpls()
+
+    def order(impl) -> tuple:
+        info = _infos.get(impl.plugin_name)
+        return (0 if impl.tryfirst else 2 if impl.trylast else 1, not (info and info.builtin), impl.plugin_name)
+
+    names = [impl.plugin_name for impl in sorted(impls, key=order)]
+    for name in names:
+        others = [pm.get_plugin(n) for n in names if n != name]
+        info = _infos.get(name) or PluginInfo(name)
+        yield info, pm.subset_hook_caller(hook_name, remove_plugins=others)
+
+
 def _build_registry() -> Registry:
     registry = Registry()
-    order = sorted(_infos.values(), key=lambda i: (not i.builtin, i.name))
     for kind, hook_name in HOOKS.items():
-        caller = getattr(pm.hook, hook_name)
-        impls = {impl.plugin_name: impl for impl in caller.get_hookimpls()}
-        for info in order:
-            impl = impls.get(info.name)
-            if impl is None:
-                continue
+        for info, caller in _each_plugin(hook_name):
             pending: list[tuple] = []
 
             def register(name, factory, description=None, override=False, _pending=pending):
                 _pending.append((name, factory, description, override))
 
             try:
-                impl.function(register)
+                caller(register=register)
             except Exception as exc:
                 _report(info, f"raised in {hook_name}: {type(exc).__name__}: {exc}")
                 continue
@@ -179,6 +194,21 @@ def _build_registry() -> Registry:
     return registry
 
 
+def add_commands(cli) -> None:
+    """Every plugin's ``register_commands(cli)``; a command may not replace a built-in one."""
+    load_plugins()
+    for info, caller in _each_plugin("register_commands"):
+        before = dict(cli.commands)
+        try:
+            caller(cli=cli)
+        except Exception as exc:
+            _report(info, f"raised in register_commands: {type(exc).__name__}: {exc}")
+        for name, command in before.items():
+            if cli.commands.get(name) is not command:
+                cli.commands[name] = command
+                _report(info, f"tried to replace the command 'sft {name}'", "keeping sftcore's")
+
+
 def get_registry() -> Registry:
     """All registered components (loads plugins on first use)."""
     global _registry
@@ -186,6 +216,11 @@ def get_registry() -> Registry:
     if _registry is None:
         _registry = _build_registry()
     return _registry
+
+
+def plugin_info(name: str) -> PluginInfo | None:
+    """The load record of the plugin registered as ``name``, if any."""
+    return _infos.get(name)
 
 
 def plugin_infos() -> list[dict]:

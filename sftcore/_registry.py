@@ -12,10 +12,9 @@ from typing import Any, Callable
 
 from .errors import ConfigError, PluginError, show
 
-KINDS = ("datasets", "backbones", "regularizers", "heads")
-SINGULAR = {"datasets": "dataset", "backbones": "backbone", "regularizers": "regularizer", "heads": "head"}
-# Factories of these kinds take a context object as their first positional argument.
-_CONTEXT_ARG = {"datasets": True, "backbones": True, "regularizers": False, "heads": False}
+from ._kinds import BY_NAME, KINDS
+
+SINGULAR = {name: kind.singular for name, kind in BY_NAME.items()}
 
 
 @dataclass
@@ -25,6 +24,7 @@ class Component:
     factory: Callable[..., Any] | str
     plugin: str
     description: str
+    override: bool = False  # registered to replace a component of another plugin
 
     def load(self) -> Callable[..., Any]:
         """Resolve a lazy ``"module:attr"`` factory (imports happen here, not at listing)."""
@@ -40,16 +40,47 @@ class Component:
             self.factory = obj
         return self.factory
 
-    def option_names(self) -> tuple[list[str], bool]:
-        """The keyword options the factory accepts, and whether it takes ``**kwargs``."""
+    def _option_params(self) -> list[inspect.Parameter]:
+        """The factory's parameters less the context argument a kind's factory takes first."""
         params = list(inspect.signature(self.load()).parameters.values())
-        if _CONTEXT_ARG[self.kind] and params and params[0].kind in (
+        if BY_NAME[self.kind].context and params and params[0].kind in (
             inspect.Parameter.POSITIONAL_ONLY,
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
         ):
             params = params[1:]
+        return params
+
+    def option_names(self) -> tuple[list[str], bool]:
+        """The keyword options the factory accepts, and whether it takes ``**kwargs``."""
+        params = self._option_params()
         names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+    def options(self) -> list[dict]:
+        """Each keyword option: name, default (absent when required) and annotation, in signature order."""
+        out = []
+        for p in self._option_params():
+            if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                continue
+            option = {"name": p.name}
+            if p.default is not p.empty:
+                option["default"] = p.default
+            if p.annotation is not p.empty:
+                option["type"] = p.annotation if isinstance(p.annotation, str) else getattr(
+                    p.annotation, "__name__", str(p.annotation))
+            out.append(option)
+        return out
+
+    def defaults(self) -> dict:
+        """The options that have defaults, with them: what a resolved config fills in."""
+        return {o["name"]: o["default"] for o in self.options() if "default" in o}
+
+    def doc(self) -> str:
+        """The factory's whole docstring (`sft list KIND NAME`), or the one-line description."""
+        factory = self.load()
+        while isinstance(factory, functools.partial):
+            factory = factory.func
+        return inspect.cleandoc(factory.__doc__) if factory.__doc__ else self.description
 
     def check_options(self, options: dict, where: str) -> None:
         names, open_ended = self.option_names()
@@ -115,12 +146,14 @@ class Registry:
         if not text:
             raise PluginError(f"plugin '{plugin}' registered {SINGULAR[kind]} '{name}' without a description")
         existing = self.components[kind].get(name)
-        if existing is not None and not override:
+        if existing is not None and existing.override and not override:
+            return existing  # the overriding plugin was called first: it wins whatever the order
+        if existing is not None and (not override or existing.override):
             raise PluginError(
                 f"{SINGULAR[kind]} '{name}' is registered by both plugin '{existing.plugin}' and plugin "
                 f"'{plugin}'; rename one, or pass override=True in the one meant to replace the other"
             )
-        component = Component(kind, name, factory, plugin, text)
+        component = Component(kind, name, factory, plugin, text, override)
         self.components[kind][name] = component
         return component
 

@@ -18,8 +18,17 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Augment", "ImageSet", "FileSet", "DataSplits", "DatasetContext", "BackboneContext", "Backbone",
     "TrainContext", "Step", "Regularizer", "HeadStrategy", "freeze", "unfreeze", "Checkpoint", "read_checkpoint",
-    "check_option",
+    "check_option", "ParamGroups", "ScheduleContext", "Callback", "RunInfo", "StageInfo", "TransferModel",
 ]
+
+
+def __getattr__(name: str):
+    """``TransferModel`` (what ``ctx.model`` is) without importing torch when this module is imported."""
+    if name == "TransferModel":
+        from ._model import TransferModel
+
+        return TransferModel
+    raise AttributeError(f"module 'sftcore.api' has no attribute {name!r}")
 
 MAX_SEED = 2**32 - 1  # the largest seed sftcore takes (config `seed:` and the built-in datasets' seed:)
 
@@ -283,6 +292,104 @@ class HeadStrategy:
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
         """Freeze parts of ``ctx.model`` for this epoch; the loop unfreezes everything just before."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class ParamGroups:
+    """Turns the model into optimizer parameter groups, whatever the head strategy (config
+    ``<stage>.param_groups``). Every parameter of ``ctx.model`` goes into exactly one group, frozen
+    ones included: the head strategy freezes per epoch, and a frozen parameter is simply not stepped."""
+
+    def groups(self, ctx: TrainContext, lr: float, backbone_lr_mult: float) -> list[dict]:
+        """``[{"name": ..., "params": [...], "lr": ...}, ...]``; ``lr`` is the optimizer's, before the
+        schedule. sftcore then takes weight decay off biases and norm weights (1-D parameters)."""
+        raise NotImplementedError
+
+
+@dataclass
+class ScheduleContext:
+    """Handed to a schedule factory as its first argument. A schedule returns ``factor(step)``: the
+    multiple of each group's lr at optimizer step ``step`` (from 0), called once per step."""
+
+    epochs: int  # the stage's epochs (max_epochs under epochs: auto)
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, self.epochs * self.steps_per_epoch)
+
+
+# --------------------------------------------------------------------------- callbacks
+@dataclass
+class RunInfo:
+    """What a callback is told about the run (``on_run_start``, ``on_run_end``)."""
+
+    config: dict  # the resolved config
+    run_dir: Any = None  # pathlib.Path of the run directory (None when a run writes none)
+    seeds: list[int] = field(default_factory=list)
+    resumed: bool = False  # continued with --resume
+
+
+@dataclass
+class StageInfo:
+    """What a callback is told about one stage of one seed. ``history`` holds the epoch records so far
+    (the lines of metrics.jsonl); ``model`` is the ``TransferModel`` being trained."""
+
+    name: str  # names the stage's files and log lines: "finetune", "finetune-seed1"
+    stage: str  # "pretrain", "finetune" or "baseline"
+    seed: int
+    epochs: int  # the most epochs the stage trains (max_epochs under epochs: auto)
+    config: dict  # the stage's resolved config
+    run: RunInfo
+    model: Any = None
+    history: list[dict] = field(default_factory=list)
+    has_validation: bool = False
+    stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """End the stage after the current epoch (early stopping); ``reason`` goes into its result."""
+        self.stop_reason = self.stop_reason or str(reason)
+
+
+class Callback:
+    """Told of training events, in the order of the config's ``callbacks:`` list. Override only what
+    you need: the per-step events cost nothing unless a callback defines them.
+
+    Callbacks run on rank 0 only under torch.distributed, unless ``all_ranks`` is True; a stop requested
+    on rank 0 stops every rank. An exception switches the callback off for the rest of the run with
+    one warning line (the run goes on), except ``sftcore.errors.ConfigError``, which stops the run
+    with its one line. ``state_dict`` goes into the stage's checkpoints, so ``--resume`` restores it.
+    """
+
+    all_ranks: bool = False
+
+    def on_run_start(self, run: RunInfo) -> None: ...
+
+    def on_stage_start(self, stage: StageInfo) -> None: ...
+
+    def on_epoch_start(self, stage: StageInfo, epoch: int) -> None:
+        """``epoch`` counts from 1, as in the epoch records."""
+
+    def on_step_start(self, stage: StageInfo, epoch: int, step: int) -> None:
+        """Before optimizer step ``step`` (from 0) of the epoch; defining it costs a call per batch."""
+
+    def on_step_end(self, stage: StageInfo, epoch: int, step: int, loss: "torch.Tensor") -> None:
+        """After the step. ``loss`` is a device tensor: ``loss.item()`` waits for the device, so read it
+        every N steps, not every step, on a GPU."""
+
+    def on_epoch_end(self, stage: StageInfo, record: dict) -> None:
+        """``record`` is the epoch's line of metrics.jsonl: train_loss, train_accuracy, val_loss, ..."""
+
+    def on_stage_end(self, stage: StageInfo, result: dict) -> None:
+        """``result`` is the stage's entry of the seed: test_accuracy, epochs, selected_epoch, ..."""
+
+    def on_run_end(self, run: RunInfo, summary: dict) -> None:
+        """``summary`` is what summary.json holds."""
 
     def state_dict(self) -> dict:
         return {}

@@ -46,7 +46,7 @@ def registered(plugin: Any, name: str | None = None, *, check: bool = True) -> I
     plugins.load_plugins()  # installed plugins first, so that a clash shows up now
     if plugins.pm.is_registered(plugin):
         name = plugins.pm.get_name(plugin)
-        info = plugins._infos.get(name) or plugins.PluginInfo(name)
+        info = plugins.plugin_info(name) or plugins.PluginInfo(name)
         _check(info, check)
         yield info
         return
