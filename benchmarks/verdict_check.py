@@ -180,7 +180,7 @@ class SftData:
         self.cfg, self.registry, self.full = cfg, registry, {}
 
     def stage(self, stage: str, backbone, seed: int):
-        from sftcore import _runner as runner
+        from sftcore import _components as components, _stage_data as runner
 
         ds_cfg = self.cfg[stage]["dataset"]
         if hasattr(runner, "load_splits") and hasattr(runner, "subset_stage_data"):
@@ -297,7 +297,7 @@ def plain_case(cfg: dict, case: str, args, sft: dict | None, run_dir: Path | Non
     import torch
     from torch import nn
 
-    from sftcore import _runner as runner
+    from sftcore import _components as components, _stage_data as runner
     from sftcore._plugins import get_registry
 
     registry = get_registry()
@@ -306,7 +306,7 @@ def plain_case(cfg: dict, case: str, args, sft: dict | None, run_dir: Path | Non
     t0 = time.perf_counter()
 
     # ---- pretrain once, from the backbone sft builds (same architecture, same initial weights)
-    backbone = runner.build_backbone(cfg, registry)
+    backbone = components.build_backbone(cfg, registry)
     pre = data.stage("pretrain", backbone, cfg["seed"])
     channels, height, width = backbone.input_size
     mean = backbone.mean if backbone.mean is not None else pre.mean  # as sft: the weights' own, else the data's
@@ -353,7 +353,7 @@ def plain_case(cfg: dict, case: str, args, sft: dict | None, run_dir: Path | Non
                     torch.manual_seed(seed + 1)
                     prep = ft_prep
                 else:
-                    features = runner.build_backbone(cfg, registry, random_init=True, seed=seed).features
+                    features = components.build_backbone(cfg, registry, random_init=True, seed=seed).features
                     torch.manual_seed(seed + 2)
                     prep = sc_prep
                 net = nn.Sequential(features, nn.Linear(backbone.num_features, len(target.classes)))

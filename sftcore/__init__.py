@@ -10,13 +10,17 @@ __version__ = "0.1.0"
 __all__ = ["hookimpl", "run", "__version__"]
 
 
-def run(config=None, *, out=None, overrides=(), progress=None, resume=None, force=False, allow_config_change=False):
+def run(config=None, *, out=None, overrides=(), progress=None, resume=None, force=False, allow_config_change=False,
+        echo=None, callbacks=()):
     """Run the pipeline a config describes (a dict, a YAML path, or None for the default); returns the summary.
 
     ``resume=RUN_DIR`` continues an interrupted run with its own config.yaml (edited since the run started:
     refused unless ``allow_config_change``, then recorded); ``force=True`` replaces an earlier run in ``out``.
+    Nothing is printed unless ``echo`` is given: ``echo=print`` receives what `sft run` prints, one line
+    per epoch included (``progress=True`` adds tqdm bars). ``callbacks`` are ``sftcore.api.Callback``
+    objects told of every event after those of the config's ``callbacks:``.
     """
     from ._runner import run as _run
 
     return _run(config, out=out, overrides=overrides, progress=progress, resume=resume, force=force,
-                allow_config_change=allow_config_change)
+                allow_config_change=allow_config_change, echo=echo, epoch_echo=echo, callbacks=callbacks)

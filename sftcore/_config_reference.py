@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._config import NAMED_TABLES, describe
+from ._config import describe
+from ._kinds import KIND_TABLE
 
 SECTIONS = {
     "": ("Top level", "The keys of the config file itself."),
@@ -19,10 +20,6 @@ SECTIONS = {
                 "them except `dataset`, and starts from finetune's values)."),
     "<stage>.dataset": ("Dataset runner keys", "Inside a stage's `dataset:`, these keys belong to the runner; "
                         "every other key goes to the dataset's factory as an option."),
-    "<stage>.optimizer": ("Optimizer", "The options of `optimizer:`. Where the default depends on the optimizer, "
-                          "the default says which; an option the chosen optimizer lacks is an error."),
-    "<stage>.schedule": ("Schedule", "The options of `schedule:`, likewise. The factor multiplies `lr` after "
-                         "every batch; warmup rises linearly first."),
 }
 
 HEADER = """\
@@ -58,11 +55,6 @@ def _default_cell(row: dict) -> str:
     value = row["default"]
     if row["allowed"].startswith("required"):
         return "required"
-    table = NAMED_TABLES.get(row["path"].split(".")[1]) if row["path"].count(".") == 2 else None
-    if table is not None and isinstance(value, dict) and not row["path"].endswith(".name"):
-        if set(value) == set(table) and len({yaml_inline(v) for v in value.values()}) == 1:
-            return f"`{yaml_inline(next(iter(value.values())))}`"
-        return ", ".join(f"{name}: `{yaml_inline(v)}`" for name, v in value.items())
     return f"`{yaml_inline(value)}`"
 
 
@@ -85,6 +77,15 @@ def markdown() -> str:
                 "|---|---|---|---|---|\n"]
         out += [f"| `{r['path']}` | {_cell(r['type'])} | {_default_cell(r)} | {_cell(r['allowed'])} | "
                 f"{_cell(r['meaning'])} |\n" for r in rows]
+    return "".join(out) + _kinds_section()
+
+
+def _kinds_section() -> str:
+    """The kinds of component, from the one table that declares them (sftcore/_kinds.py)."""
+    out = ["\n## Component kinds\n\nWhere a config names each kind of component, and what its factory takes and "
+           "returns ([hooks.md](hooks.md)). `sft list KIND` lists the installed ones, `sft list KIND NAME` shows "
+           "one's options.\n\n", "| kind | config key | factory |\n", "|---|---|---|\n"]
+    out += [f"| `{k.name}` | `{k.config}` | `{k.contract}` |\n" for k in KIND_TABLE]
     return "".join(out)
 
 

@@ -38,7 +38,7 @@ class Predictor:
         import torch
         from torch import nn
 
-        from . import _storage as storage
+        from . import _checkpoints as checkpoints
         from ._data import BatchTransform
         from ._model import TransferModel
 
@@ -58,18 +58,15 @@ class Predictor:
         if not path.is_file():
             raise SftError(f"run '{run}' has no finished {stage} stage (no {path}); "
                            f"finish it with `sft run --resume {run}`")
-        state = storage.load(path, "checkpoint", f"delete it and finish the run with `sft run --resume {run}`")
-        if not isinstance(state, dict) or not all(k in state for k in ("model", "classes", "mean", "std")):
+        state = checkpoints.read_model_file(path, "checkpoint", f"delete it and finish the run with "
+                                                                f"`sft run --resume {run}`")
+        if not all(k in state for k in ("classes", "mean", "std")):
             raise SftError(f"'{path}' is not a sftcore stage checkpoint (needs model, classes, mean and std)")
         backbone = _backbone(run, raw)  # random weights: the checkpoint's replace them
         self.classes = [str(c) for c in state["classes"]]
         model = TransferModel(backbone, nn.Linear(backbone.num_features, len(self.classes)))
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0][:200]
-            raise SftError(f"'{path}' does not fit the model built from '{run / 'config.yaml'}' ({first}); "
-                           "was config.yaml edited after the run? (sft predict rebuilds linear heads)") from None
+        checkpoints.load_model(model, state, path, f"it does not fit the model built from '{run / 'config.yaml'}': "
+                               "was config.yaml edited after the run? (sft predict rebuilds linear heads)")
         self.image_shape, input_shape = state.get("image_shape"), state.get("input_shape")
         if self.image_shape is None or input_shape is None:  # checkpoints from before these were recorded
             if not backbone.fixed_input_size:
@@ -108,22 +105,22 @@ def _backbone(run: Path, raw: dict):
     """The run's backbone from config.yaml's ``backbone`` and ``seed`` alone. Prediction needs nothing else,
     so a run trained with a dataset, head or regularizer from a plugin not installed here still predicts;
     only the backbone's own plugin must be, and its absence is one line naming the backbone."""
+    from . import _components as components
     from . import _config as cfgmod
     from .errors import ConfigError, show
     from ._plugins import get_registry
-    from ._runner import build_backbone
 
     registry = get_registry()
-    entry = cfgmod._component(raw.get("backbone", cfgmod.RUN_DEFAULTS["backbone"]), "backbone")
+    entry = components.entry(raw.get("backbone", cfgmod.RUN_DEFAULTS["backbone"]), "backbone")
     try:
         registry.get("backbones", entry["name"])
     except ConfigError as exc:
         raise ConfigError(f"run '{run}' needs backbone {show(entry['name'])} to rebuild its model, and no installed "
                           f"plugin provides it: install the plugin that registers it (the one the run was trained "
                           f"with) to predict; {exc}") from None
-    cfg = {"backbone": cfgmod._checked_component(entry, "backbones", "backbone", registry)[0],
+    cfg = {"backbone": components.check(entry, "backbones", "backbone", registry),
            "seed": cfgmod._int(raw.get("seed", cfgmod.RUN_DEFAULTS["seed"]), "seed", 0, cfgmod.MAX_SEED)}
-    return build_backbone(cfg, registry, random_init=True)
+    return components.build_backbone(cfg, registry, random_init=True)
 
 
 def read_image(path, shape) -> "torch.Tensor":

@@ -1,26 +1,32 @@
-"""The one training loop. Stages, head strategies and regularizers plug into it; nothing copies it."""
+"""The one training loop. Stages, head strategies, regularizers, parameter groups, optimizers,
+schedules and callbacks plug into it; nothing copies it."""
 
 from __future__ import annotations
 
-import json
-import math
 import signal
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .api import HeadStrategy, Regularizer, Step, TrainContext, unfreeze
-from . import _distributed as distributed, _storage as storage
+from . import _checkpoints as checkpoints
+from . import _distributed as distributed
 from ._config import AUTO_SELECT_MIN_VAL, epoch_budget
-from .errors import Interrupted, PluginError, TrainingError
-from ._interrupt import StopSignals
 from ._data import Batches, BatchTransform
+from ._device import Performance
+from ._evaluate import evaluate
+from ._events import NO_EVENTS, Events
+from ._interrupt import StopSignals
 from ._model import TransferModel
+from ._optim import make_optimizer, make_scheduler, parameter_groups
+from ._outputs import MetricsLog
+from ._rng import rng_state, set_rng_state
+from .api import HeadStrategy, ParamGroups, Regularizer, RunInfo, StageInfo, Step, TrainContext, unfreeze
+from .errors import Interrupted, TrainingError
+
+__all__ = ["Stage", "auto_epochs", "begin_epoch", "evaluate", "make_optimizer", "MetricsLog", "Performance"]
 
 
 # epochs: auto (docs/config.md): what "the training loss stopped improving" means, and what is tried
@@ -55,91 +61,6 @@ def auto_epochs(history: list[dict], patience: int) -> tuple[int, bool]:
     return drops, False
 
 
-@dataclass
-class Performance:
-    """How the run uses the device: where, at what precision, in which memory format, compiled or not."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None = None
-    channels_last: bool = False
-    compile: bool = False
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def describe(self) -> dict:
-        return {
-            "device": str(self.device),
-            "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype],
-            "channels_last": self.channels_last,
-            "compile": self.compile,
-        }
-
-
-class MetricsLog:
-    """``metrics.jsonl``: one JSON line per epoch per stage."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        if path is not None:
-            storage.append_text(path, "")
-
-    def write(self, record: dict) -> None:
-        if self.path is not None:
-            storage.append_text(self.path, json.dumps(record) + "\n")
-
-    def keep(self, stage: str, epochs: int) -> None:
-        """Drop ``stage``'s lines after epoch ``epochs`` (and any line cut short by a kill): a resumed
-        stage writes them again, so each epoch appears once."""
-        if self.path is None:
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("stage") != stage or record.get("epoch", 0) <= epochs:
-                kept.append(line + "\n")
-        storage.write_text(self.path, "".join(kept))
-
-
-def _schedule(cfg: dict, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
-    total = max(1, epochs * steps_per_epoch)
-    warmup = cfg.get("warmup_epochs", 0) * steps_per_epoch
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if cfg["name"] == "cosine":
-            t = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-        if cfg["name"] == "step":
-            return cfg["gamma"] ** ((step // steps_per_epoch) // cfg["step_size"])
-        return 1.0
-
-    return factor
-
-
-def make_optimizer(groups: list[dict], cfg: dict) -> torch.optim.Optimizer:
-    """Optimizer over the strategy's groups; norm weights and biases get no weight decay (fastai, timm)."""
-    split = []
-    for group in groups:
-        decay = [p for p in group["params"] if p.ndim > 1]
-        no_decay = [p for p in group["params"] if p.ndim <= 1]
-        base = {k: v for k, v in group.items() if k != "params"}
-        if decay:
-            split.append({**base, "params": decay})
-        if no_decay:
-            split.append({**base, "params": no_decay, "weight_decay": 0.0})
-    if cfg["name"] == "sgd":
-        return torch.optim.SGD(split, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
-                               nesterov=cfg["nesterov"] and cfg["momentum"] > 0)
-    return torch.optim.AdamW(split, lr=cfg["lr"], weight_decay=cfg["weight_decay"], betas=tuple(cfg["betas"]))
-
-
 def begin_epoch(strategy: HeadStrategy, epoch: int, ctx: TrainContext) -> None:
     """Everything trainable, then the strategy freezes what it wants for this epoch: nothing stays
     frozen from an earlier stage or epoch by accident, and the state follows from the epoch alone."""
@@ -156,81 +77,36 @@ def _freeze_frozen_norms(model: torch.nn.Module) -> None:
                 m.eval()
 
 
-def evaluate(model: TransferModel, batches: Batches, transform: BatchTransform, perf: Performance) -> dict:
-    """Accuracy and loss with deterministic transforms; ``correct`` is the per-example hit vector,
-    ``predicted`` the per-example predicted class, ``top_k``/``top_k_probability`` the k = min(5, classes)
-    most probable classes and their softmax probabilities, kept so that top-5 accuracy and calibration
-    can be computed from predictions/<stage>.json after the run (top-k of the logits already computed:
-    no second pass, and a fraction of the size of whole probability vectors)."""
-    was_training = model.training
-    model.eval()
-    predicted, targets, top, top_p = [], [], [], []
-    loss_sum, n = torch.zeros((), device=perf.device), 0
-    with torch.inference_mode():
-        for x, y in batches:
-            with perf.autocast():
-                logits = model(transform(x))
-            logits = logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            predicted.append(logits.argmax(1))
-            values, index = logits.topk(min(TOP_K, logits.shape[1]), dim=1)
-            top.append(index)
-            top_p.append((values - logits.logsumexp(1, keepdim=True)).exp())
-            targets.append(y)
-            n += len(y)
-    model.train(was_training)
-    parts = [_joined(t) for t in (predicted, targets, top, top_p)]
-    if distributed.active():  # each rank evaluated one contiguous share: put them back in order
-        shares = distributed.all_gather_objects((*parts, loss_sum.item(), n))
-        parts = [torch.cat([sh[i] for sh in shares]) for i in range(4)]
-        loss_sum = torch.tensor(sum(sh[4] for sh in shares))
-        n = sum(sh[5] for sh in shares)
-    predicted, targets, top, top_p = parts
-    correct = predicted == targets
-    return {"accuracy": correct.float().mean().item() if n else float("nan"),
-            "loss": loss_sum.item() / max(1, n), "correct": correct, "predicted": predicted, "targets": targets,
-            "top_k": top, "top_k_probability": top_p}
-
-
-TOP_K = 5  # classes per example that evaluate() keeps with their probabilities
-
-
-def _joined(tensors: list) -> torch.Tensor:
-    """One CPU tensor from a batch list; an empty list (no examples on this rank) gives an empty long tensor."""
-    return torch.cat(tensors).cpu() if tensors else torch.zeros(0, dtype=torch.long)
-
-
 class Stage:
-    """Trains ``model`` for one stage; the strategy and regularizers are its only extension points.
+    """Trains ``model`` for one stage; everything else plugs in: the head strategy (freezing), parameter
+    groups, optimizer, schedule, regularizers (the loss) and callbacks (events, early stopping).
 
     The loop can stop and continue anywhere between two steps: a checkpoint holds the position
-    (epoch and batch), every RNG and the running epoch sums, so a resumed run takes exactly the
-    steps the uninterrupted one would have taken.
+    (epoch and batch), every RNG, the running epoch sums and the callbacks' states, so a resumed run
+    takes exactly the steps the uninterrupted one would have taken.
     """
 
     def __init__(self, *, name: str, cfg: dict, model: TransferModel, ctx: TrainContext, strategy: HeadStrategy,
                  regularizers: list[Regularizer], train: Batches, val: Batches | None,
                  train_transform: BatchTransform, eval_transform: BatchTransform, perf: Performance,
                  log: MetricsLog, checkpoint: Path | None = None, progress: bool = False,
-                 echo: Callable[[str], None] | None = None, stop: StopSignals | None = None, seed: int | None = None):
+                 echo: Callable[[str], None] | None = None, stop: StopSignals | None = None, seed: int | None = None,
+                 param_groups: ParamGroups | None = None, events: Events = NO_EVENTS, info: StageInfo | None = None,
+                 registry=None):
         self.name, self.cfg, self.model, self.ctx, self.seed = name, cfg, model, ctx, seed
         self.strategy, self.regularizers = strategy, regularizers
         self.train, self.val = train, val
         self.train_transform, self.eval_transform = train_transform, eval_transform
-        self.perf, self.log, self.checkpoint, self.progress, self.echo = perf, log, checkpoint, progress, echo
-        self.stop = stop
+        self.perf, self.log, self.checkpoint, self.progress = perf, log, checkpoint, progress
+        self.stop, self.events = stop, events
         ctx.model = model
         self.budget = epoch_budget(cfg)
-        self.select = cfg["select"]
-        if self.select == "auto":  # a handful of validation examples moves in big steps: its best epoch is noise
-            val_size = len(val.data) if val is not None else 0
-            self.select = "best" if val_size >= AUTO_SELECT_MIN_VAL else "last"
-        groups = strategy.param_groups(ctx, cfg["optimizer"]["lr"], cfg["backbone_lr_mult"])
-        self._check_groups(groups)
-        self.optimizer = make_optimizer(groups, cfg["optimizer"])
-        factor = _schedule(cfg["schedule"], self.budget, len(train))
+        self.select = _select(cfg["select"], val)
+        groups = parameter_groups(ctx, cfg, strategy, param_groups, name)
+        self.optimizer = make_optimizer(groups, cfg["optimizer"], registry, f"{ctx.stage}.optimizer")
         self.lr_scale = 1.0  # epochs: auto lowers it on a plateau of the training loss
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: factor(step) * self.lr_scale)
+        self.scheduler = make_scheduler(self.optimizer, cfg["schedule"], self.budget, len(train),
+                                        lambda: self.lr_scale, registry, f"{ctx.stage}.schedule")
         self.scaler = torch.amp.GradScaler(perf.device.type, enabled=perf.amp_dtype is torch.float16)
         self.needs_maps = any(r.needs_feature_maps for r in regularizers)
         distributed.broadcast_module_(model)  # one starting point (and one w0) on every rank
@@ -245,18 +121,10 @@ class Stage:
         self.partial: dict | None = None  # where a mid-epoch checkpoint left off
         self.best: dict | None = None
         self.history: list[dict] = []
-
-    def _check_groups(self, groups: list[dict]) -> None:
-        seen: set[int] = set()
-        for g in groups:
-            for p in g["params"]:
-                if id(p) in seen:
-                    raise PluginError(f"head strategy of {self.name} put a parameter into two optimizer groups "
-                                      f"({g.get('name')})")
-                seen.add(id(p))
-        missing = [n for n, p in self.model.named_parameters() if id(p) not in seen]
-        if missing:
-            raise PluginError(f"head strategy of {self.name} left parameters out of the optimizer: {missing[:3]}")
+        self.info = info or StageInfo(name=name, stage=ctx.stage, seed=ctx.seed if seed is None else seed,
+                                      epochs=self.budget, config=cfg, run=RunInfo(config={}))
+        self.info.model, self.info.history, self.info.epochs = model, self.history, self.budget
+        self.info.has_validation = val is not None and len(val.data) > 0
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, epoch: int, batch: int = 0, sums: list | None = None, rng: list | None = None) -> dict:
@@ -268,10 +136,11 @@ class Stage:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "strategy": self.strategy.state_dict(),
             "regularizers": [r.state_dict() for r in self.regularizers],
-            "start_state": self.ctx._start_state, "best": self.best, "history": self.history,
+            "start_state": self.ctx.start_state_dict(), "best": self.best, "history": self.history,
             "rng": rng if rng is not None else [rng_state()],
             "generator": self.generator.get_state() if batch else None,
             "sums": sums if batch else None,
+            "callbacks": self.events.state_dict(), "stopped": self.info.stop_reason,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -285,9 +154,12 @@ class Stage:
             r.load_state_dict(s)
         if state.get("start_state") is not None:
             self.ctx.snapshot(state["start_state"])
-        self.best, self.history = state["best"], state["history"]
+        self.best = state["best"]
+        self.history[:] = state["history"]  # the same list the callbacks see
         self.start_epoch = state["epoch"]
         self.partial = state if state["batch"] else None
+        self.events.load_state_dict(state.get("callbacks"))
+        self.info.stop_reason = state.get("stopped")
         rngs = state["rng"]
         same_world = len(rngs) == distributed.world_size()
         set_rng_state(rngs[distributed.rank()] if same_world else rngs[0])
@@ -297,12 +169,13 @@ class Stage:
         rng = distributed.all_gather_objects(rng_state())
         every = distributed.all_gather_objects({k: v.detach().cpu() for k, v in sums.items()}) if sums else None
         if self.checkpoint is not None and distributed.is_main():
-            storage.save(self.state_dict(epoch, batch, every, rng), self.checkpoint)
+            checkpoints.save_progress(self.state_dict(epoch, batch, every, rng), self.checkpoint)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
+        self.events("on_stage_start", self.info)
         epoch = self.start_epoch
-        while epoch < self.budget and not self.converged():
+        while epoch < self.budget and not self.converged() and self.info.stop_reason is None:
             self._epoch(epoch)
             epoch += 1
         selected = len(self.history)
@@ -313,7 +186,8 @@ class Stage:
         chosen = next((h for h in self.history if h["epoch"] == selected), {})
         return {"epochs": len(self.history), "epochs_auto": self.cfg["epochs"] == "auto", "selected_epoch": selected,
                 "select": self.select, "val_accuracy": chosen.get("val_accuracy"),
-                "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss")}
+                "train_accuracy": last.get("train_accuracy"), "train_loss": last.get("train_loss"),
+                "stopped_early": self.info.stop_reason}
 
     def converged(self) -> bool:
         """``epochs: auto``: whether the stage has converged; sets this epoch's learning-rate scale."""
@@ -336,13 +210,7 @@ class Stage:
         _freeze_frozen_norms(self.model)
         self.train.set_epoch(epoch)
         first, sums = self._epoch_start(epoch)
-        batches = self.train.iter_from(first)
-        if self.progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, desc=f"{self.name} {epoch + 1}/{self.budget}", leave=False, unit="batch",
-                           total=len(self.train), initial=first)
-        for k, (x, y) in enumerate(batches, start=first):
+        for k, (x, y) in enumerate(self._batches(epoch, first), start=first):
             self._step(epoch, k, x, y, sums)
             if self._stopping() and k + 1 < len(self.train):
                 self._check_finite(epoch, sums)
@@ -351,6 +219,15 @@ class Stage:
                 self._interrupted(epoch, f"up to batch {k + 1} of {len(self.train)}")
         self._check_finite(epoch, sums)
         self._epoch_end(epoch, sums, t0)
+
+    def _batches(self, epoch: int, first: int):
+        batches = self.train.iter_from(first)
+        if not self.progress:
+            return batches
+        from tqdm import tqdm
+
+        return tqdm(batches, desc=f"{self.name} {epoch + 1}/{self.budget}", leave=False, unit="batch",
+                    total=len(self.train), initial=first)
 
     def _epoch_start(self, epoch: int) -> tuple[int, dict]:
         """The first batch and the running sums: zero, or where a mid-epoch checkpoint left them."""
@@ -362,6 +239,7 @@ class Stage:
                 "seconds": torch.zeros((), dtype=torch.float64)}
         if self.partial is None:
             self.generator.manual_seed(self.ctx.seed * 7919 + epoch)
+            self.events("on_epoch_start", self.info, epoch + 1)
             return 0, sums
         first = self.partial["batch"]  # resumed mid-epoch
         self.generator.set_state(self.partial["generator"].cpu())
@@ -372,6 +250,8 @@ class Stage:
 
     def _step(self, epoch: int, k: int, x: torch.Tensor, y: torch.Tensor, sums: dict) -> None:
         """One optimizer step on batch ``k``; its loss, hits and first non-finite loss go into ``sums``."""
+        if self.events.per_step:
+            self.events("on_step_start", self.info, epoch + 1, k)
         part = self.train.part(k) if self.train.world > 1 else None
         inputs = self.train_transform(x, self.generator, part)
         with self.perf.autocast():
@@ -397,9 +277,11 @@ class Stage:
         sums["loss"] += loss.detach() * len(y)
         sums["correct"] += (logits.argmax(1) == y).sum()
         sums["seen"] += len(y)
+        if self.events.per_step:
+            self.events("on_step_end", self.info, epoch + 1, k, loss.detach())
 
-    def _epoch_end(self, epoch: int, sums: dict, t0: float) -> None:
-        """The epoch's record (train sums over ranks, validation, selection), logged and checkpointed."""
+    def _record(self, epoch: int, sums: dict, t0: float) -> dict:
+        """The epoch's line of metrics.jsonl: train sums over ranks, validation, and the best epoch kept."""
         model = self.model
         for key in ("loss", "penalty", "correct", "seen"):
             distributed.all_reduce_(sums[key])
@@ -422,13 +304,17 @@ class Stage:
                 self.best = {"key": list(key), "epoch": epoch + 1,
                              "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         record["seconds"] = round(float(sums["seconds"]) + time.perf_counter() - t0, 3)
+        return record
+
+    def _epoch_end(self, epoch: int, sums: dict, t0: float) -> None:
+        """Record, log, tell the callbacks (which may stop the stage), checkpoint."""
+        record = self._record(epoch, sums, t0)
         self.history.append(record)
         if distributed.is_main():
             self.log.write(record)
-        if self.progress and self.echo:
-            val = f" val_acc {record['val_accuracy']:.3f}" if "val_accuracy" in record else ""
-            self.echo(f"{self.name} epoch {epoch + 1}/{self.budget}: loss {record['train_loss']:.3f} "
-                      f"train_acc {record['train_accuracy']:.3f}{val}")
+        self.events("on_epoch_end", self.info, record)
+        if distributed.active():  # a stop asked for on rank 0 stops every rank
+            self.info.stop_reason = distributed.broadcast_object(self.info.stop_reason)
         self._save(epoch + 1)
         if self._stopping() and epoch + 1 < self.budget:
             self._interrupted(epoch, "up to the end of that epoch")
@@ -484,6 +370,14 @@ class Stage:
                 f"weight, and start a new run; {kept}")
 
 
+def _select(select: str, val: Batches | None) -> str:
+    """``select: auto``: a handful of validation examples moves in big steps, so its best epoch is noise."""
+    if select != "auto":
+        return select
+    val_size = len(val.data) if val is not None else 0
+    return "best" if val_size >= AUTO_SELECT_MIN_VAL else "last"
+
+
 def _resumed_sums(saved: list[dict]) -> dict:
     """This rank's running sums of a mid-epoch checkpoint. With another number of ranks than
     saved it, rank 0 carries the totals and the others start from zero."""
@@ -493,43 +387,3 @@ def _resumed_sums(saved: list[dict]) -> dict:
     if distributed.is_main():
         return totals
     return {k: torch.zeros_like(v) if k not in ("seconds", "bad_batch") else v for k, v in totals.items()}
-
-
-def rng_state() -> dict:
-    """Every RNG a plugin might draw from: torch (CPU and CUDA), Python's ``random`` and numpy's."""
-    import random
-    import sys
-
-    state = {"torch": torch.get_rng_state(), "python": _plain_tuple(random.getstate())}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    np = sys.modules.get("numpy")
-    if np is not None:
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state["numpy"] = {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
-                          "has_gauss": int(has_gauss), "gauss": float(gauss)}
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    import random
-
-    torch.set_rng_state(state["torch"].cpu())  # RNG states are CPU byte tensors wherever a checkpoint is loaded
-    random.setstate(_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
-    if "numpy" in state:
-        import numpy as np
-
-        n = state["numpy"]
-        np.random.set_state((n["kind"], n["keys"].cpu().numpy().astype("uint32"), n["pos"], n["has_gauss"],
-                             n["gauss"]))
-
-
-def _plain_tuple(value):
-    """Python's RNG state as nested lists (a checkpoint loaded with ``weights_only`` keeps them)."""
-    return [_plain_tuple(v) for v in value] if isinstance(value, (tuple, list)) else value
-
-
-def _tuple(value):
-    return tuple(_tuple(v) for v in value) if isinstance(value, list) else value

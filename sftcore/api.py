@@ -201,6 +201,10 @@ class TrainContext:
             state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self._start_state, self._start_params, self._start_model = state, None, None
 
+    def start_state_dict(self) -> dict[str, "torch.Tensor"] | None:
+        """The whole recorded start (parameters and buffers, for checkpoints), or None before any."""
+        return self._start_state
+
     def start_state(self) -> dict[str, "torch.Tensor"]:
         """Parameter values at the start of the stage (w⁰), by ``model.named_parameters()`` name."""
         if self._start_state is None:
@@ -421,16 +425,12 @@ class Checkpoint:
 
 def read_checkpoint(path: str) -> Checkpoint:
     """Read a sftcore model file, so that a backbone can start from an earlier run's weights."""
-    from . import _storage as storage
-    from .errors import ConfigError
+    from . import _checkpoints as checkpoints
 
-    state = storage.load(path, "config: weights file", "give the path of checkpoints/<stage>.pt from an earlier run")
-    model = state.get("model") if isinstance(state, dict) else None
-    if not isinstance(model, dict):
-        raise ConfigError(f"config: '{path}' is not a sftcore model file (no 'model' state dict); "
-                          "use checkpoints/<stage>.pt from an earlier run")
-    part = lambda prefix: {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}  # noqa: E731
-    return Checkpoint(part("backbone."), part("head."), state.get("classes"), state.get("mean"), state.get("std"))
+    state = checkpoints.read_model_file(path, "config: weights file",
+                                        "use checkpoints/<stage>.pt from an earlier run")
+    backbone, head = checkpoints.split_model(state)
+    return Checkpoint(backbone, head, state.get("classes"), state.get("mean"), state.get("std"))
 
 
 # --------------------------------------------------------------------------- checking options

@@ -8,17 +8,74 @@ import sys
 import click
 
 from .errors import SftError
+from ._kinds import ALIASES, KINDS
 
-KIND_ALIASES = {
-    "datasets": "datasets", "dataset": "datasets",
-    "backbones": "backbones", "backbone": "backbones",
-    "regularizers": "regularizers", "regularizer": "regularizers",
-    "heads": "heads", "head": "heads",
-}
+KIND_ALIASES = ALIASES  # what `sft list` accepts for a kind: plural, singular, dashes for underscores
+WILDCARDS = "*?["  # a PATTERN holding one of these is a shell wildcard, otherwise an exact name
+
+
+def _kinds_text(last: str = "or") -> str:
+    return f"{', '.join(KINDS[:-1])} {last} {KINDS[-1]}"
 
 
 class SftGroup(click.Group):
-    """Turns user errors into one line and exit code 2; `--debug` shows tracebacks."""
+    """Turns user errors into one line and exit code 2; `--debug` shows tracebacks.
+
+    Plugin commands (the ``register_commands`` hook) are added on first need: when a command name is
+    not a built-in one, or when the commands are listed (``sft --help``, completion). A built-in
+    command never loads them, so ``sft run`` or ``sft list`` cost no more than before.
+    """
+
+    _plugin_commands_loaded = False
+    _plugin_commands_for: frozenset = frozenset()  # the plugins registered when the commands were loaded
+    _builtin_commands: frozenset = frozenset()
+
+    def _load_plugin_commands(self, ctx) -> None:
+        """``_plugins.add_commands(self)``: once per process, and again only if plugins were registered or
+        unregistered since (``sftcore.testing.registered`` in a test)."""
+        if self._plugin_commands_loaded:
+            from . import _plugins
+
+            if self._plugin_commands_for == frozenset(name for name, _ in _plugins.pm.list_name_plugin()):
+                return
+            self._reset_plugin_commands()
+        if not self._builtin_commands:
+            self._builtin_commands = frozenset(self.commands)
+        self._plugin_commands_loaded = True
+        from . import _plugins
+
+        try:
+            if ctx is not None and ctx.resilient_parsing:  # shell completion: no warnings in the way of TAB
+                import contextlib
+                import io
+
+                with contextlib.redirect_stderr(io.StringIO()):
+                    try:
+                        _plugins.add_commands(self)
+                    except SftError:
+                        pass
+            else:
+                _plugins.add_commands(self)
+        finally:
+            self._plugin_commands_for = frozenset(name for name, _ in _plugins.pm.list_name_plugin())
+
+    def _reset_plugin_commands(self) -> None:
+        """Forget the plugin commands, so that the next lookup asks the plugins again."""
+        if self._builtin_commands:
+            for name in [n for n in self.commands if n not in self._builtin_commands]:
+                del self.commands[name]
+        self._plugin_commands_loaded = False
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self._load_plugin_commands(ctx)
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx):
+        self._load_plugin_commands(ctx)
+        return super().list_commands(ctx)
 
     def invoke(self, ctx):
         try:
@@ -43,22 +100,25 @@ class SftGroup(click.Group):
             ctx.exit(1)
 
 
-@click.group(cls=SftGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.version_option(package_name="sftcore", prog_name="sft")
-@click.pass_context
-def cli(ctx, debug):
-    """sftcore: pretrain a backbone on a source task, finetune it on a target task with few
+CLI_HELP = f"""sftcore: pretrain a backbone on a source task, finetune it on a target task with few
     labels, and report whether that beat training from scratch.
 
     Start with `sft run`: the embedded shapes demo, which runs on a CPU and downloads nothing.
-    Components (datasets, backbones, regularizers, head strategies) come from plugins; see
-    `sft list` and `sft plugins`.
+    Components come from plugins: {_kinds_text("and")}. See `sft list`, `sft list KIND NAME` for one
+    component's documentation and options, and `sft plugins`. `sft plugin new NAME` writes a plugin
+    package to start from; plugins may add commands too.
 
     Shell completion: add eval "$(_SFT_COMPLETE=bash_source sft)" to ~/.bashrc, or
     eval "$(_SFT_COMPLETE=zsh_source sft)" to ~/.zshrc; in fish, run
     _SFT_COMPLETE=fish_source sft | source.
     """
+
+
+@click.group(cls=SftGroup, help=CLI_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="sftcore", prog_name="sft")
+@click.pass_context
+def cli(ctx, debug):
     ctx.obj = {"debug": debug}
 
 
@@ -79,7 +139,8 @@ def _complete_names(kind: str | None, incomplete: str) -> list[str]:
 
 def _complete_kind(ctx, param, incomplete):
     """`sft list <TAB>`: the kinds; a word that starts no kind is a pattern, so complete names."""
-    kinds = [k for k in dict.fromkeys(KIND_ALIASES.values()) if k.startswith(incomplete.lower())]
+    word = incomplete.lower()
+    kinds = [k for k in KINDS if k.startswith(word)] or sorted(a for a in KIND_ALIASES if a.startswith(word))
     return kinds or _complete_names(None, incomplete)
 
 
@@ -88,17 +149,66 @@ def _complete_pattern(ctx, param, incomplete):
     return _complete_names(KIND_ALIASES.get((ctx.params.get("kind") or "").lower()), incomplete)
 
 
-@cli.command("list")
+def _jsonable(value):
+    """``value`` if JSON can hold it as it is, else its repr (a default may be any Python object)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def _show_default(value) -> str:
+    """A default as a config would write it: null, true, 0.01, [0.9, 0.999], a bare string."""
+    value = _jsonable(value)
+    if isinstance(value, str):
+        return value if value.strip() == value and value else json.dumps(value)
+    return json.dumps(value)
+
+
+def _component_details(component, as_json: bool) -> None:
+    """`sft list KIND NAME`: the component's docstring and options (imports its module, so maybe torch)."""
+    options = component.options()
+    _, open_ended = component.option_names()
+    doc = component.doc()
+    if as_json:
+        click.echo(json.dumps({
+            **component.as_dict(), "doc": doc,
+            "options": [{k: (_jsonable(v) if k == "default" else v) for k, v in o.items()} for o in options],
+        }, indent=2))
+        return
+    click.echo(f"{component.name} ({component.kind}, {component.plugin})")
+    click.echo("")
+    click.echo(doc)
+    click.echo("")
+    if not options:
+        click.echo("options: (none)" + ("; it takes any keyword (**kwargs)" if open_ended else ""))
+        return
+    rows = [("option", "default", "type")] + [
+        (o["name"], _show_default(o["default"]) if "default" in o else "required", o.get("type", ""))
+        for o in options]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    click.echo("options:")
+    for row in rows:
+        click.echo(f"  {row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}".rstrip())
+    if open_ended:
+        click.echo("  (and any other keyword: it takes **kwargs)")
+
+
+LIST_HELP = f"""List the components of each kind, or show one.
+
+    KIND is {_kinds_text()} (the singular works too); without it, every kind is listed. PATTERN is
+    a shell wildcard over names: `sft list heads 'lp*'`. A pattern alone searches every kind:
+    `sft list 'l2*'`. An exact name after KIND shows that component: its documentation and its
+    options with their defaults and types, e.g. `sft list heads lp_ft`.
+    """
+
+
+@cli.command("list", help=LIST_HELP)
 @click.argument("kind", required=False, shell_complete=_complete_kind)
 @click.argument("pattern", required=False, shell_complete=_complete_pattern)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON keyed by kind.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON keyed by kind (one component: its details).")
 def list_cmd(kind, pattern, as_json):
-    """List the registered components and the plugin of each.
-
-    KIND is datasets, backbones, regularizers or heads (the singular works too). PATTERN is a
-    shell wildcard over names: `sft list heads 'lp*'`. A pattern alone searches every kind:
-    `sft list 'l2*'`.
-    """
     from ._plugins import get_registry
     from ._registry import suggest
 
@@ -106,10 +216,13 @@ def list_cmd(kind, pattern, as_json):
         if pattern is None:  # `sft list 'l2*'`: a pattern over every kind
             kind, pattern = None, kind
         else:
-            raise SftError(f"unknown kind '{kind}'{suggest(kind, KIND_ALIASES)}; "
-                           "use datasets, backbones, regularizers or heads")
+            raise SftError(f"unknown kind '{kind}'{suggest(kind.lower(), KIND_ALIASES)}; use {_kinds_text()}")
     kind = KIND_ALIASES[kind.lower()] if kind else None
-    listing = get_registry().list(kind, pattern)
+    registry = get_registry()
+    if kind is not None and pattern is not None and not any(c in pattern for c in WILDCARDS):
+        _component_details(registry.get(kind, pattern), as_json)
+        return
+    listing = registry.list(kind, pattern)
     if as_json:
         click.echo(json.dumps({k: [c.as_dict() for c in v] for k, v in listing.items()}, indent=2))
         return
@@ -148,6 +261,34 @@ def plugins_cmd(as_json):
             click.echo(f"  error: {info['error']}")
 
 
+@cli.group("plugin")
+def plugin_group():
+    """Start a plugin of your own (new)."""
+
+
+@plugin_group.command("new")
+@click.argument("name")
+@click.option("--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Folder to create the package folder NAME in.")
+@click.option("--force", is_flag=True, help="Write into an existing, non-empty DIR/NAME (overwriting its files).")
+def plugin_new(name, directory, force):
+    """Write a plugin package skeleton to DIR/NAME, with its tests.
+
+    NAME is the distribution name (e.g. sft-my-thing; the Python package is sft_my_thing). The
+    package registers one example regularizer and one example callback through the sftcore entry
+    point, and its tests use sftcore.testing. Install it with `pip install -e DIR/NAME`.
+    """
+    from ._scaffold import write_plugin
+
+    result = write_plugin(name, directory, force=force)
+    click.echo(f"wrote the plugin package {result.package} ({result.name}) to {result.root}:")
+    for path in result.files:
+        click.echo(f"  {path}")
+    click.echo("next steps:")
+    for step in result.next_steps:
+        click.echo(f"  {step}")
+
+
 @cli.command("run")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
@@ -163,7 +304,7 @@ def plugins_cmd(as_json):
                    "or CPU processes with gloo).")
 @click.option("--seeds", metavar="N",  # checked with the config, so a bad value is one line
               help="Repeat finetune and baseline for N seeds (seed, seed+1, ...); same as --set seeds=N.")
-@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal); one line per epoch goes to stderr either way.")
 def run_cmd(config, overrides, out, resume, allow_config_change, force, nproc, seeds, progress):
     """Run pretrain -> finetune -> baseline; say if transfer helped.
 
@@ -185,7 +326,7 @@ def run_cmd(config, overrides, out, resume, allow_config_change, force, nproc, s
 
         sys.exit(launch(nproc, config, overrides, out, resume, force, progress, allow_config_change))
     run(config, out=out, overrides=overrides, progress=progress, echo=click.echo, resume=resume, force=force,
-        allow_config_change=allow_config_change)
+        allow_config_change=allow_config_change, epoch_echo=lambda line: click.echo(line, err=True))
 
 
 @cli.group("config")
@@ -285,6 +426,7 @@ def compare_cmd(run_dirs, as_json):
 
     result = compare(run_dirs)
     click.echo(json.dumps(result, indent=2) if as_json else table(result))
+
 
 def main(argv=None, prog_name="sft"):
     args = list(sys.argv[1:] if argv is None else argv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -28,7 +29,7 @@ except ImportError:  # pragma: no cover - the helpers below work without pytest
     pytest = None
 
 __all__ = ["registered", "sft_plugin", "create", "rejects", "tiny_backbone", "train_context", "make_step", "tiny_config",
-           "run_tiny"]
+           "run_tiny", "EpochState", "strategy_epochs"]
 
 
 # --------------------------------------------------------------------------- registration
@@ -199,6 +200,60 @@ def make_step(ctx: "TrainContext", inputs: "torch.Tensor | None" = None, targets
         targets = torch.zeros(len(inputs), dtype=torch.long, device=inputs.device)
     logits, features, maps = ctx.model.forward_all(inputs, feature_maps=True)
     return Step(ctx, epoch, inputs, targets, logits, features, maps)
+
+
+# --------------------------------------------------------------------------- a head strategy through the loop
+@dataclass
+class EpochState:
+    """What the loop made of one epoch: the trainable parameters (after the strategy's freezing), the
+    optimizer groups as ``{group name: lr}``, and the parameters one optimizer step changed."""
+
+    epoch: int
+    trainable: set[str]
+    lrs: dict[str, float]
+    changed: set[str]
+
+
+def strategy_epochs(strategy: Any, *, epochs: int = 3, ctx: "TrainContext | None" = None,
+                    param_groups: Any = None, lr: float = 0.1, backbone_lr_mult: float = 1.0,
+                    optimizer: dict | None = None, step: bool = True) -> list[EpochState]:
+    """Run a head strategy (and optionally a ``ParamGroups``) through the loop's own sequence: build
+    the head on ``ctx`` (default ``train_context(head=...)`` with the built head), make the optimizer
+    groups (checked as the loop checks them), then per epoch unfreeze everything, let the strategy
+    freeze, and (``step``) take one optimizer step on the first batch. Nothing is faked: these are the
+    functions ``sft run`` calls.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ._model import TransferModel
+    from ._optim import make_optimizer, parameter_groups
+    from ._training import _freeze_frozen_norms, begin_epoch
+
+    ctx = ctx if ctx is not None else train_context(epochs=epochs, snapshot=False)
+    ctx.epochs = epochs
+    model, ctx.model = ctx.model, None  # build_head runs before the model exists, as in a run
+    ctx.model = TransferModel(model.spec, strategy.build_head(ctx))
+    cfg = {"optimizer": {"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False,
+                         **(optimizer or {})}, "backbone_lr_mult": backbone_lr_mult}
+    groups = parameter_groups(ctx, cfg, strategy, param_groups, ctx.stage)
+    opt = make_optimizer(groups, cfg["optimizer"])
+    out = []
+    for epoch in range(epochs):
+        begin_epoch(strategy, epoch, ctx)
+        ctx.model.train()
+        _freeze_frozen_norms(ctx.model)
+        trainable = {n for n, p in ctx.model.named_parameters() if p.requires_grad}
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(opt.param_groups)}
+        before = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
+        if step and trainable:
+            x, y = next(iter(ctx.train_batches()))
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(ctx.model(x), y).backward()
+            opt.step()
+        changed = {n for n, p in ctx.model.named_parameters() if not torch.equal(before[n], p.detach())}
+        out.append(EpochState(epoch, trainable, lrs, changed))
+    return out
 
 
 # --------------------------------------------------------------------------- a tiny run

@@ -95,7 +95,7 @@ CONFIG_CASES = {
     "unknown component": ("backbone: lenett\nfinetune:\n  dataset: shapes\n",
                           ["unknown backbone 'lenett'", "did you mean 'lenet'"]),
     "negative lr": ("finetune:\n  dataset: shapes\n  optimizer: {name: sgd, lr: -0.1}\n",
-                    ["finetune.optimizer.lr must be > 0"]),
+                    ["finetune.optimizer.lr must be a finite number > 0"]),
     "zero epochs": ("finetune:\n  dataset: shapes\n  epochs: 0\n", ["finetune.epochs must be >= 1"]),
     "batch size 0": ("finetune:\n  dataset: shapes\n  batch_size: 0\n", ["finetune.batch_size must be >= 1"]),
     "val_fraction out of range": ("finetune:\n  dataset: {name: shapes, val_fraction: 1.5}\n",

@@ -214,7 +214,7 @@ CONFIG_ERRORS = {
     "unknown stage key": (tiny.config(), ["finetune.epoch=3"], ["finetune.epoch", "did you mean 'epochs'"]),
     "unknown optimizer option": (tiny.config(), ["finetune.optimizer.momentun=0.5"], ["did you mean 'momentum'"]),
     "unknown schedule option": (tiny.config(), ["finetune.schedule=step", "finetune.schedule.gama=0.5"],
-                                ["finetune.schedule.gama", "did you mean 'gamma'"]),
+                                ["finetune.schedule:", "no option 'gama'", "did you mean 'gamma'"]),
     "unknown dataset option": (tiny.config(), ["finetune.dataset.sise=16"], ["no option 'sise'", "'size'"]),
     "unknown head option": (tiny.config(), ["finetune.head=lp_ft", "finetune.head.probe_epoch=1"],
                             ["no option 'probe_epoch'", "'probe_epochs'"]),

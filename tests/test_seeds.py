@@ -13,7 +13,7 @@ import tiny
 from sftcore import _report as report, _training as training
 from sftcore.api import ImageSet
 from sftcore.cli import main
-from sftcore._runner import Pipeline
+from sftcore._pipeline import Pipeline
 
 
 def two_seeds(**top):

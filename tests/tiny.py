@@ -88,7 +88,8 @@ def expected_selection(records: list[dict]) -> int:
 def stage_data(cfg: dict, stage: str, seed: int | None = None):
     """The StageData the runner builds for ``stage`` of a resolved config."""
     from sftcore._plugins import get_registry
-    from sftcore._runner import Pipeline, load_stage_data
+    from sftcore._pipeline import Pipeline
+    from sftcore._stage_data import load_stage_data
 
     pipe = Pipeline(cfg, None, False, None)
     backbone = pipe.build_backbone(random_init=True)

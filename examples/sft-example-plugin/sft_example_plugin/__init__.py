@@ -3,11 +3,14 @@
 This module is what the ``sftcore`` entry point loads. It must stay cheap: no torch import here.
 Each component lives in its own module and is registered as a ``"module:attr"`` string that
 sftcore imports only when the component is built. To add a component, write its module and add
-one line to the matching table below.
+one line to the matching table below. The ``sft example-info`` command lives in ``command.py``.
 """
 
 from sftcore import hookimpl
 
+__version__ = "0.1.0"  # the same as pyproject.toml's
+PLUGIN = "example"  # the entry-point name, under which sftcore lists these components
+DISTRIBUTION = "sft-example-plugin"
 _PKG = __name__
 
 # name -> (module:attr inside this package, one-line description shown by `sft list`)
@@ -30,6 +33,28 @@ REGULARIZERS = {
 HEADS = {
     "zero_init": ("zero_init:ZeroInit", "A new linear head with zero weights and bias; train everything"),
 }
+PARAM_GROUPS = {
+    "discriminative": ("discriminative:Discriminative",
+                       "Discriminative lrs (fastai): backbone blocks geometric from lr*mult/div to lr*mult; head lr"),
+}
+CALLBACKS = {
+    "stop_at_accuracy": ("stop_at_accuracy:StopAtAccuracy",
+                         "Stop a stage once train (or val) accuracy reaches a threshold; writes stopped_at.json"),
+}
+COMMANDS = ("example-info",)
+
+# kind (as sftcore names it) -> table; what the register_<kind> hooks below register
+TABLES = {"datasets": DATASETS, "backbones": BACKBONES, "regularizers": REGULARIZERS, "heads": HEADS,
+          "param_groups": PARAM_GROUPS, "callbacks": CALLBACKS}
+
+
+def info() -> dict:
+    """What this plugin adds, from the tables alone (no component module is imported): ``sft example-info``."""
+    return {"plugin": PLUGIN, "distribution": DISTRIBUTION, "version": __version__,
+            "components": {kind: [{"name": name, "description": description}
+                                  for name, (_, description) in sorted(table.items())]
+                           for kind, table in TABLES.items()},
+            "commands": list(COMMANDS)}
 
 
 def _register_all(register, table):
@@ -55,3 +80,20 @@ def register_regularizers(register):
 @hookimpl
 def register_heads(register):
     _register_all(register, HEADS)
+
+
+@hookimpl
+def register_param_groups(register):
+    _register_all(register, PARAM_GROUPS)
+
+
+@hookimpl
+def register_callbacks(register):
+    _register_all(register, CALLBACKS)
+
+
+@hookimpl
+def register_commands(cli):
+    from .command import add  # click only; the command imports what it needs when it runs
+
+    add(cli)

@@ -9,14 +9,17 @@ from sftcore._plugins import get_registry
 import sft_example_plugin
 
 COMPONENTS = {"datasets": ["npz", "stripes"], "backbones": ["tiny_cnn"], "regularizers": ["bss", "delta", "l1"],
-              "heads": ["zero_init"]}
+              "heads": ["zero_init"], "param_groups": ["discriminative"], "callbacks": ["stop_at_accuracy"]}
+NO_FACTORY_CONTEXT = ("regularizers", "heads", "param_groups", "callbacks")  # factory(**options), nothing before
 
 
 def test_registers_every_component_without_problems(example_plugin):
     assert example_plugin.errors == []
-    assert sorted(example_plugin.hooks) == ["register_backbones", "register_datasets", "register_heads",
+    assert sorted(example_plugin.hooks) == ["register_backbones", "register_callbacks", "register_commands",
+                                            "register_datasets", "register_heads", "register_param_groups",
                                             "register_regularizers"]
-    assert {kind: sorted(names) for kind, names in get_registry().by_plugin("example").items()} == COMPONENTS
+    registered = {kind: sorted(names) for kind, names in get_registry().by_plugin("example").items() if names}
+    assert registered == COMPONENTS
 
 
 def test_every_component_loads_and_has_a_one_line_description():
@@ -30,12 +33,11 @@ def test_every_component_loads_and_has_a_one_line_description():
             assert callable(factory)
             names, open_ended = component.option_names()
             assert not open_ended, f"{name}: **kwargs would turn off sftcore's check for misspelt options"
-            assert names == list(inspect.signature(factory).parameters)[kind in ("datasets", "backbones"):]
+            assert names == list(inspect.signature(factory).parameters)[kind not in NO_FACTORY_CONTEXT:]
 
 
 def test_the_tables_are_what_is_registered():
-    tables = {"datasets": sft_example_plugin.DATASETS, "backbones": sft_example_plugin.BACKBONES,
-              "regularizers": sft_example_plugin.REGULARIZERS, "heads": sft_example_plugin.HEADS}
+    tables = sft_example_plugin.TABLES
     assert {kind: sorted(table) for kind, table in tables.items()} == COMPONENTS
     for kind, table in tables.items():
         for name, (_, description) in table.items():

@@ -1,0 +1,307 @@
+"""The pipeline: pretrain -> finetune -> (scratch baseline) -> evaluate over seeds, wired from a resolved config."""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import _checkpoints as checkpoints
+from . import _components as components
+from . import _config as cfgmod
+from . import _distributed as distributed
+from . import _report as report
+from ._data import Batches, BatchTransform
+from ._device import environment, resolve_performance
+from ._evaluate import evaluate
+from ._events import NO_EVENTS, Events
+from ._interrupt import StopSignals
+from ._model import TransferModel
+from ._outputs import MetricsLog, write_predictions
+from ._plugins import get_registry
+from ._stage_data import StageData, load_splits, subset_stage_data
+from ._training import Stage
+from .api import Backbone, ImageSet, RunInfo, StageInfo, TrainContext
+from .errors import ConfigError, Interrupted
+
+
+STAGE_SEED_OFFSET = {"pretrain": 0, "finetune": 1, "baseline": 2}
+
+
+@dataclass
+class Start:
+    """Where finetuning starts: a backbone, the head that came with it and its classes, and the
+    pretrain result when a pretrain stage produced it."""
+
+    backbone: Backbone
+    head: torch.nn.Module | None
+    classes: list[str] | None
+    result: dict | None = None
+
+
+class Pipeline:
+    def __init__(self, cfg: dict, run_dir: Path | None, progress: bool, echo: Callable[[str], None] | None,
+                 resume: bool = False, stop: StopSignals | None = None, events: Events = NO_EVENTS):
+        self.cfg, self.run_dir, self.progress, self.echo = cfg, run_dir, progress, echo
+        self.resume, self.stop, self.events = resume, stop, events
+        self.registry = get_registry()
+        self.perf = resolve_performance(cfg)
+        self.log = MetricsLog(run_dir / "metrics.jsonl" if run_dir and distributed.is_main() else None)
+        self.seed = cfg["seed"]
+        self.seeds = cfgmod.seed_list(cfg)
+        self.info = RunInfo(config=cfg, run_dir=run_dir, seeds=list(self.seeds), resumed=resume)
+        self._splits: dict[str, StageData] = {}
+
+    def _check_stop(self) -> None:
+        """Between stages: a signal that came outside the training loop stops the run here."""
+        if self.stop is None:
+            return
+        flag = torch.tensor([int(self.stop.signum is not None)], device=self.perf.device)
+        if distributed.all_reduce_(flag, "max").item():  # every rank stops here, or none
+            raise Interrupted(f"{self.stop.name if self.stop.signum else 'SIGTERM'}; every finished stage is saved",
+                              self.stop.signum or signal.SIGTERM)
+
+    def say(self, text: str) -> None:
+        if self.echo is not None:
+            self.echo(text)
+
+    def build_backbone(self, random_init: bool = False, seed: int | None = None) -> Backbone:
+        return components.build_backbone(self.cfg, self.registry, random_init, seed)
+
+    def _transforms(self, data: StageData, backbone: Backbone):
+        in_shape = data.train.image_shape
+        out_shape = backbone.input_size if backbone.fixed_input_size else (backbone.input_size[0], *in_shape[1:])
+        if in_shape[0] != out_shape[0] and 1 not in (in_shape[0], out_shape[0]):
+            raise ConfigError(f"config: the dataset '{data.name}' has {in_shape[0]}-channel images but the backbone "
+                              f"takes {out_shape[0]} channels; only 1 <-> {max(in_shape[0], out_shape[0])} is "
+                              "converted: set the backbone's in_chans to match")
+        mean = backbone.mean if backbone.mean is not None else data.mean
+        std = backbone.std if backbone.std is not None else data.std
+        make = lambda aug: BatchTransform(mean, std, aug, in_shape, out_shape, self.perf.device,  # noqa: E731
+                                          self.perf.channels_last)
+        return make(data.augment), make(None)
+
+    def _train_batches(self, train, batch_size: int, transform: BatchTransform, seed: int):
+        """``ctx.train_batches()``: every training example once, un-augmented, in an order shuffled from
+        ``seed`` (the same at every call), so that a plugin reading only the first examples sees every
+        class: image folders store their examples class by class."""
+        def batches():
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+            for x, y in Batches(train.subset(order), batch_size, self.perf.device, shuffle=False):
+                yield transform(x), y
+
+        return batches
+
+    def _model(self, backbone: Backbone, head: torch.nn.Module) -> TransferModel:
+        model = TransferModel(backbone, head).to(self.perf.device)
+        if self.perf.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.perf.compile:
+            model.backbone.compile()
+        return model
+
+    def _regularizers(self, name: str, scfg: dict) -> list:
+        return [components.build(self.registry, "regularizers", rcfg, f"{name}.regularizers[{i}]")
+                for i, rcfg in enumerate(scfg["regularizers"])]
+
+    def train_stage(self, name: str, scfg: dict, backbone: Backbone, data: StageData, source_head=None,
+                    source_classes=None, seed: int | None = None, tag: str | None = None) -> tuple[TransferModel, dict]:
+        """Train stage ``name`` for ``seed``; ``tag`` names its files and log lines (``finetune-seed1``)."""
+        t0 = time.perf_counter()
+        seed, tag = self.seed if seed is None else seed, tag or name
+        train_tf, eval_tf = self._transforms(data, backbone)
+        ctx, strategy, model, train = self._assemble(name, scfg, backbone, data, source_head, source_classes, seed,
+                                                     eval_tf)
+        progress, final = checkpoints.paths(self.run_dir, tag, self.cfg["checkpoints"])
+        if self.resume and final is not None and final.exists():  # finished before the interruption
+            return model, self._reuse(model, final, seed, tag)
+        info = StageInfo(name=tag, stage=name, seed=seed, epochs=ctx.epochs, config=scfg, run=self.info)
+        stage = Stage(name=tag, cfg=scfg, model=model, ctx=ctx, strategy=strategy,
+                      regularizers=self._regularizers(name, scfg), train=train, val=self._val(data, scfg),
+                      train_transform=train_tf, eval_transform=eval_tf, perf=self.perf, log=self.log,
+                      checkpoint=progress, progress=self.progress, stop=self.stop, seed=seed,
+                      param_groups=self._param_groups(name, scfg), events=self.events, info=info,
+                      registry=self.registry)
+        if self.resume:
+            self._resume_stage(stage, model, progress, tag)
+        result = stage.run()
+        result.update(seed=seed, dataset=data.name, **data.sizes(), head=scfg["head"]["name"],
+                      regularizers=[r["name"] for r in scfg["regularizers"]])
+        self._test(tag, model, data, scfg, eval_tf, result)
+        result["seconds"] = round(time.perf_counter() - t0, 3)
+        if final is not None and distributed.is_main():
+            checkpoints.save_model_file(
+                final, stage=name, tag=tag, seed=seed, model=model.state_dict(), classes=data.classes,
+                mean=list(map(float, train_tf.mean)), std=list(map(float, train_tf.std)),
+                # what the dataset gave and what the model took: `sft predict` prepares new images alike
+                image_shape=list(data.train.image_shape), input_shape=[train_tf.out_channels, *train_tf.out_hw],
+                config=scfg, result=result)
+        self.events("on_stage_end", info, result)
+        return model, result
+
+    def _assemble(self, name: str, scfg: dict, backbone: Backbone, data: StageData, source_head, source_classes,
+                  seed: int, eval_tf: BatchTransform):
+        """The stage's context, head strategy, model (with the strategy's head) and training batches."""
+        perf, stage_seed = self.perf, seed + STAGE_SEED_OFFSET.get(name, 3)
+        on_device = data.train.to(perf.device) if isinstance(data.train, ImageSet) else data.train  # once
+        train = Batches(on_device, scfg["batch_size"], perf.device, shuffle=True, seed=stage_seed, sharded=True)
+        backbone.features.to(perf.device)
+        ctx = TrainContext(stage=name, backbone=backbone, classes=data.classes, epochs=cfgmod.epoch_budget(scfg),
+                           epochs_auto=scfg["epochs"] == "auto",
+                           device=perf.device, seed=stage_seed, source_classes=source_classes, source_head=source_head,
+                           train_batches=self._train_batches(on_device, scfg["eval_batch_size"], eval_tf, stage_seed))
+        strategy = components.build(self.registry, "heads", scfg["head"], f"{name}.head")
+        torch.manual_seed(stage_seed)
+        model = self._model(backbone, strategy.build_head(ctx))
+        return ctx, strategy, model, train
+
+    def _val(self, data: StageData, scfg: dict) -> Batches | None:
+        if data.val is None:
+            return None
+        return Batches(data.val, scfg["eval_batch_size"], self.perf.device, shuffle=False, sharded=True)
+
+    def _param_groups(self, name: str, scfg: dict):
+        if scfg.get("param_groups") is None:
+            return None
+        return components.build(self.registry, "param_groups", scfg["param_groups"], f"{name}.param_groups")
+
+    def _reuse(self, model: TransferModel, final: Path, seed: int, tag: str) -> dict:
+        state = checkpoints.load_run_file(final, map_location="cpu")  # result tensors stay on the CPU
+        if state.get("seed", seed) != seed:
+            raise ConfigError(f"checkpoint '{final}' was trained with seed {state['seed']}, not {seed}; the run's "
+                              "seeds changed: start a new run")
+        checkpoints.load_model(model, state, final)
+        self.say(f"{tag}: finished in the earlier session, reusing {final}")
+        return state["result"]
+
+    def _resume_stage(self, stage: Stage, model: TransferModel, checkpoint: Path | None, tag: str) -> None:
+        if checkpoint is not None and checkpoint.exists():
+            state = checkpoints.load_run_file(checkpoint, map_location=self.perf.device)
+            checkpoints.load_model(model, state, checkpoint)
+            stage.load_state_dict(state)
+            at = f"epoch {stage.start_epoch}" + (f", batch {state['batch']}" if state["batch"] else "")
+            self.say(f"{tag}: resuming after {at} of {stage.budget} epochs")
+        self.log.keep(tag, len(stage.history))
+
+    def _test(self, tag: str, model: TransferModel, data: StageData, scfg: dict, eval_tf, result: dict) -> None:
+        """Test accuracy and loss into ``result``, with the per-example hits (``correct``) for the verdict."""
+        result.update(test_accuracy=None, test_loss=None, correct=None)
+        if data.test is None or not len(data.test):
+            return
+        test = Batches(data.test, scfg["eval_batch_size"], self.perf.device, shuffle=False, sharded=True)
+        ev = evaluate(model, test, eval_tf, self.perf)
+        result.update(test_accuracy=ev["accuracy"], test_loss=ev["loss"], correct=ev["correct"])
+        if self.run_dir is not None and distributed.is_main():
+            write_predictions(self.run_dir, tag, data.classes, ev)
+
+    # ------------------------------------------------------------------ stages over seeds
+    def _data(self, stage: str, backbone: Backbone, seed: int) -> StageData:
+        """The stage's dataset is loaded once (with the run's seed); each seed draws its own subset."""
+        ds_cfg = self.cfg[stage]["dataset"]
+        if stage not in self._splits:
+            self._splits[stage] = load_splits(stage, ds_cfg, backbone, self.seed, self.registry)
+        return subset_stage_data(self._splits[stage], stage, ds_cfg, seed)
+
+    def _check_data(self, backbone: Backbone) -> None:
+        """Every stage's data, for every seed, before any training: a mistake in the finetune data
+        fails in seconds, not after pretraining (and leaves no run behind)."""
+        for stage in ("pretrain", "finetune"):
+            if self.cfg[stage] is not None:
+                per_seed = stage == "finetune" or self.cfg["pretrain_per_seed"]
+                for seed in self.seeds if per_seed else [self.seed]:
+                    self._data(stage, backbone, seed)
+
+    def _label(self, name: str, seed: int) -> str:
+        return name if len(self.seeds) == 1 else f"{name} (seed {seed})"
+
+    def _pretrain(self, backbone: Backbone, seed: int, tag: str) -> Start:
+        data = self._data("pretrain", backbone, seed)
+        model, result = self.train_stage("pretrain", self.cfg["pretrain"], backbone, data, backbone.head,
+                                         backbone.source_classes, seed, tag)
+        if backbone.mean is None:  # the features were learned on inputs normalised like this
+            backbone.mean, backbone.std = data.mean, data.std
+        self.say(f"{self._label('pretrain', seed) if tag != 'pretrain' else 'pretrain'} done: "
+                 f"test accuracy {_pct(result['test_accuracy'])}")
+        self._check_stop()
+        return Start(backbone, model.head, data.classes, result)
+
+    def _one_seed(self, index: int, seed: int, shared: Start | None) -> dict:
+        """Every per-seed stage for ``seed``; the first seed's files carry the plain stage names."""
+        cfg, suffix, results = self.cfg, "" if index == 0 else f"-seed{seed}", {}
+        if index:
+            self._check_stop()
+        start = shared
+        if start is None:  # pretrain_per_seed
+            start = self._pretrain(self.build_backbone(seed=seed), seed, "pretrain" + suffix)
+            results["pretrain"] = start.result
+        if cfg["finetune"] is None:
+            return results
+        backbone = copy.deepcopy(start.backbone)  # every seed starts from the same pretrained weights
+        data = self._data("finetune", backbone, seed)
+        _, results["finetune"] = self.train_stage("finetune", cfg["finetune"], backbone, data,
+                                                  copy.deepcopy(start.head), start.classes, seed, "finetune" + suffix)
+        self.say(f"{self._label('finetune', seed)} done: test accuracy {_pct(results['finetune']['test_accuracy'])}")
+        if cfg["baseline"] is not None:
+            self._check_stop()
+            fresh = self.build_backbone(random_init=True, seed=seed)
+            _, results["baseline"] = self.train_stage("baseline", cfg["baseline"], fresh, data, seed=seed,
+                                                      tag="baseline" + suffix)
+            self.say(f"{self._label('baseline', seed)} done: test accuracy "
+                     f"{_pct(results['baseline']['test_accuracy'])}")
+        return results
+
+    def _starts_random(self, backbone: Backbone) -> bool:
+        """The backbone as built equals a random init of the same seed: it loaded no weights."""
+        with torch.random.fork_rng(devices=[]):
+            fresh = self.build_backbone(random_init=True)
+        built, other = backbone.features.state_dict(), fresh.features.state_dict()
+        return built.keys() == other.keys() and all(torch.equal(built[k], other[k].to(built[k].device))
+                                                    for k in built)
+
+    def run(self) -> dict:
+        self.events("on_run_start", self.info)
+        summary = self._run()
+        if self.events.errors:
+            summary["callback_errors"] = list(self.events.errors)
+        self.events("on_run_end", self.info, summary)
+        return summary
+
+    def _run(self) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        summary: dict = {"name": cfg["name"], "seed": self.seed, "seeds": self.seeds,
+                         "pretrain_per_seed": cfg["pretrain_per_seed"],
+                         "run_dir": str(self.run_dir) if self.run_dir else None,
+                         "performance": self.perf.describe(), "environment": environment(self.perf),
+                         "world_size": distributed.world_size()}
+        backbone = self.build_backbone()
+        random_start = cfg["pretrain"] is None and cfg["baseline"] is not None and self._starts_random(backbone)
+        self._check_data(backbone)
+        self._check_stop()
+        shared: Start | None = Start(backbone, backbone.head, backbone.source_classes)
+        if cfg["pretrain"] is not None:
+            shared = None if cfg["pretrain_per_seed"] else self._pretrain(backbone, self.seed, "pretrain")
+            if shared is not None:
+                self._splits.pop("pretrain", None)  # trained once: its data is not needed again
+        runs = []
+        if cfg["finetune"] is not None or shared is None:
+            runs = [self._one_seed(i, seed, shared) for i, seed in enumerate(self.seeds)]
+        else:  # one pretraining, no per-seed stage: that one seed is what ran
+            summary["seeds"] = [self.seed]
+        if shared is not None and shared.result is not None:
+            summary["pretrain"] = shared.result
+        summary.update(report.summarise(runs, self.seeds, summary.get("pretrain"), random_start))
+        summary["seconds"]["total"] = round(time.perf_counter() - t0, 3)
+        return summary
+
+
+def _pct(x) -> str:
+    return "n/a (no test split)" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+

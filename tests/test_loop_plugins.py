@@ -1,0 +1,295 @@
+"""The loop opened to plugins: callbacks (events, failures, stops, state across --resume), param_groups,
+optimizers and schedules as components, epoch lines, and a head strategy run through the loop's sequence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sftcore
+import tiny
+from sftcore import _training as training
+from sftcore.api import Callback, HeadStrategy
+from sftcore.errors import ConfigError
+from sftcore.testing import strategy_epochs, tiny_config
+
+
+def cfg(**finetune):
+    return tiny_config(baseline=True, epochs=2, **finetune)
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.events = []
+
+    def on_run_start(self, run):
+        self.events.append(("run_start", run.run_dir is not None))
+
+    def on_stage_start(self, stage):
+        self.events.append(("stage_start", stage.name, len(stage.history)))
+
+    def on_epoch_start(self, stage, epoch):
+        self.events.append(("epoch_start", stage.name, epoch))
+
+    def on_epoch_end(self, stage, record):
+        assert stage.history[-1] is record and stage.model is not None
+        self.events.append(("epoch_end", stage.name, record["epoch"]))
+
+    def on_stage_end(self, stage, result):
+        self.events.append(("stage_end", stage.name, result["test_accuracy"] is not None))
+
+    def on_run_end(self, run, summary):
+        self.events.append(("run_end", "transfer_gain" in summary))
+
+
+def test_events_come_in_order_with_their_arguments(tmp_path):
+    rec = Recorder()
+    sftcore.run(cfg(), out=tmp_path / "r", callbacks=[rec])
+    expected = [("run_start", True)]
+    for stage in ("finetune", "baseline"):
+        expected.append(("stage_start", stage, 0))
+        for epoch in (1, 2):
+            expected += [("epoch_start", stage, epoch), ("epoch_end", stage, epoch)]
+        expected.append(("stage_end", stage, True))
+    expected.append(("run_end", True))
+    assert rec.events == expected
+
+
+class Steps(Callback):
+    def __init__(self):
+        self.starts, self.losses = [], []
+
+    def on_step_start(self, stage, epoch, step):
+        self.starts.append((stage.name, epoch, step))
+
+    def on_step_end(self, stage, epoch, step, loss):
+        assert loss.ndim == 0 and not loss.requires_grad
+        self.losses.append(float(loss))
+
+
+def test_step_events_reach_only_callbacks_that_define_them(tmp_path):
+    steps = Steps()
+    summary = sftcore.run(tiny_config(epochs=2), out=tmp_path / "r", callbacks=[steps, Recorder()])
+    per_epoch = len([s for s in steps.starts if s[1] == 1])
+    assert per_epoch >= summary["finetune"]["train_examples"] // 8
+    assert len(steps.starts) == len(steps.losses) == 2 * per_epoch
+    assert steps.starts[0] == ("finetune", 1, 0) and steps.starts[-1][1] == 2
+    assert all(loss == loss for loss in steps.losses)  # finite numbers
+    from sftcore._events import Events
+
+    assert Events([("r", Recorder())]).per_step is False and Events([("s", Steps())]).per_step is True
+
+
+class Broken(Callback):
+    def __init__(self):
+        self.calls = 0
+
+    def on_epoch_end(self, stage, record):
+        self.calls += 1
+        raise OSError("disk full")
+
+
+def test_a_failing_callback_is_one_warning_and_the_run_goes_on(tmp_path, capsys):
+    broken, rec = Broken(), Recorder()
+    summary = sftcore.run(cfg(), out=tmp_path / "r", callbacks=[broken, rec])
+    assert broken.calls == 1  # switched off after its failure
+    assert ("run_end", True) in rec.events  # the others still hear everything
+    [line] = summary["callback_errors"]
+    assert "Broken" in line and "on_epoch_end" in line and "OSError: disk full" in line
+    err = [x for x in capsys.readouterr().err.splitlines() if "disk full" in x]
+    assert len(err) == 1 and err[0].startswith("sft: warning: callback") and "off for the rest of the run" in err[0]
+    assert summary["transfer_gain"] is not None
+
+
+class Misconfigured(Callback):
+    def on_stage_start(self, stage):
+        raise ConfigError("config: callbacks: this one needs validation data")
+
+
+def test_a_config_error_from_a_callback_stops_the_run_with_its_line(tmp_path):
+    with pytest.raises(ConfigError, match="needs validation data"):
+        sftcore.run(cfg(), out=tmp_path / "r", callbacks=[Misconfigured()])
+
+
+class StopAt(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, stage, record):
+        if record["epoch"] == self.epoch and stage.stage == "finetune":
+            stage.request_stop(f"stop at {self.epoch}")
+
+
+def test_a_callback_can_stop_a_stage_after_an_epoch(tmp_path):
+    summary = sftcore.run(tiny_config(epochs=5), out=tmp_path / "r", callbacks=[StopAt(2)])
+    ft = summary["finetune"]
+    assert ft["epochs"] == 2 and ft["stopped_early"] == "stop at 2"
+    assert [r["epoch"] for r in tiny.read_metrics(tmp_path / "r")] == [1, 2]
+
+
+def test_early_stopping_from_the_config(tmp_path):
+    summary = sftcore.run(tiny_config(epochs=30, select="best") | {
+        "callbacks": [{"name": "early_stopping", "monitor": "train_loss", "patience": 1, "min_delta": 10.0}]},
+        out=tmp_path / "r")
+    ft = summary["finetune"]
+    assert ft["epochs"] == 2 and "early_stopping" in ft["stopped_early"]  # nothing beats the first by 10
+
+
+class Counter(Callback):
+    """Counts the epochs it saw, per stage; the count must survive an interruption exactly."""
+
+    def __init__(self):
+        self.count = 0
+
+    def on_epoch_end(self, stage, record):
+        self.count += 1
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, state):
+        self.count = state["count"]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_callback_state_is_saved_in_checkpoints_and_restored_on_resume(tmp_path, monkeypatch):
+    config = tiny_config(epochs=4)
+    whole = Counter()
+    sftcore.run(config, out=tmp_path / "ref", callbacks=[whole])
+    original = training.Stage._save
+
+    def crash_at_epoch_3(self, epoch, batch=0, sums=None):
+        if epoch == 3 and not batch:
+            raise Crash  # after epoch 3 was logged and told, before its checkpoint
+        return original(self, epoch, batch, sums)
+
+    first = Counter()
+    with monkeypatch.context() as m:
+        m.setattr(training.Stage, "_save", crash_at_epoch_3)
+        with pytest.raises(Crash):
+            sftcore.run(config, out=tmp_path / "cut", callbacks=[first])
+    assert first.count == 3
+    second = Counter()
+    sftcore.run(resume=tmp_path / "cut", callbacks=[second])
+    assert second.count == whole.count == 4  # restored to 2 (the epoch-2 checkpoint), then epochs 3 and 4
+
+
+def test_epoch_lines_reach_echo(tmp_path):
+    lines = []
+    sftcore.run(tiny_config(epochs=2), out=tmp_path / "r", echo=lines.append)
+    epochs = [x for x in lines if " epoch " in x]
+    assert [x.split(":")[0] for x in epochs] == ["finetune epoch 1/2", "finetune epoch 2/2"]
+    assert all("loss " in x and "train_acc " in x and "val_acc " in x and x.endswith(" s)") for x in epochs)
+    assert lines[-1].startswith("run directory:")
+
+
+def test_sftcore_run_prints_nothing_without_echo(tmp_path, capsys):
+    sftcore.run(tiny_config(epochs=1), out=tmp_path / "r")
+    assert capsys.readouterr().out == ""
+
+
+# --------------------------------------------------------------------------- param_groups, optimizers, schedules
+def _group_lrs(out):
+    state = torch.load(out / "checkpoints" / "finetune-last.pt", weights_only=False)
+    return [g["lr"] for g in state["optimizer"]["param_groups"]]
+
+
+def test_layer_decay_composes_with_a_head_strategy_in_a_run(tmp_path):
+    config = tiny_config(epochs=2, head="gradual_unfreeze", schedule="none",
+                         param_groups={"name": "layer_decay", "decay": 0.5})
+    resolved = sftcore.run(config, out=tmp_path / "ld")
+    lrs = sorted(set(_group_lrs(tmp_path / "ld")))
+    assert len(lrs) >= 3 and max(lrs) == pytest.approx(0.01) and min(lrs) < 0.01 * 0.5 ** 2 * 1.001
+    assert resolved["finetune"]["epochs"] == 2
+
+
+def test_default_param_groups_are_the_head_strategys(tmp_path):
+    sftcore.run(tiny_config(epochs=1, schedule="none", backbone_lr_mult=0.1), out=tmp_path / "a")
+    sftcore.run(tiny_config(epochs=1, schedule="none", param_groups={"name": "backbone_head",
+                                                                      "backbone_lr_mult": 0.1}), out=tmp_path / "b")
+    assert _group_lrs(tmp_path / "a") == _group_lrs(tmp_path / "b")
+    assert sorted(set(_group_lrs(tmp_path / "a"))) == pytest.approx([0.001, 0.01])
+
+
+def test_resolved_config_fills_optimizer_and_schedule_options_from_the_factories():
+    from sftcore import _config as cfgmod
+    from sftcore._plugins import get_registry
+
+    ft = cfgmod.resolve(tiny_config(optimizer={"name": "adam"}, schedule="one_cycle"), get_registry())["finetune"]
+    assert ft["optimizer"]["name"] == "adam" and ft["optimizer"]["betas"] == [0.9, 0.999] and "lr" in ft["optimizer"]
+    assert ft["schedule"]["name"] == "one_cycle" and "pct_start" in ft["schedule"]
+    with pytest.raises(ConfigError, match=r"^config: finetune\.optimizer: unknown optimizer 'sgdd'.*sgd"):
+        cfgmod.resolve(tiny_config(optimizer={"name": "sgdd"}), get_registry())
+    with pytest.raises(ConfigError, match=r"finetune\.optimizer.*has no option 'momentum'"):
+        cfgmod.resolve(tiny_config(optimizer={"name": "adamw", "momentum": 0.9}), get_registry())
+
+
+def test_a_plugins_config_error_gets_the_config_path_in_front(plugin):
+    from sftcore import _config as cfgmod, hookimpl
+    from sftcore._plugins import get_registry
+
+    def picky(alpha: float = 1.0):
+        """Refuses negative alpha without knowing where it was configured."""
+        if alpha < 0:
+            raise ConfigError("alpha must be >= 0")
+        return HeadStrategy()
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def register_heads(register):
+            register("t_picky", picky)
+
+    plugin(Plugin, "t-picky")
+    with pytest.raises(ConfigError) as info:
+        cfgmod.resolve(tiny_config(head={"name": "t_picky", "alpha": -1}), get_registry())
+    assert str(info.value) == "config: finetune.head: alpha must be >= 0"
+
+
+# --------------------------------------------------------------------------- sftcore.testing.strategy_epochs
+@pytest.mark.parametrize("name", ["reinit", "linear_probe", "lp_ft", "gradual_unfreeze", "imprint"])
+def test_every_builtin_head_strategy_composes_with_layer_decay(name):
+    from sftcore.testing import create
+
+    strategy = create("heads", name)
+    groups = create("param_groups", "layer_decay", decay=0.5)
+    epochs = strategy_epochs(strategy, epochs=4, param_groups=groups)
+    for e in epochs:
+        assert e.changed <= e.trainable  # a frozen parameter never moves
+        assert any(n.startswith("head.") for n in e.changed)
+        assert len(set(e.lrs.values())) >= 2  # the layers learn at different rates
+    if name in ("linear_probe",):
+        assert all(not any(n.startswith("backbone.") for n in e.trainable) for e in epochs)
+    if name == "gradual_unfreeze":
+        counts = [len(e.trainable) for e in epochs]
+        assert counts == sorted(counts) and counts[0] < counts[-1]
+
+
+def test_strategy_epochs_uses_the_loops_group_check():
+    class Greedy(HeadStrategy):
+        def param_groups(self, ctx, lr, backbone_lr_mult):
+            return [{"name": "head", "params": list(ctx.model.head.parameters()), "lr": lr}]
+
+    from sftcore.errors import PluginError
+
+    with pytest.raises(PluginError, match="left parameters out of the optimizer"):
+        strategy_epochs(Greedy())
+
+
+def test_sft_run_prints_one_plain_line_per_epoch_to_stderr_without_a_terminal(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from sftcore.cli import cli
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(epochs=2)))
+    result = CliRunner().invoke(cli, ["run", str(path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    lines = [x for x in result.stderr.splitlines() if " epoch " in x]
+    assert [x.split(":")[0] for x in lines] == ["finetune epoch 1/2", "finetune epoch 2/2"]
+    assert "\r" not in result.stderr  # no progress bar redraws in a log file
+    assert not any(" epoch " in x for x in result.stdout.splitlines())
