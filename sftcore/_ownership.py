@@ -34,7 +34,9 @@ LOCK = ".sft-lock"
 MARKER = ".sftcore-run"
 CHANGES = "config-changes.jsonl"
 # everything a run writes: --force removes these and nothing else
-RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints", "predictions", "plots", CHANGES, MARKER)
+# what a run writes, the built-in callbacks' files included (a plugin's own files are its business)
+RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints", "predictions", "plots", CHANGES, MARKER,
+             "metrics.csv", "tensorboard", "mlflow-run.json")
 _MISSING = object()
 
 

@@ -264,12 +264,19 @@ class Pipeline:
         return built.keys() == other.keys() and all(torch.equal(built[k], other[k].to(built[k].device))
                                                     for k in built)
 
-    def run(self) -> dict:
+    def run(self, write: Callable[[dict], None] | None = None) -> dict:
+        """The summary; ``write`` saves it (summary.json) before the callbacks hear ``on_run_end``, so that
+        a logger copying the run directory copies it too."""
         self.events("on_run_start", self.info)
         summary = self._run()
         if self.events.errors:
             summary["callback_errors"] = list(self.events.errors)
+        if write is not None:
+            write(summary)
         self.events("on_run_end", self.info, summary)
+        if self.events.errors and write is not None and self.events.errors != summary.get("callback_errors"):
+            summary["callback_errors"] = list(self.events.errors)  # a failure in on_run_end itself
+            write(summary)
         return summary
 
     def _run(self) -> dict:

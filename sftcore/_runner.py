@@ -165,10 +165,12 @@ def _run(cfg: dict, resume: Path | None, out, force: bool, listeners: Listeners,
         import sys
 
         progress = echo is not None and sys.stderr.isatty()
-    try:
-        summary = _pipeline(cfg, run_dir, resume is not None, progress, echo, _events(cfg, listeners))
+    def write(summary: dict) -> None:
         if claim is not None:
             storage.write_json(run_dir / "summary.json", summary)
+
+    try:
+        summary = _pipeline(cfg, run_dir, resume is not None, progress, echo, _events(cfg, listeners), write)
     except SftError as exc:
         # a new run that failed before it saved anything (a dataset error, say) leaves nothing behind,
         # so the corrected config can go to the same --out; an interrupted one stays for --resume
@@ -185,11 +187,11 @@ def _run(cfg: dict, resume: Path | None, out, force: bool, listeners: Listeners,
     return summary
 
 
-def _pipeline(cfg: dict, run_dir: Path, resume: bool, progress, echo, events: Events) -> dict:
+def _pipeline(cfg: dict, run_dir: Path, resume: bool, progress, echo, events: Events, write) -> dict:
     again = f"resume with: sft run --resume {run_dir}" if cfg["checkpoints"] else "start the run again"
     try:
         with StopSignals(catch_repeats=distributed.active()) as stop:
-            return Pipeline(cfg, run_dir, progress, echo, resume=resume, stop=stop, events=events).run()
+            return Pipeline(cfg, run_dir, progress, echo, resume=resume, stop=stop, events=events).run(write)
     except KeyboardInterrupt:  # outside the training loop (loading data, evaluating): nothing half-written
         raise Interrupted(f"Ctrl-C; every finished stage and epoch is saved; {again}", signal.SIGINT) from None
     except Interrupted as exc:

@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - the helpers below work without pytest
     pytest = None
 
 __all__ = ["registered", "sft_plugin", "create", "rejects", "tiny_backbone", "train_context", "make_step", "tiny_config",
-           "run_tiny", "EpochState", "strategy_epochs"]
+           "run_tiny", "EpochState", "strategy_epochs", "reset_commands"]
 
 
 # --------------------------------------------------------------------------- registration
@@ -200,6 +200,15 @@ def make_step(ctx: "TrainContext", inputs: "torch.Tensor | None" = None, targets
         targets = torch.zeros(len(inputs), dtype=torch.long, device=inputs.device)
     logits, features, maps = ctx.model.forward_all(inputs, feature_maps=True)
     return Step(ctx, epoch, inputs, targets, logits, features, maps)
+
+
+def reset_commands() -> None:
+    """Make ``sft`` ask the plugins for their commands again on the next lookup, and forget the ones it
+    had: ``sft`` loads plugin commands once per process, so a test that registers a plugin adding a
+    command calls this before invoking ``sftcore.cli.cli`` (and after, to leave nothing behind)."""
+    from .cli import cli
+
+    cli._reset_plugin_commands()
 
 
 # --------------------------------------------------------------------------- a head strategy through the loop

@@ -29,7 +29,7 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 def one_line_error(code: int, err: str, *needles: str, exit_code: int = 2) -> str:
     assert code == exit_code, err
-    lines = err.strip().splitlines()
+    lines = tiny.without_epoch_lines(err)  # the error is the one line besides the progress lines
     assert len(lines) == 1, err
     assert lines[0].startswith("sft: "), err
     assert "Traceback" not in err and "internal error" not in err

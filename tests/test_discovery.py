@@ -21,7 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_SRC = ROOT / "examples" / "sft-example-plugin"
-BUILTINS = ("sftcore.backbones", "sftcore.datasets", "sftcore.heads", "sftcore.regularizers")
+BUILTINS = ("sftcore.backbones", "sftcore.callbacks", "sftcore.datasets", "sftcore.heads", "sftcore.optim",
+            "sftcore.param_groups", "sftcore.regularizers")
 KINDS = ("datasets", "backbones", "regularizers", "heads", "param_groups", "optimizers", "schedules", "callbacks")
 EXAMPLE_COMPONENTS = {"datasets": ["npz", "stripes"], "backbones": ["tiny_cnn"],
                       "regularizers": ["bss", "delta", "l1"], "heads": ["zero_init"],
@@ -185,7 +186,7 @@ def test_plugins_json_shows_distribution_version_hooks_and_components(example_si
     assert example["error"] is None
     for name in BUILTINS:
         assert entries[name]["builtin"] is True and entries[name]["distribution"] == "sftcore"
-    assert list(entries)[:4] == list(BUILTINS)  # built-ins first
+    assert list(entries)[:len(BUILTINS)] == list(BUILTINS)  # built-ins first
     text = sft("plugins", pythonpath=[example_site], cwd=tmp_path)
     assert text.returncode == 0
     assert "example  [sft-example-plugin 0.1.0]" in text.stdout

@@ -70,8 +70,9 @@ def sections(text: str) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- plugins.md
 def test_there_are_hooks_to_document():
-    assert sorted(hook_specs()) == ["register_backbones", "register_datasets", "register_heads",
-                                    "register_regularizers"]
+    from sftcore._kinds import KINDS
+
+    assert sorted(hook_specs()) == sorted([f"register_{k}" for k in KINDS] + ["register_commands"])
 
 
 @pytest.mark.parametrize("name", sorted(hook_specs()))
@@ -118,7 +119,8 @@ def test_every_hook_is_in_the_hook_reference(name):
     text = read(DOCS / "hooks.md")
     assert f"### `{name}{inspect.signature(hook_specs()[name])}`" in text, f"docs/hooks.md needs ### `{name}(...)`"
     assert inspect.getdoc(hook_specs()[name]).replace("``", "`") in text, f"docs/hooks.md: {name}'s contract"
-    assert [b for b in hook_examples() if f"def {name}(register):" in b], f"docs/hooks.md: no example of {name}"
+    argument = "cli" if name == "register_commands" else "register"
+    assert [b for b in hook_examples() if f"def {name}({argument}):" in b], f"docs/hooks.md: no example of {name}"
     assert "## `register(name, factory, description=None, override=False)`" in text
 
 

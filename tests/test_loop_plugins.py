@@ -293,3 +293,39 @@ def test_sft_run_prints_one_plain_line_per_epoch_to_stderr_without_a_terminal(tm
     assert [x.split(":")[0] for x in lines] == ["finetune epoch 1/2", "finetune epoch 2/2"]
     assert "\r" not in result.stderr  # no progress bar redraws in a log file
     assert not any(" epoch " in x for x in result.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_builtin_loggers_in_a_run_and_across_a_resume(tmp_path, monkeypatch):
+    """csv, tensorboard and mlflow from the config: files in the run directory, the MLflow run holding the
+    finished summary.json; a resumed run continues the same MLflow run and rewrites the csv exactly."""
+    monkeypatch.chdir(tmp_path)
+    callbacks = ["csv", "tensorboard", {"name": "mlflow", "tracking_uri": f"file:{tmp_path / 'mlruns'}"}]
+    config = tiny_config(epochs=3, baseline=True) | {"callbacks": callbacks}
+    sftcore.run(config, out=tmp_path / "ref")
+    ref_rows = (tmp_path / "ref" / "metrics.csv").read_text().splitlines()
+    assert ref_rows[0].startswith("stage,seed,epoch,") and len(ref_rows) == 1 + 3 + 3
+    assert sorted(p.name for p in (tmp_path / "ref" / "tensorboard").iterdir()) == ["baseline", "finetune"]
+    import json
+
+    run_id = json.loads((tmp_path / "ref" / "mlflow-run.json").read_text())["run_id"]
+    artifacts = [p.name for p in (tmp_path / "mlruns").rglob("*") if run_id in str(p) and p.is_file()]
+    assert "summary.json" in artifacts and "metrics.csv" in artifacts
+
+    original = training.Stage._save
+
+    def crash(self, epoch, batch=0, sums=None):
+        if self.name == "finetune" and epoch == 2 and not batch:
+            raise Crash
+        return original(self, epoch, batch, sums)
+
+    with monkeypatch.context() as m:
+        m.setattr(training.Stage, "_save", crash)
+        with pytest.raises(Crash):
+            sftcore.run(config, out=tmp_path / "cut")
+    first_id = json.loads((tmp_path / "cut" / "mlflow-run.json").read_text())["run_id"]
+    sftcore.run(resume=tmp_path / "cut")
+    assert json.loads((tmp_path / "cut" / "mlflow-run.json").read_text())["run_id"] == first_id
+    rows = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
+    strip = lambda lines: [",".join(r.split(",")[:-1]) for r in lines]  # noqa: E731 (without seconds)
+    assert strip(rows) == strip(ref_rows)

@@ -151,3 +151,10 @@ def dataset_plugin(**datasets) -> types.ModuleType:
 
     mod.register_datasets = hookimpl(register_datasets)
     return mod
+
+
+def without_epoch_lines(err: str) -> list[str]:
+    """stderr's lines less the one-per-epoch progress lines (``finetune epoch 2/3: loss ...``)."""
+    import re
+
+    return [line for line in err.strip().splitlines() if not re.match(r"^\S+ epoch \d+/\d+: loss ", line)]

@@ -62,7 +62,8 @@ class MLflowLog(Callback):
     time at the same step (the later value is the run's latest). The default tracking URI is
     ``MLFLOW_TRACKING_URI`` when set, else a local file store, ``./mlruns`` (``mlflow ui
     --backend-store-uri ./mlruns``, or ``mlflow.MlflowClient("file:...")``). Needs ``mlflow`` or
-    ``mlflow-skinny`` (``pip install 'sftcore[mlflow]'``).
+    ``mlflow-skinny`` (``pip install 'sftcore[mlflow]'``). It logs through a client of its own, leaving
+    MLflow's global tracking URI and active run alone.
     """
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "sftcore", run_name: str | None = None,

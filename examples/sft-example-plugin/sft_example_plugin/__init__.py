@@ -35,11 +35,11 @@ HEADS = {
 }
 PARAM_GROUPS = {
     "discriminative": ("discriminative:Discriminative",
-                       "Discriminative lrs (fastai): backbone blocks geometric from lr*mult/div to lr*mult; head lr"),
+                       "Discriminative lrs (fastai): backbone blocks geometric from lr*mult/div up to lr*mult, the head at lr"),
 }
 CALLBACKS = {
     "stop_at_accuracy": ("stop_at_accuracy:StopAtAccuracy",
-                         "Stop a stage once train (or val) accuracy reaches a threshold; writes stopped_at.json"),
+                         "Stop a stage once train (or val) accuracy reaches a threshold; stopped_at.json lists the epochs"),
 }
 COMMANDS = ("example-info",)
 

@@ -6,7 +6,7 @@ from sftcore.api import ParamGroups, TrainContext, check_option
 
 
 class Discriminative(ParamGroups):
-    """Discriminative lrs: the backbone's blocks from lr * backbone_lr_mult / div up to lr * backbone_lr_mult
+    """Discriminative lrs (fastai): backbone blocks geometric from lr*mult/div up to lr*mult, the head at lr
 
     fastai's ``lr=slice(lr / div, lr)`` (Howard and Ruder, ULMFiT, ACL 2018): layers near the input
     change least. With B declared blocks (``TransferModel.blocks()``, from input to output; the

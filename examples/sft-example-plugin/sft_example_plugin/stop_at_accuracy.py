@@ -14,7 +14,7 @@ FILE = "stopped_at.json"
 
 
 class StopAtAccuracy(Callback):
-    """Stop a stage once the monitored accuracy reaches `threshold`; stopped_at.json lists the epochs
+    """Stop a stage once train (or val) accuracy reaches a threshold; stopped_at.json lists the epochs
 
     After each epoch, if ``record[monitor] >= threshold``, the stage is asked to stop
     (``stage.request_stop``): it ends after that epoch, and its result says why (``stopped_early``).

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 import sft_example_plugin
 from sftcore.cli import cli
+from sftcore.testing import reset_commands
 
 PLUGIN_ROOT = Path(__file__).resolve().parents[1]
 KINDS = ["datasets", "backbones", "regularizers", "heads", "param_groups", "callbacks"]
@@ -28,14 +29,13 @@ def sft_commands():
 
     sftcore loads plugin commands once per process, when a name is not a built-in command. A test
     that registers its plugin at run time (as this suite's conftest does) must make sftcore ask again,
-    and must not leave its command behind for other tests. ``_reset_plugin_commands`` is the way
-    sftcore/cli.py documents for this; it is not (yet) part of the public API.
+    and must not leave its command behind for other tests: ``sftcore.testing.reset_commands``.
     """
-    cli._reset_plugin_commands()
+    reset_commands()
     try:
         yield cli
     finally:
-        cli._reset_plugin_commands()
+        reset_commands()
 
 
 def invoke(group, *args):

@@ -31,6 +31,8 @@ def test_every_component_loads_and_has_a_one_line_description():
             assert component.description and "\n" not in component.description
             factory = component.load()  # the lazy "module:attr" string resolves
             assert callable(factory)
+            # `sft list` shows the one-liner, `sft list KIND NAME` the docstring: they start alike
+            assert component.description == factory.__doc__.strip().splitlines()[0]
             names, open_ended = component.option_names()
             assert not open_ended, f"{name}: **kwargs would turn off sftcore's check for misspelt options"
             assert names == list(inspect.signature(factory).parameters)[kind not in NO_FACTORY_CONTEXT:]
