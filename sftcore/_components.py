@@ -4,6 +4,7 @@ need not know where it was configured."""
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,7 +35,7 @@ def located(path: str):
         yield
     except ConfigError as exc:
         text = str(exc)
-        if text.startswith(("config:", "config ", "--set")):
+        if text.startswith("config:"):
             raise
         raise ConfigError(f"config: {path}: {text}") from None
 
@@ -56,7 +57,7 @@ def check(value: Any, kind: str, path: str, registry, *, fill: bool = False, run
     with located(path):
         comp.validate(given, f"config: {path}")
     if fill:
-        value = {"name": value["name"], **comp.defaults(), **given}
+        value = {"name": value["name"], **copy.deepcopy(comp.defaults()), **given}  # never the factory's own list
     return value
 
 

@@ -4,21 +4,35 @@ failing callback switched off with one warning line instead of losing the run.""
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from . import _distributed as distributed
 from .api import Callback
-from .errors import SftError
+from .errors import ConfigError, SftError
 
 STEP_EVENTS = ("on_step_start", "on_step_end")
 
 
 def _defines(callback: Callback, event: str) -> bool:
-    return getattr(type(callback), event, None) is not getattr(Callback, event)
+    return getattr(type(callback), event, None) is not getattr(Callback, event) or event in vars(callback)
 
 
 def _warn(text: str) -> None:
     print(text, file=sys.stderr)
+
+
+def _plain(value: Any) -> bool:
+    """What a checkpoint holds and ``--resume`` reads back safely (``weights_only``): tensors, numbers,
+    strings, None, and lists, tuples and dicts of them."""
+    import torch
+
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _plain(v) for k, v in value.items())
+    return False
 
 
 class Events:
@@ -36,25 +50,59 @@ class Events:
         self._off: set[int] = set()
 
     def __call__(self, event: str, *args) -> None:
+        stop = None
         for label, callback in self.active:
             if id(callback) in self._off or not _defines(callback, event):
                 continue
             try:
                 getattr(callback, event)(*args)
-            except SftError:  # a ConfigError by design stops the run with its line; Interrupted goes on up
-                raise
+            except SftError as exc:  # a ConfigError by design stops the run with its line
+                stop = exc
+                break
             except Exception as exc:
-                self._off.add(id(callback))
-                line = " ".join(f"callback {label} failed in {event}: {type(exc).__name__}: {exc}".split())
-                self.errors.append(line)
-                self.warn(f"sft: warning: {line}; it is off for the rest of the run")
+                self._fail(label, callback, event, exc)
+        if distributed.active() and event not in STEP_EVENTS:  # rank 0's stop ends every rank, not just its own
+            text = distributed.broadcast_object(str(stop) if stop is not None else None)
+            if text is not None and stop is None:
+                raise ConfigError(text)
+        if stop is not None:
+            raise stop
 
-    def state_dict(self) -> list[dict]:
-        return [callback.state_dict() for _, callback in self.callbacks]
+    def _fail(self, label: str, callback: Callback, event: str, exc: Exception) -> None:
+        self._off.add(id(callback))
+        line = " ".join(f"callback {label} failed in {event}: {type(exc).__name__}: {exc}".split())
+        self.errors.append(line)
+        self.warn(f"sft: warning: {line}; it is off for the rest of the run")
 
-    def load_state_dict(self, states: list[dict] | None) -> None:
-        for (_, callback), state in zip(self.callbacks, states or []):
-            callback.load_state_dict(state)
+    def state_dict(self) -> dict[str, dict]:
+        """Each callback's state under its label; one that cannot give a safe state is switched off."""
+        out = {}
+        for label, callback in self.callbacks:
+            if id(callback) in self._off:
+                continue
+            try:
+                state = callback.state_dict()
+                if not _plain(state):
+                    raise TypeError(f"state_dict() returned {type(state).__name__} holding something a checkpoint "
+                                    "cannot reload safely; keep to tensors, numbers, strings, lists and dicts")
+            except Exception as exc:
+                self._fail(label, callback, "state_dict", exc)
+                continue
+            out[f"{label} {type(callback).__name__}"] = state
+        return out
+
+    def load_state_dict(self, states: dict | list | None) -> None:
+        """States by label (older checkpoints: a list in order); a callback not in the checkpoint starts afresh."""
+        if isinstance(states, list):
+            states = {f"{label} {type(cb).__name__}": s for (label, cb), s in zip(self.callbacks, states)}
+        for label, callback in self.callbacks:
+            state = (states or {}).get(f"{label} {type(callback).__name__}")
+            if state is None:
+                continue
+            try:
+                callback.load_state_dict(state)
+            except Exception as exc:
+                self._fail(label, callback, "load_state_dict", exc)
 
 
 NO_EVENTS = Events([])

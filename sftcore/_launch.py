@@ -10,11 +10,15 @@ report is replaced by the workers' one-line `sft:` messages.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 
 from .errors import ConfigError
+
+
+EPOCH_LINE = re.compile(r"^\S+ epoch \d+/\d+: loss ")  # sftcore._outputs.epoch_line
 
 
 def launch(nproc: int, config, overrides, out, resume, force, progress, allow_config_change=False) -> int:
@@ -51,6 +55,9 @@ def launch(nproc: int, config, overrides, out, resume, force, progress, allow_co
                     if line not in said:  # every rank reports the same error: print it once
                         said.append(line)
                         sys.stderr.write(line)
+                elif EPOCH_LINE.match(line):  # rank 0's one line per epoch, as a single process prints it
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
                 elif not _torchrun_noise(line):
                     other.append(line)
         code = proc.wait()

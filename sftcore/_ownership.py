@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _storage as storage
-from .errors import ConfigError
+from .errors import ConfigError, SftError
 
 try:
     import fcntl
@@ -266,7 +267,7 @@ def _check_config(run_dir: Path, cfg: dict, allow_change: bool) -> None:
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         storage.write_json(run_dir / MARKER, {"sftcore": __version__, "created": created, "config": now})
         return
-    changed = changed_keys(marker["config"], now)
+    changed = changed_keys(_current_form(marker["config"]), now)
     if not changed:
         return
     if not allow_change:
@@ -283,6 +284,18 @@ def _check_config(run_dir: Path, cfg: dict, allow_change: bool) -> None:
     record["retrained"] = _invalidate(run_dir, changed)
     storage.write_text(path, before + json.dumps(record) + "\n")
     storage.write_json(run_dir / MARKER, {**marker, "config": now})
+
+
+def _current_form(started: dict) -> dict:
+    """The config the run started with, resolved by this sftcore: keys added since (``callbacks: []``, an
+    optimizer option with a default) then count as unchanged, and only a real edit differs."""
+    from . import _config as cfgmod
+    from ._plugins import get_registry
+
+    try:
+        return normal(cfgmod.resolve(copy.deepcopy(started), get_registry()))
+    except SftError:  # it no longer resolves (a plugin gone): compare it as written
+        return started
 
 
 def _invalidate(run_dir: Path, changed: list[str]) -> list[str]:

@@ -206,7 +206,9 @@ def add_commands(cli) -> None:
         for name, command in before.items():
             if cli.commands.get(name) is not command:
                 cli.commands[name] = command
-                _report(info, f"tried to replace the command 'sft {name}'", "keeping sftcore's")
+                ours = getattr(command.callback, "__module__", "").startswith("sftcore.")
+                _report(info, f"tried to replace the command 'sft {name}'",
+                        "keeping sftcore's" if ours else "keeping the one registered first")
 
 
 def get_registry() -> Registry:

@@ -175,7 +175,9 @@ class Stage:
     def run(self) -> dict:
         self.events("on_stage_start", self.info)
         epoch = self.start_epoch
-        while epoch < self.budget and not self.converged() and self.info.stop_reason is None:
+        # an epoch a checkpoint left half-done is finished first, whatever was asked during it
+        while epoch < self.budget and (self.partial is not None
+                                       or (not self.converged() and self.info.stop_reason is None)):
             self._epoch(epoch)
             epoch += 1
         selected = len(self.history)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Augment", "ImageSet", "FileSet", "DataSplits", "DatasetContext", "BackboneContext", "Backbone",
     "TrainContext", "Step", "Regularizer", "HeadStrategy", "freeze", "unfreeze", "Checkpoint", "read_checkpoint",
-    "check_option", "ParamGroups", "ScheduleContext", "Callback", "RunInfo", "StageInfo", "TransferModel",
+    "check_option", "suggest", "ParamGroups", "ScheduleContext", "Callback", "RunInfo", "StageInfo", "TransferModel",
 ]
 
 
@@ -366,8 +366,11 @@ class Callback:
 
     Callbacks run on rank 0 only under torch.distributed, unless ``all_ranks`` is True; a stop requested
     on rank 0 stops every rank. An exception switches the callback off for the rest of the run with
-    one warning line (the run goes on), except ``sftcore.errors.ConfigError``, which stops the run
-    with its one line. ``state_dict`` goes into the stage's checkpoints, so ``--resume`` restores it.
+    one warning line (the run goes on), except an ``sftcore.errors.SftError`` such as ``ConfigError``,
+    which stops the run with its one line (on every rank). ``state_dict`` goes into the stage's
+    checkpoints under the callback's place and type, so ``--resume`` restores it: keep it to tensors,
+    numbers, strings, None, lists and dicts (what a checkpoint reloads safely); anything else switches
+    the callback off.
     """
 
     all_ranks: bool = False
@@ -434,6 +437,14 @@ def read_checkpoint(path: str) -> Checkpoint:
 
 
 # --------------------------------------------------------------------------- checking options
+def suggest(word: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``word``, or ``""``: for one-line errors."""
+    from ._registry import suggest as _suggest
+
+    return _suggest(word, choices)
+
+
+
 _KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 

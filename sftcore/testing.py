@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - the helpers below work without pytest
     pytest = None
 
 __all__ = ["registered", "sft_plugin", "create", "rejects", "tiny_backbone", "train_context", "make_step", "tiny_config",
-           "run_tiny", "EpochState", "strategy_epochs", "reset_commands"]
+           "run_tiny", "EpochState", "strategy_epochs", "reset_commands", "registry"]
 
 
 # --------------------------------------------------------------------------- registration
@@ -78,6 +78,13 @@ if pytest is not None:
             yield lambda obj, name=None, check=True: stack.enter_context(registered(obj, name, check=check))
 else:  # pragma: no cover
     sft_plugin = None
+
+
+def registry():
+    """Every registered component, as ``sft list`` sees them (``.get(kind, name)``, ``.list(kind)``)."""
+    from . import _plugins as plugins
+
+    return plugins.get_registry()
 
 
 def create(kind: str, name: str, *args: Any, **options: Any) -> Any:
@@ -243,8 +250,9 @@ def strategy_epochs(strategy: Any, *, epochs: int = 3, ctx: "TrainContext | None
     ctx.epochs = epochs
     model, ctx.model = ctx.model, None  # build_head runs before the model exists, as in a run
     ctx.model = TransferModel(model.spec, strategy.build_head(ctx))
-    cfg = {"optimizer": {"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False,
-                         **(optimizer or {})}, "backbone_lr_mult": backbone_lr_mult}
+    plain_sgd = {"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False}
+    chosen = plain_sgd | (optimizer or {}) if (optimizer or {}).get("name", "sgd") == "sgd" else {"lr": lr, **optimizer}
+    cfg = {"optimizer": chosen, "backbone_lr_mult": backbone_lr_mult}
     groups = parameter_groups(ctx, cfg, strategy, param_groups, ctx.stage)
     opt = make_optimizer(groups, cfg["optimizer"])
     out = []

@@ -183,9 +183,11 @@ def test_ctrl_c_under_nproc_saves_mid_epoch_and_resume_is_exact(runs, tmp_path):
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the launcher's group only
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert len(err.strip().splitlines()) == 1, err  # one line, though both ranks said it
-    assert err.startswith("sft: interrupted: Ctrl-C during finetune epoch ")
-    assert err.strip().endswith(f"resume with: sft run --resume {run}")
+    lines = tiny.without_epoch_lines(err)  # rank 0's epoch lines come through, as in one process
+    assert len(lines) == 1, err  # one line, though both ranks said it
+    assert lines[0].startswith("sft: interrupted: Ctrl-C during finetune epoch ")
+    assert lines[0].endswith(f"resume with: sft run --resume {run}")
+    assert all(" epoch " in x for x in err.strip().splitlines() if x not in lines)
     done = subprocess.run([sys.executable, "-m", "sftcore", "run", "--resume", run, "--nproc", "2", "--no-progress"],
                           env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -246,3 +248,34 @@ def test_shards_cover_each_example_once(n, batch, world):
     assert dropped == 0 or (0 < dropped < 2 * world and dropped == n % batch)
     for step in zip(*per_rank):
         assert all(len(b) >= 2 for b in step) and max(map(len, step)) - min(map(len, step)) <= 1
+
+
+def test_epoch_lines_come_once_per_epoch_from_rank_0(runs):
+    _, two = runs
+    lines = [x for x in two.stderr.splitlines() if " epoch " in x and ": loss " in x]
+    pretrain = [x.split(":")[0] for x in lines if x.startswith("pretrain ")]
+    assert pretrain == [f"pretrain epoch {e}/3" for e in (1, 2, 3)]
+
+
+@pytest.mark.slow
+def test_callbacks_under_nproc_stop_every_rank_and_a_callback_error_ends_every_rank(tmp_path):
+    """early_stopping decides on rank 0 and every rank stops after the same epoch; a ConfigError from a
+    callback (early_stopping on val_loss without validation data) ends both processes with one line."""
+    stop = {"name": "early_stopping", "monitor": "train_loss", "patience": 1, "min_delta": 10.0}
+    cfg = tiny.write_yaml(tmp_path / "c.yaml", {**CFG, "pretrain": None, "baseline": None, "callbacks": ["csv", stop]})
+    proc = subprocess.run([sys.executable, "-m", "sftcore", "run", cfg, "--nproc", "2", "--out", tmp_path / "r"],
+                          env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["finetune"]["epochs"] == 2 and "early_stopping" in summary["finetune"]["stopped_early"]
+    assert len((tmp_path / "r" / "metrics.csv").read_text().splitlines()) == 1 + 2  # rank 0 alone wrote it
+    bad = dict(stop, monitor="val_loss")
+    ft = {**CFG["finetune"], "dataset": {**tiny.shapes("target"), "val_fraction": 0}}
+    cfg = tiny.write_yaml(tmp_path / "bad.yaml", {**CFG, "pretrain": None, "baseline": None, "finetune": ft,
+                                                   "callbacks": [bad]})
+    proc = subprocess.run([sys.executable, "-m", "sftcore", "run", cfg, "--nproc", "2", "--out", tmp_path / "b"],
+                          env=ENV, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert tiny.without_epoch_lines(proc.stderr) == [
+        line for line in tiny.without_epoch_lines(proc.stderr) if line.startswith("sft: error: config: callbacks")]
+    assert len(tiny.without_epoch_lines(proc.stderr)) == 1

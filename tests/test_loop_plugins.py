@@ -329,3 +329,82 @@ def test_builtin_loggers_in_a_run_and_across_a_resume(tmp_path, monkeypatch):
     rows = (tmp_path / "cut" / "metrics.csv").read_text().splitlines()
     strip = lambda lines: [",".join(r.split(",")[:-1]) for r in lines]  # noqa: E731 (without seconds)
     assert strip(rows) == strip(ref_rows)
+
+
+class StopThenInterrupt(Callback):
+    """Asks to stop during epoch 2 (after step 1); with ``kill``, a Ctrl-C arrives at step 2 of that epoch."""
+
+    def __init__(self, kill):
+        self.kill = kill
+
+    def on_step_end(self, stage, epoch, step, loss):
+        import os
+        import signal
+
+        if stage.stage == "finetune" and epoch == 2 and step == 1:
+            stage.request_stop("asked mid-epoch")
+        if self.kill and stage.stage == "finetune" and epoch == 2 and step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_stop_asked_mid_epoch_then_an_interruption_resumes_exactly(tmp_path):
+    from sftcore.errors import Interrupted
+
+    config = tiny_config(epochs=4, select="last")
+    ref = sftcore.run(config, out=tmp_path / "ref", callbacks=[StopThenInterrupt(kill=False)])
+    assert ref["finetune"]["epochs"] == 2 and ref["finetune"]["stopped_early"] == "asked mid-epoch"
+    with pytest.raises(Interrupted):
+        sftcore.run(config, out=tmp_path / "cut", callbacks=[StopThenInterrupt(kill=True)])
+    state = torch.load(tmp_path / "cut" / "checkpoints" / "finetune-last.pt", weights_only=True)
+    assert state["batch"] == 3 and state["stopped"] == "asked mid-epoch"
+    resumed = sftcore.run(resume=tmp_path / "cut", callbacks=[StopThenInterrupt(kill=False)])
+    assert resumed["finetune"]["epochs"] == 2 and resumed["finetune"]["test_accuracy"] == ref["finetune"]["test_accuracy"]
+    assert tiny.without_seconds(tiny.read_metrics(tmp_path / "cut")) == \
+        tiny.without_seconds(tiny.read_metrics(tmp_path / "ref"))
+
+
+class Unsafe(Callback):
+    def __init__(self):
+        self.epochs = 0
+
+    def on_epoch_end(self, stage, record):
+        self.epochs += 1
+
+    def state_dict(self):
+        return {"when": object()}  # nothing a weights_only checkpoint reloads
+
+
+def test_a_callback_state_a_checkpoint_cannot_hold_switches_it_off_not_the_resume(tmp_path, capsys):
+    unsafe = Unsafe()
+    summary = sftcore.run(tiny_config(epochs=2), out=tmp_path / "r", callbacks=[unsafe])
+    assert unsafe.epochs == 1  # off after the first checkpoint
+    assert "failed in state_dict" in summary["callback_errors"][0]
+    state = torch.load(tmp_path / "r" / "checkpoints" / "finetune-last.pt", weights_only=True)  # still safe
+    assert state["callbacks"] == {}
+
+
+def test_a_run_started_by_the_previous_version_resumes_without_a_config_change(tmp_path, monkeypatch):
+    """The marker of a run from before callbacks and param_groups existed lacks those keys (and an
+    optimizer option a plugin added since would be missing too): it is the same config."""
+    import json
+
+    from sftcore import _ownership as ownership
+
+    original = training.Stage._save
+
+    def crash(self, epoch, batch=0, sums=None):
+        if epoch == 1 and not batch:
+            raise Crash
+        return original(self, epoch, batch, sums)
+
+    with monkeypatch.context() as m:
+        m.setattr(training.Stage, "_save", crash)
+        with pytest.raises(Crash):
+            sftcore.run(tiny_config(epochs=2), out=tmp_path / "cut")
+    marker_path = tmp_path / "cut" / ownership.MARKER
+    marker = json.loads(marker_path.read_text())
+    del marker["config"]["callbacks"], marker["config"]["finetune"]["param_groups"]
+    del marker["config"]["finetune"]["optimizer"]["nesterov"]
+    marker_path.write_text(json.dumps(marker))
+    sftcore.run(resume=tmp_path / "cut")
+    assert not (tmp_path / "cut" / ownership.CHANGES).exists()

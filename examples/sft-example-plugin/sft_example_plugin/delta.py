@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sftcore.api import Backbone, Regularizer, Step, TrainContext
+from sftcore.api import Backbone, Regularizer, Step, TrainContext, suggest
 from sftcore.errors import ConfigError
-from sftcore._registry import suggest
 
 ATTENTION_HEADS = ("probe", "model")
 BOTTLENECK_CONV3 = "bottleneck_conv3"  # layers: the conv3 of each stage's last bottleneck (the authors' maps)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 
-from sftcore._plugins import get_registry
+from sftcore.testing import registry as get_registry
 
 import sft_example_plugin
 
