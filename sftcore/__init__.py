@@ -7,7 +7,16 @@ objects described in :mod:`sftcore.api`.
 from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
-__all__ = ["hookimpl", "run", "__version__"]
+__all__ = ["hookimpl", "run", "load", "__version__"]
+
+
+def load(path, stage=None, device="cpu"):
+    """A trained stage's model from a run directory (``stage``: default finetune, else pretrain;
+    ``finetune-seed1`` for another seed) or a model file ``checkpoints/<stage>.pt``, needing only the
+    backbone's plugin: ``.module``, ``.classes``, ``.transform(images)``, ``.predict(images, top_k=5)``."""
+    from ._load import load as _load
+
+    return _load(path, stage, device)
 
 
 def run(config=None, *, out=None, overrides=(), progress=None, resume=None, force=False, allow_config_change=False,

@@ -13,9 +13,10 @@ from pathlib import Path
 from . import _storage as storage
 from .errors import ConfigError
 
-# what a finished stage's model file holds
+# what a finished stage's model file holds; the backbone entry, the run's seed and the backbone's plugin
+# (name, distribution) let sftcore.load rebuild the model from the file alone (older files lack them)
 MODEL_KEYS = ("stage", "tag", "seed", "model", "classes", "mean", "std", "image_shape", "input_shape", "config",
-              "result")
+              "result", "backbone", "run_seed", "backbone_plugin")
 
 
 def paths(run_dir: Path | None, tag: str, enabled: bool = True) -> tuple[Path | None, Path | None]:

@@ -141,9 +141,18 @@ class Pipeline:
                 mean=list(map(float, train_tf.mean)), std=list(map(float, train_tf.std)),
                 # what the dataset gave and what the model took: `sft predict` prepares new images alike
                 image_shape=list(data.train.image_shape), input_shape=[train_tf.out_channels, *train_tf.out_hw],
-                config=scfg, result=result)
+                config=scfg, result=result, backbone=self.cfg["backbone"], run_seed=self.seed,
+                backbone_plugin=self._backbone_plugin())
         self.events("on_stage_end", info, result)
         return model, result
+
+    def _backbone_plugin(self) -> dict:
+        """Which plugin (and distribution) provides the backbone: named when sftcore.load lacks it."""
+        from ._plugins import plugin_info
+
+        comp = self.registry.get("backbones", self.cfg["backbone"]["name"])
+        info = plugin_info(comp.plugin)
+        return {"plugin": comp.plugin, "distribution": info.distribution if info else None}
 
     def _assemble(self, name: str, scfg: dict, backbone: Backbone, data: StageData, source_head, source_classes,
                   seed: int, eval_tf: BatchTransform):

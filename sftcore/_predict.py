@@ -8,119 +8,49 @@ resized before that, so a test image written to a file gets exactly the predicti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import _rundir as rundir
 from .errors import SftError
+from ._load import Prediction
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-BATCH = 64
-
-
-@dataclass
-class Prediction:
-    image: str
-    top: list[tuple[str, float]]  # (class, probability), most probable first
-
-    def as_dict(self) -> dict:
-        return {"image": self.image, "top": [{"class": c, "probability": p} for c, p in self.top]}
-
-
 class Predictor:
-    """A stage's model from ``checkpoints/<stage>.pt``, rebuilt through the backbone registry from config.yaml's
-    ``backbone`` and ``seed`` (nothing else of the config is read, see ``_backbone``)."""
+    """``sft predict``'s model: ``sftcore.load`` of a run's stage, called on image files."""
 
     def __init__(self, run_dir, stage: str = "finetune"):
-        import torch
-        from torch import nn
+        from ._load import Model
 
-        from . import _checkpoints as checkpoints
-        from ._data import BatchTransform
-        from ._model import TransferModel
-
-        run = rundir.check(run_dir)
-        raw = rundir.config(run)
-        base, _, seed = stage.partition("-seed")  # finetune-seed1: another seed's model of that stage
-        if base not in rundir.STAGES or (seed and not seed.isdigit()):
-            raise SftError(f"--stage must be one of {', '.join(rundir.STAGES)} (or one of them with -seed<N> "
-                           f"for another seed), not '{stage}'")
-        if not raw.get(base):
-            ran = [s for s in rundir.STAGES if raw.get(s)]
-            raise SftError(f"run '{run}' has no {stage} stage; choose --stage {' or '.join(ran) or 'finetune'}")
-        if raw.get("checkpoints") is False:
-            raise SftError(f"run '{run}' was made with `checkpoints: false`, so it kept no model; "
-                           "rerun it with checkpoints on to predict")
-        path = run / "checkpoints" / f"{stage}.pt"
-        if not path.is_file():
-            raise SftError(f"run '{run}' has no finished {stage} stage (no {path}); "
-                           f"finish it with `sft run --resume {run}`")
-        state = checkpoints.read_model_file(path, "checkpoint", f"delete it and finish the run with "
-                                                                f"`sft run --resume {run}`")
-        if not all(k in state for k in ("classes", "mean", "std")):
-            raise SftError(f"'{path}' is not a sftcore stage checkpoint (needs model, classes, mean and std)")
-        backbone = _backbone(run, raw)  # random weights: the checkpoint's replace them
-        self.classes = [str(c) for c in state["classes"]]
-        model = TransferModel(backbone, nn.Linear(backbone.num_features, len(self.classes)))
-        checkpoints.load_model(model, state, path, f"it does not fit the model built from '{run / 'config.yaml'}': "
-                               "was config.yaml edited after the run? (sft predict rebuilds linear heads)")
-        self.image_shape, input_shape = state.get("image_shape"), state.get("input_shape")
-        if self.image_shape is None or input_shape is None:  # checkpoints from before these were recorded
-            if not backbone.fixed_input_size:
-                raise SftError(f"'{path}' does not record the training image size, and this backbone takes any "
-                               "size; rerun the run with this sftcore version to predict with it")
-            self.image_shape = input_shape = tuple(backbone.input_size)
-        self.image_shape, input_shape = tuple(map(int, self.image_shape)), tuple(map(int, input_shape))
-        if self.image_shape[0] not in (1, 3):
-            raise SftError(f"run '{run}' trained on {self.image_shape[0]}-channel images; sft predict reads grey "
-                           "or colour (1- or 3-channel) images only")
-        self.device = torch.device("cpu")
-        # the runner's evaluation on a CPU: channels_last, fp32
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
-        self.transform = BatchTransform(state["mean"], state["std"], None, self.image_shape, input_shape,
-                                        self.device, channels_last=True)
+        self.model = Model(run_dir, stage)
+        self.classes, self.image_shape = self.model.classes, self.model.image_shape
 
     def __call__(self, images, top_k: int = 5) -> list[Prediction]:
         """Top-``top_k`` classes for each image file; every file is read before any is classified."""
-        import torch
-
-        paths = [str(p) for p in images]
-        pixels = [read_image(p, self.image_shape) for p in paths]
-        k = max(1, min(top_k, len(self.classes)))
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(pixels), BATCH):
-                batch = torch.stack(pixels[start:start + BATCH]).to(self.device)
-                probs = self.model(self.transform(batch)).float().softmax(1)
-                values, index = probs.topk(k, dim=1)
-                for i, (v, c) in enumerate(zip(values.tolist(), index.tolist())):
-                    out.append(Prediction(paths[start + i], [(self.classes[j], p) for j, p in zip(c, v)]))
-        return out
+        return self.model.predict([str(p) for p in images], top_k)
 
 
-def _backbone(run: Path, raw: dict):
-    """The run's backbone from config.yaml's ``backbone`` and ``seed`` alone. Prediction needs nothing else,
-    so a run trained with a dataset, head or regularizer from a plugin not installed here still predicts;
-    only the backbone's own plugin must be, and its absence is one line naming the backbone."""
-    from . import _components as components
-    from . import _config as cfgmod
-    from .errors import ConfigError, show
-    from ._plugins import get_registry
+def to_uint8(image, shape) -> "torch.Tensor":
+    """uint8 ``[C, H, W]`` of ``shape`` from a PIL image or a uint8 ``[C, H, W]`` / ``[H, W]`` tensor,
+    prepared as a decoded file is (channels, then cover and centre-crop)."""
+    import torch
 
-    registry = get_registry()
-    entry = components.entry(raw.get("backbone", cfgmod.RUN_DEFAULTS["backbone"]), "backbone")
-    try:
-        registry.get("backbones", entry["name"])
-    except ConfigError as exc:
-        raise ConfigError(f"run '{run}' needs backbone {show(entry['name'])} to rebuild its model, and no installed "
-                          f"plugin provides it: install the plugin that registers it (the one the run was trained "
-                          f"with) to predict; {exc}") from None
-    cfg = {"backbone": components.check(entry, "backbones", "backbone", registry),
-           "seed": cfgmod._int(raw.get("seed", cfgmod.RUN_DEFAULTS["seed"]), "seed", 0, cfgmod.MAX_SEED)}
-    return components.build_backbone(cfg, registry, random_init=True)
+    if not isinstance(image, torch.Tensor):
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - no PIL, so no PIL images either
+            Image = None
+        if Image is None or not isinstance(image, Image.Image):
+            raise SftError(f"cannot read {type(image).__name__} as an image; pass file paths, PIL images or "
+                           "uint8 tensors [C, H, W]")
+        import numpy as np
+
+        array = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB"))
+        image = torch.from_numpy(array.copy()).permute(2, 0, 1)
+    if image.dtype != torch.uint8 or image.ndim not in (2, 3):
+        raise SftError(f"an image tensor must be uint8 [C, H, W], got {image.dtype} {tuple(image.shape)}")
+    return _prepared(image[None] if image.ndim == 2 else image, shape)
 
 
 def read_image(path, shape) -> "torch.Tensor":
@@ -130,7 +60,6 @@ def read_image(path, shape) -> "torch.Tensor":
     grey from colour with PIL's weights, resized (bicubic) to cover H x W and centre-cropped.
     """
     import torch
-    import torch.nn.functional as F
     from torchvision.io import ImageReadMode, decode_image
 
     p = Path(path)
@@ -153,15 +82,26 @@ def read_image(path, shape) -> "torch.Tensor":
                        "decodes); convert it to PNG or JPEG") from None
     if img.ndim == 4:  # an animated GIF: its first frame
         img = img[0]
+    return _prepared(img, shape)
+
+
+def _prepared(img, shape) -> "torch.Tensor":
+    """A decoded image (uint8 or 16-bit, grey, RGB or RGBA) at ``shape``: alpha onto white, grey with
+    PIL's weights, resized (bicubic) to cover H x W and centre-cropped."""
+    import torch
+    import torch.nn.functional as F
+
     x = img.float()
     if img.dtype != torch.uint8:  # 16-bit PNG
         x = x / 257.0
-    if x.shape[0] == 4:
-        alpha = x[3:] / 255.0
-        x = x[:3] * alpha + 255.0 * (1.0 - alpha)
+    if x.shape[0] in (2, 4):
+        alpha = x[-1:] / 255.0
+        x = x[:-1] * alpha + 255.0 * (1.0 - alpha)
     x = x.round()
-    if shape[0] == 1:
+    if shape[0] == 1 and x.shape[0] == 3:
         x = torch.floor((x[0] * 19595 + x[1] * 38470 + x[2] * 7471 + 0x8000) / 65536)[None]  # PIL's "L"
+    elif shape[0] == 3 and x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
     height, width = shape[1:]
     h0, w0 = x.shape[1:]
     if (h0, w0) != (height, width):

@@ -413,6 +413,26 @@ def predict_cmd(run_dir, images, top_k, stage, as_json):
         click.echo(format_predictions(predictions))
 
 
+@cli.command("export")
+@click.argument("run_dir")
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx", "safetensors"]), required=True,
+              help="torchscript: runs under plain torch.jit.load; onnx: checked with onnxruntime; safetensors: "
+                   "weights with a JSON sidecar (and a timm state dict for a timm backbone).")
+@click.option("--stage", default=None, help="Whose model: finetune (default), pretrain, baseline, or e.g. finetune-seed1.")
+@click.option("--out", metavar="FILE", default=None, help="Where to write (default: RUN_DIR/export/<stage>.<ext>).")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+def export_cmd(run_dir, fmt, stage, out, force):
+    """Export a run's trained model to use it without sftcore.
+
+    The exported model takes normalised float images of the run's input shape and returns logits;
+    the classes, input shape and normalisation go into a JSON sidecar (docs/use-your-model.md).
+    """
+    from ._export import export
+
+    for path in export(run_dir, fmt, stage=stage, out=out, force=force):
+        click.echo(str(path))
+
+
 @cli.command("compare")
 @click.argument("run_dirs", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: differing_keys and one entry per run.")
