@@ -11,7 +11,7 @@ __all__ = ["hookimpl", "run", "load", "__version__"]
 
 
 def load(path, stage=None, device="cpu"):
-    """A trained stage's model from a run directory (``stage``: default finetune, else pretrain;
+    """A trained stage's model from a run directory (``stage``: default finetune, else baseline, else pretrain;
     ``finetune-seed1`` for another seed) or a model file ``checkpoints/<stage>.pt``, needing only the
     backbone's plugin: ``.module``, ``.classes``, ``.transform(images)``, ``.predict(images, top_k=5)``."""
     from ._load import load as _load

@@ -21,6 +21,7 @@ DEFAULT_CONFIG = Path(__file__).with_name("configs") / "default.yaml"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECT = ("auto", "best", "last")
+TTA = ("none", "flip")  # test-time augmentation of a stage's test evaluation (_evaluate.TTA)
 # MAX_SEED (2**32 - 1, from the api, as the built-in datasets' seed: option shares it): seeds feed torch
 # generators, some multiplied (seed * 100003 + epoch seeds the data order), and numpy takes at most
 # 2**32 - 1; beyond it a seed is an error now, not an overflow deep in a run.
@@ -55,6 +56,7 @@ STAGE_DEFAULTS: dict[str, Any] = {
     "backbone_lr_mult": 1.0,
     "select": "auto",
     "label_smoothing": 0.0,
+    "tta": "none",
 }
 
 RUN_DEFAULTS: dict[str, Any] = {
@@ -142,6 +144,8 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
                        f"last: the final epoch; auto: best with {AUTO_SELECT_MIN_VAL} or more validation examples, "
                        "else last (a few examples make the best epoch noise)"),
     "<stage>.label_smoothing": ("number", "0 to 1", "label smoothing of the cross-entropy loss"),
+    "<stage>.tta": ("string", _one_of(TTA), "test-time augmentation of the test evaluation; flip: average the "
+                    "softmax probabilities of each image and its horizontal flip (validation is never augmented)"),
     "<stage>.dataset.labels_per_class": ("integer or null", ">= 1; not with fraction", "keep N training "
                                          "examples per class (stratified, seeded); null: all"),
     "<stage>.dataset.fraction": ("number or null", "> 0 and <= 1; not with labels_per_class",
@@ -350,6 +354,7 @@ def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
     stage["backbone_lr_mult"] = _float(stage["backbone_lr_mult"], f"{path}.backbone_lr_mult", 0.0)
     stage["select"] = _choice(stage["select"], SELECT, f"{path}.select")
     stage["label_smoothing"] = _float(stage["label_smoothing"], f"{path}.label_smoothing", 0.0, 1.0)
+    stage["tta"] = _choice(stage["tta"], TTA, f"{path}.tta")
     return stage
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -11,12 +13,19 @@ from ._device import Performance
 from ._model import TransferModel
 
 
-def evaluate(model: TransferModel, batches: Batches, transform: BatchTransform, perf: Performance) -> dict:
+def evaluate(model: TransferModel, batches: Batches, transform: BatchTransform, perf: Performance,
+             tta: str = "none") -> dict:
     """Accuracy and loss with deterministic transforms; ``correct`` is the per-example hit vector,
     ``predicted`` the per-example predicted class, ``top_k``/``top_k_probability`` the k = min(5, classes)
     most probable classes and their softmax probabilities, kept so that top-5 accuracy and calibration
     can be computed from predictions/<stage>.json after the run (top-k of the logits already computed:
-    no second pass, and a fraction of the size of whole probability vectors)."""
+    no second pass, and a fraction of the size of whole probability vectors).
+
+    ``tta="flip"``: test-time augmentation; each image and its horizontal flip go through the model and
+    their softmax probabilities are averaged; the loss, prediction and top-k come from the averaged
+    probabilities. ``"none"`` (the default) is the plain single pass."""
+    if tta not in TTA:
+        raise ValueError(f"tta must be one of {', '.join(TTA)}, got {tta!r}")
     was_training = model.training
     model.eval()
     predicted, targets, top, top_p = [], [], [], []
@@ -26,6 +35,10 @@ def evaluate(model: TransferModel, batches: Batches, transform: BatchTransform, 
             with perf.autocast():
                 logits = model(transform(x))
             logits = logits.float()
+            if tta == "flip":  # log of the mean probability: normalised, so the code below reads it as logits
+                with perf.autocast():
+                    flipped = model(transform(x.flip(3))).float()
+                logits = torch.logaddexp(logits.log_softmax(1), flipped.log_softmax(1)) - math.log(2.0)
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             predicted.append(logits.argmax(1))
             values, index = logits.topk(min(TOP_K, logits.shape[1]), dim=1)
@@ -48,6 +61,7 @@ def evaluate(model: TransferModel, batches: Batches, transform: BatchTransform, 
 
 
 TOP_K = 5  # classes per example that evaluate() keeps with their probabilities
+TTA = ("none", "flip")  # test-time augmentation: none, or average with the horizontal flip
 
 
 def _joined(tensors: list) -> torch.Tensor:

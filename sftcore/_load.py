@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import _rundir as rundir
 from .errors import ConfigError, SftError, show
@@ -23,16 +23,34 @@ BATCH = 64
 
 @dataclass
 class Prediction:
+    """One image's prediction: ``image`` (its path, or ``<image N>`` for an in-memory image) and ``top``,
+    the ``(class, probability)`` pairs, most probable first."""
+
     image: str
-    top: list[tuple[str, float]]  # (class, probability), most probable first
+    top: list[tuple[str, float]]
+
+    @property
+    def label(self) -> str:
+        """The most probable class."""
+        return self.top[0][0]
+
+    @property
+    def classes(self) -> list[str]:
+        return [c for c, _ in self.top]
+
+    @property
+    def probabilities(self) -> list[float]:
+        return [p for _, p in self.top]
 
     def as_dict(self) -> dict:
         return {"image": self.image, "top": [{"class": c, "probability": p} for c, p in self.top]}
 
 
 def model_file(path, stage: str | None = None) -> Path:
-    """The model file a run directory's ``stage`` (default: finetune, else pretrain) left, or ``path``
-    itself when it is a file."""
+    """The model file a run directory's ``stage`` left, or ``path`` itself when it is a file.
+
+    The default stage is the last one trained on the target task: finetune, else the baseline (a run
+    without finetune), else pretrain (a pretrain-only run)."""
     p = Path(path)
     if p.is_file():
         if stage is not None:
@@ -41,7 +59,7 @@ def model_file(path, stage: str | None = None) -> Path:
     run = rundir.check(p)
     raw = rundir.config(run)
     if stage is None:
-        stage = "finetune" if raw.get("finetune") else "pretrain"
+        stage = next((s for s in ("finetune", "baseline", "pretrain") if raw.get(s)), "finetune")
     base, _, seed = stage.partition("-seed")  # finetune-seed1: another seed's model of that stage
     if base not in rundir.STAGES or (seed and not seed.isdigit()):
         raise SftError(f"--stage must be one of {', '.join(rundir.STAGES)} (or one of them with -seed<N> "
@@ -80,37 +98,50 @@ def _build_backbone(path: Path, entry: Any, seed: Any, plugin: dict):
 
     registry = get_registry()
     entry = components.entry(entry, "backbone")
-    try:
-        registry.get("backbones", entry["name"])
-    except ConfigError as exc:
-        source = (f"plugin '{plugin['plugin']}'" + (f" (pip install {plugin['distribution']})"
-                                                   if plugin.get("distribution") else "")) if plugin else \
-            "the plugin that registers it (the one the run was trained with)"
-        raise ConfigError(f"'{path}' needs backbone {show(entry['name'])} to rebuild its model, and no installed "
-                          f"plugin provides it: install {source}; {exc}") from None
+    if entry["name"] not in registry.components["backbones"]:
+        if plugin.get("plugin") and plugin.get("distribution"):
+            source = f"plugin '{plugin['plugin']}' of distribution '{plugin['distribution']}' " \
+                     f"(pip install {plugin['distribution']})"
+        elif plugin.get("plugin"):
+            source = f"plugin '{plugin['plugin']}' (registered at run time, not from an installed distribution)"
+        else:
+            source = "the plugin that registers it (the one the run was trained with; older model files do not " \
+                     "record which)"
+        raise ConfigError(f"'{path}' needs backbone {show(entry['name'])}, and no installed plugin provides it: "
+                          f"install {source}") from None
     cfg = {"backbone": components.check(entry, "backbones", "backbone", registry),
            "seed": cfgmod._int(seed, "seed", 0, cfgmod.MAX_SEED)}
     return components.build_backbone(cfg, registry, random_init=True)
 
 
 class Model:
-    """A trained stage's model, ready to predict: ``module`` (a ``torch.nn.Module`` in eval mode, normalised
-    float images ``[N, C, H, W]`` of ``input_shape`` -> logits), ``classes``, ``image_shape`` (what the
-    dataset's images were), ``mean``/``std``, ``transform(images)`` (PIL images, uint8 tensors or file
-    paths -> the module's input) and ``predict(images, top_k=5)``."""
+    """A trained stage's model, ready to use outside sftcore's runs (what :func:`sftcore.load` returns).
+
+    Attributes:
+      ``module``: the ``torch.nn.Module`` (backbone + linear head) in eval mode on ``device``: normalised
+        float images ``[N, *input_shape]`` in, logits ``[N, len(classes)]`` out.
+      ``classes``: the class names, in the order of the logits.
+      ``input_shape``: ``(C, H, W)`` the module takes; ``image_shape``: ``(C, H, W)`` of the dataset's
+        images (new images are brought to it first, as the run's test images were).
+      ``mean``, ``std``: the per-channel normalisation (of ``x / 255``) the module expects.
+      ``transform(images)``: PIL images, uint8 tensors (``[C, H, W]``, ``[H, W]`` or a batch ``[N, C, H, W]``)
+        or file paths, one or a list, -> the module's input ``[N, *input_shape]`` on ``device``.
+      ``predict(images, top_k=5)``: a :class:`Prediction` per image (classes and probabilities), computed in
+        batches of ``BATCH`` on ``device``.
+      ``device``, ``to(device)``; ``path`` (the model file) and ``stage`` (its stage tag, e.g. ``finetune``).
+    """
 
     def __init__(self, path, stage: str | None = None, device: str = "cpu"):
-        import torch
         from torch import nn
 
         from . import _checkpoints as checkpoints
-        from ._data import BatchTransform
         from ._model import TransferModel
 
         self.path = model_file(path, stage)
         state = checkpoints.read_model_file(self.path, "checkpoint", "use checkpoints/<stage>.pt of a finished run")
         if not all(k in state for k in ("classes", "mean", "std")):
             raise SftError(f"'{self.path}' is not a sftcore stage checkpoint (needs model, classes, mean and std)")
+        self.stage = str(state.get("tag") or self.path.stem)
         backbone = _build_backbone(self.path, *_backbone_entry(self.path, state))  # random: the file's weights follow
         self.classes = [str(c) for c in state["classes"]]
         self.module = TransferModel(backbone, nn.Linear(backbone.num_features, len(self.classes)))
@@ -118,42 +149,111 @@ class Model:
                                "builds (sftcore rebuilds linear heads); was config.yaml edited after the run?")
         self.image_shape, self.input_shape = _shapes(self.path, state, backbone)
         self.mean, self.std = [float(m) for m in state["mean"]], [float(s) for s in state["std"]]
-        self.device = torch.device(device)
+        self.module.eval()
+        self.to(device)
+
+    def to(self, device) -> "Model":
+        """Move the module to ``device`` (``cpu``, ``cuda``, ``cuda:1``, ``auto``: cuda when there is one);
+        returns self."""
+        import torch
+
+        from ._data import BatchTransform
+
+        self.device = resolve_device(device)
         # the runner's evaluation: channels_last, fp32
         self.module = self.module.to(self.device, memory_format=torch.channels_last).eval()
         self._prepare = BatchTransform(self.mean, self.std, None, self.image_shape, self.input_shape, self.device,
                                        channels_last=True)
+        return self
 
-    def images(self, images: Sequence) -> "torch.Tensor":
+    def __repr__(self) -> str:
+        return (f"<sftcore Model {self.stage} from '{self.path}': {len(self.classes)} classes, input "
+                f"{list(self.input_shape)}, images {list(self.image_shape)}, on {self.device}>")
+
+    def images(self, images) -> "torch.Tensor":
         """uint8 ``[N, C, H, W]`` at the dataset's image size from file paths, PIL images or uint8 tensors."""
         import torch
 
         from ._predict import read_image, to_uint8
 
-        out = [read_image(x, self.image_shape) if isinstance(x, (str, Path)) else to_uint8(x, self.image_shape)
-               for x in images]
+        out = []
+        for x in _as_list(images):
+            if isinstance(x, (str, Path)):
+                out.append(read_image(x, self.image_shape))
+            elif isinstance(x, torch.Tensor) and x.ndim == 4:
+                out.extend(to_uint8(one, self.image_shape) for one in x)
+            else:
+                out.append(to_uint8(x, self.image_shape))
         return torch.stack(out) if out else torch.zeros(0, *self.image_shape, dtype=torch.uint8)
 
-    def transform(self, images: Sequence) -> "torch.Tensor":
-        """The module's input for ``images``: resized and normalised as the run's test images were."""
+    def transform(self, images) -> "torch.Tensor":
+        """The module's input for ``images`` (one or a list): brought to the dataset's image size, resized to
+        ``input_shape`` and normalised as the run's test images were; a float ``[N, *input_shape]`` on ``device``."""
         return self._prepare(self.images(images).to(self.device))
 
-    def logits(self, images: Sequence) -> "torch.Tensor":
+    __call__ = transform
+
+    def logits(self, images) -> "torch.Tensor":
+        """The module's logits ``[N, len(classes)]`` (on the CPU) for ``images``, decoded and run ``BATCH``
+        at a time."""
         import torch
 
+        items = _as_list(images)
+        parts = []
         with torch.inference_mode():
-            batch = self.images(images)
-            parts = [self.module(self._prepare(batch[i:i + BATCH].to(self.device))).float()
-                     for i in range(0, len(batch), BATCH)]
+            for i in range(0, len(items), BATCH):
+                batch = self.images(items[i:i + BATCH]).to(self.device)
+                parts.append(self.module(self._prepare(batch)).float().cpu())
         return torch.cat(parts) if parts else torch.zeros(0, len(self.classes))
 
-    def predict(self, images: Sequence, top_k: int = 5) -> list[Prediction]:
-        """The ``top_k`` most probable classes of each image, with their probabilities."""
-        names = [str(x) if isinstance(x, (str, Path)) else f"<image {i}>" for i, x in enumerate(images)]
-        probs = self.logits(images).softmax(1)
-        values, index = probs.topk(max(1, min(top_k, len(self.classes))), dim=1)
+    def predict(self, images, top_k: int = 5) -> list["Prediction"]:
+        """The ``top_k`` most probable classes of each image (one or a list of paths, PIL images, uint8
+        tensors), with their probabilities; one :class:`Prediction` per image, in order."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise SftError(f"top_k must be an integer of 1 or more, got {top_k!r}")
+        items = _as_list(images)
+        names = [str(x) if isinstance(x, (str, Path)) else f"<image {i}>" for i, x in enumerate(items)]
+        probs = self.logits(items).softmax(1)
+        values, index = probs.topk(min(top_k, len(self.classes)), dim=1)
         return [Prediction(n, [(self.classes[j], p) for j, p in zip(c, v)])
                 for n, c, v in zip(names, index.tolist(), values.tolist())]
+
+
+def _as_list(images) -> list:
+    """One image (a path, a PIL image, a 2-/3-d tensor) or a batch tensor or a sequence of images, as a list."""
+    import torch
+
+    if isinstance(images, (str, Path)) or (isinstance(images, torch.Tensor) and images.ndim in (2, 3)):
+        return [images]
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise SftError(f"an image tensor must be uint8 [C, H, W], [H, W] or a batch [N, C, H, W], "
+                           f"got {tuple(images.shape)}")
+        return list(images)
+    if hasattr(images, "convert") and hasattr(images, "size"):  # a PIL image
+        return [images]
+    try:
+        return list(images)
+    except TypeError:
+        raise SftError(f"cannot read {type(images).__name__} as images; pass file paths, PIL images or uint8 "
+                       "tensors, one or a list") from None
+
+
+def resolve_device(device) -> "torch.device":
+    """``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (cuda when torch sees one) as a torch.device; one line when absent."""
+    import torch
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SftError(f"device must be cpu, cuda (cuda:N) or auto, not {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SftError("device is cuda but torch sees no CUDA device; use --device auto or cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise SftError(f"device {dev} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def _shapes(path: Path, state: dict, backbone) -> tuple[tuple, tuple]:
@@ -171,6 +271,7 @@ def _shapes(path: Path, state: dict, backbone) -> tuple[tuple, tuple]:
 
 
 def load(path, stage: str | None = None, device: str = "cpu") -> Model:
-    """A run directory's stage (default: finetune, else pretrain; ``finetune-seed1`` for another seed) or a
-    model file (``checkpoints/<stage>.pt``), as a :class:`Model`."""
+    """A run directory's stage (default: finetune, else baseline, else pretrain; ``finetune-seed1`` for
+    another seed) or a model file (``checkpoints/<stage>.pt``, copied anywhere), as a :class:`Model` on
+    ``device`` (cpu, cuda, auto). Only the backbone's plugin is needed."""
     return Model(path, stage, device)

@@ -199,13 +199,20 @@ class Pipeline:
         self.log.keep(tag, len(stage.history))
 
     def _test(self, tag: str, model: TransferModel, data: StageData, scfg: dict, eval_tf, result: dict) -> None:
-        """Test accuracy and loss into ``result``, with the per-example hits (``correct``) for the verdict."""
-        result.update(test_accuracy=None, test_loss=None, correct=None)
+        """Test accuracy, loss, top-5 accuracy (more than 5 classes, else None), balanced accuracy and macro-F1
+        into ``result`` (all None without a test split), with the per-example hits (``correct``) for the verdict;
+        the stage's ``tta`` applies here only (validation, and so the kept epoch, never sees it)."""
+        from . import _metrics as metrics
+
+        result.update(test_accuracy=None, test_loss=None, test_top5_accuracy=None, test_balanced_accuracy=None,
+                      test_macro_f1=None, correct=None)
         if data.test is None or not len(data.test):
             return
         test = Batches(data.test, scfg["eval_batch_size"], self.perf.device, shuffle=False, sharded=True)
-        ev = evaluate(model, test, eval_tf, self.perf)
+        ev = evaluate(model, test, eval_tf, self.perf, tta=scfg.get("tta", "none"))
         result.update(test_accuracy=ev["accuracy"], test_loss=ev["loss"], correct=ev["correct"])
+        extra = metrics.scores(ev["targets"], ev["predicted"], ev["top_k"], len(data.classes))
+        result.update({f"test_{key}": value for key, value in extra.items()})
         if self.run_dir is not None and distributed.is_main():
             write_predictions(self.run_dir, tag, data.classes, ev)
 

@@ -10,7 +10,7 @@ import importlib
 import io
 from pathlib import Path
 
-from . import _rundir as rundir, _storage as storage
+from . import _metrics as metrics, _rundir as rundir, _storage as storage
 from .errors import SftError
 
 NEEDS_MATPLOTLIB = "`sft plot` needs matplotlib: pip install 'sftcore[plot]'"
@@ -19,7 +19,8 @@ ANNOTATED_CLASSES = 15  # up to this, every cell of the confusion matrix shows i
 
 
 def plot(run_dir, out=None) -> list[Path]:
-    """Write the run's figures (and the confusion counts as CSV) into ``out`` (default RUN_DIR/plots)."""
+    """Write the run's figures (and the confusion counts and per-class scores as CSV) into ``out``
+    (default RUN_DIR/plots)."""
     try:
         importlib.import_module("matplotlib")  # before any work: the one thing a user may need to install
     except ImportError:
@@ -44,6 +45,7 @@ def plot(run_dir, out=None) -> list[Path]:
         classes, counts = confusion(preds)
         written.append(_save_png(confusion_figure("finetune", classes, counts), folder / "finetune-confusion.png"))
         written.append(_save_csv(classes, counts, folder / "finetune-confusion.csv"))
+        written.append(_save_per_class_csv(classes, preds, folder / "finetune-per-class.csv"))
     return written
 
 
@@ -153,5 +155,18 @@ def _save_csv(classes: list[str], counts, path: Path) -> Path:
     writer.writerow(["true \\ predicted", *classes])
     for name, row in zip(classes, counts.tolist()):
         writer.writerow([name, *row])
+    storage.write_text(path, buffer.getvalue())
+    return path
+
+
+def _save_per_class_csv(classes: list[str], preds: dict, path: Path) -> Path:
+    """class, support, precision, recall, f1 per class (sftcore._metrics' conventions; empty where undefined:
+    precision of a class never predicted, recall of a class with no test examples)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["class", "support", "precision", "recall", "f1"])
+    for name, row in zip(classes, metrics.per_class(preds["targets"], preds["predicted"], len(classes))):
+        writer.writerow([name, row["support"], *("" if row[k] is None else f"{row[k]:.6f}"
+                                                 for k in ("precision", "recall", "f1"))])
     storage.write_text(path, buffer.getvalue())
     return path

@@ -8,11 +8,18 @@ resized before that, so a test image written to a file gets exactly the predicti
 
 from __future__ import annotations
 
+import csv
+import glob
+import io
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import SftError
 from ._load import Prediction
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")  # what read_image decodes
+WILDCARDS = "*?["
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -49,7 +56,10 @@ def to_uint8(image, shape) -> "torch.Tensor":
         array = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB"))
         image = torch.from_numpy(array.copy()).permute(2, 0, 1)
     if image.dtype != torch.uint8 or image.ndim not in (2, 3):
-        raise SftError(f"an image tensor must be uint8 [C, H, W], got {image.dtype} {tuple(image.shape)}")
+        raise SftError(f"an image tensor must be uint8 [C, H, W] or [H, W], got {image.dtype} {tuple(image.shape)}")
+    if image.ndim == 3 and image.shape[0] not in (1, 2, 3, 4):
+        hint = "; it looks like [H, W, C]: pass image.permute(2, 0, 1)" if image.shape[-1] in (1, 3, 4) else ""
+        raise SftError(f"an image tensor must be [C, H, W] with 1 to 4 channels, got {tuple(image.shape)}{hint}")
     return _prepared(image[None] if image.ndim == 2 else image, shape)
 
 
@@ -111,6 +121,66 @@ def _prepared(img, shape) -> "torch.Tensor":
         top, left = (h1 - height) // 2, (w1 - width) // 2
         x = x[:, top:top + height, left:left + width].round()
     return x.clamp(0, 255).to(torch.uint8).contiguous()
+
+
+def expand_images(args) -> list[Path]:
+    """``sft predict``'s IMAGES as files: a file as it is; a folder as every image file in it and its
+    subfolders (by suffix, sorted by path, hidden files and folders skipped); a pattern with ``*``, ``?``
+    or ``[`` that names no file is a glob (``**`` for any depth), its matches sorted, folders expanded."""
+    out: list[Path] = []
+    for arg in map(str, args):
+        p = Path(arg)
+        if p.is_dir():
+            found = _folder_images(p)
+            if not found:
+                raise SftError(f"folder '{p}' holds no image files ({', '.join(IMAGE_SUFFIXES)}, in it or "
+                               "its subfolders); pass image files or a folder of them")
+            out.extend(found)
+        elif p.exists() or not any(c in arg for c in WILDCARDS):
+            if not p.exists():
+                raise SftError(f"image '{p}' not found; check the path")
+            out.append(p)
+        else:
+            matches = sorted(glob.glob(arg, recursive=True))
+            found = []
+            for m in map(Path, matches):
+                found.extend(_folder_images(m) if m.is_dir() else [m])
+            if not found:
+                raise SftError(f"no image file matches '{arg}'; check the pattern (quoted, sftcore expands it: "
+                               "'photos/*.jpg', 'photos/**/*.png')")
+            out.extend(found)
+    return out
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    found = []
+    for f in folder.rglob("*"):
+        rel = f.relative_to(folder).parts
+        if any(part.startswith(".") for part in rel):
+            continue
+        if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+            found.append(f)
+    return sorted(found)
+
+
+CSV_HEADER = ("image", "rank", "class", "probability")
+
+
+def render(predictions: list[Prediction], fmt: str) -> str:
+    """``text``: the image, then one ``  NN.N%  class`` line per rank; ``json``: a list of
+    ``{image, top: [{class, probability}]}``; ``csv``: one row per image per rank, columns CSV_HEADER."""
+    if fmt == "json":
+        return json.dumps([p.as_dict() for p in predictions], indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(CSV_HEADER)
+        for pred in predictions:
+            for rank, (c, p) in enumerate(pred.top, 1):
+                writer.writerow((pred.image, rank, c, repr(float(p))))
+        return buf.getvalue()
+    text = format_predictions(predictions)
+    return text + "\n" if text else ""
 
 
 def format_predictions(predictions: list[Prediction]) -> str:

@@ -10,7 +10,8 @@ import statistics
 
 STAGES = ("pretrain", "finetune", "baseline")
 UNDERTRAINED = 0.9  # final training accuracy below this: the model has not fitted its training data
-AVERAGED = ("test_accuracy", "test_loss", "val_accuracy", "train_accuracy", "train_loss")
+AVERAGED = ("test_accuracy", "test_loss", "test_top5_accuracy", "test_balanced_accuracy", "test_macro_f1",
+            "val_accuracy", "train_accuracy", "train_loss")  # summary.json: mean over seeds, with `<score>_sd`
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,

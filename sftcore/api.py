@@ -139,6 +139,10 @@ class Backbone:
     mean: Sequence[float] | None = None  # normalisation the weights were trained with, if any
     std: Sequence[float] | None = None
     fixed_input_size: bool = True  # False: any spatial size works, no resize needed
+    # features' and head's state dicts (no prefixes) -> the state dict of the library's own model, e.g. what
+    # timm.create_model(name, num_classes=K) loads with strict=True (`sft export --format safetensors`); it must
+    # work from the weights alone (the model may have been rebuilt with random_init). None: no such model.
+    native_state_dict: Callable[[dict, dict], dict] | None = None
 
 
 # --------------------------------------------------------------------------- training

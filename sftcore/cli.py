@@ -381,8 +381,8 @@ def plot_cmd(run_dir, out):
     """Draw a run's training curves and confusion matrix.
 
     Writes <stage>-curves.png (loss and accuracy per epoch, train and validation) for every stage,
-    and finetune-confusion.png with the counts in finetune-confusion.csv. Needs matplotlib:
-    pip install 'sftcore[plot]'.
+    finetune-confusion.png with the counts in finetune-confusion.csv, and per-class precision, recall
+    and F1 in finetune-per-class.csv. Needs matplotlib: pip install 'sftcore[plot]'.
     """
     from ._plots import plot
 
@@ -391,26 +391,58 @@ def plot_cmd(run_dir, out):
 
 
 @cli.command("predict")
-@click.argument("run_dir")
-@click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--top-k", default=5, show_default=True, help="How many classes to print per image.")
-@click.option("--stage", default="finetune", show_default=True,
-              help="Whose model: pretrain, finetune or baseline (the first seed), or e.g. finetune-seed1.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of {image, top: [{class, probability}]}.")
-def predict_cmd(run_dir, images, top_k, stage, as_json):
-    """Classify image files with a run's saved model.
+@click.argument("run_dir", metavar="RUN_OR_MODEL_FILE")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--top-k", default=5, show_default=True, help="How many classes to give per image.")
+@click.option("--stage", default=None,
+              help="A run directory's stage: finetune (default; a run without it: baseline, then pretrain), "
+                   "pretrain, baseline, or e.g. finetune-seed1 for another seed's model.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default=None,
+              help="text (default): each image, then its classes; json: a list of {image, top: [{class, "
+                   "probability}]}; csv: columns image,rank,class,probability, one row per image per rank.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--out", metavar="FILE", default=None, help="Write to FILE instead of stdout (refused if it exists).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out FILE.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+              help="Where to run the model; auto: cuda when torch sees one, else cpu.")
+def predict_cmd(run_dir, images, top_k, stage, fmt, as_json, out, force, device):
+    """Classify images with a run's trained model (sftcore.load).
 
-    Reads JPEG, PNG, WebP and GIF files and prepares them as the run prepared its test images.
+    RUN_OR_MODEL_FILE is a run directory or a model file (checkpoints/<stage>.pt, copied anywhere).
+    IMAGES are image files, folders (every .jpg, .jpeg, .png, .webp and .gif file in them and their
+    subfolders, recursively, sorted by path) and glob patterns that sftcore expands, quoted so the shell
+    leaves them alone ('photos/*.jpg', 'photos/**/*.png'). Images are prepared as the run prepared its
+    test images and classified in batches on --device. Only the backbone's plugin is needed.
     """
-    from ._predict import Predictor, format_predictions
+    from pathlib import Path
 
     if top_k < 1:
         raise SftError(f"--top-k must be 1 or more, got {top_k}")
-    predictions = Predictor(run_dir, stage)(images, top_k)
-    if as_json:
-        click.echo(json.dumps([p.as_dict() for p in predictions], indent=2))
-    else:
-        click.echo(format_predictions(predictions))
+    if as_json and fmt not in (None, "json"):
+        raise SftError(f"--json is --format json; drop one of --json and --format {fmt}")
+    fmt = "json" if as_json else (fmt or "text")
+    target = Path(out) if out else None
+    if target is not None:
+        if target.is_dir():
+            raise SftError(f"--out '{target}' is a folder; give a file path")
+        if target.exists() and not force:
+            raise SftError(f"--out '{target}' exists; pass --force to overwrite it")
+        if not target.parent.is_dir():
+            raise SftError(f"--out '{target}': folder '{target.parent}' not found; create it first")
+
+    from ._load import load
+    from ._predict import expand_images, render
+
+    files = expand_images(images)  # before the model: a typo costs no loading
+    model = load(run_dir, stage, device)
+    text = render(model.predict(files, top_k), fmt)
+    if target is None:
+        click.echo(text, nl=False)
+        return
+    from . import _storage as storage
+
+    storage.write_text(target, text)  # atomic: a failed write leaves no half file
+    click.echo(f"{len(files)} image(s) classified: {target}", err=True)
 
 
 @cli.command("export")

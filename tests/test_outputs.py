@@ -93,9 +93,9 @@ def test_plot_writes_decodable_pngs_and_the_confusion_counts(run_dir, tmp_path):
     out = tmp_path / "figs"
     printed = ok(invoke("plot", run_dir, "--out", out)).splitlines()
     names = ["pretrain-curves.png", "finetune-curves.png", "baseline-curves.png", "finetune-confusion.png",
-             "finetune-confusion.csv"]
+             "finetune-confusion.csv", "finetune-per-class.csv"]
     assert printed == [str(out / n) for n in names]
-    for name in names[:-1]:
+    for name in names[:-2]:
         image = decode_image(read_file(str(out / name)))
         assert image.dtype == torch.uint8 and image.shape[0] in (3, 4) and min(image.shape[1:]) >= 300
         assert image.float().std() > 0  # something was drawn
@@ -111,7 +111,7 @@ def test_plot_writes_decodable_pngs_and_the_confusion_counts(run_dir, tmp_path):
 
 def test_plot_defaults_to_run_dir_plots(run_dir):
     printed = ok(invoke("plot", run_dir)).splitlines()
-    assert len(printed) == 5 and all(line.startswith(str(run_dir / "plots")) for line in printed)
+    assert len(printed) == 6 and all(line.startswith(str(run_dir / "plots")) for line in printed)
 
 
 def test_confusion_matrix_names_the_classes_up_to_30_and_stays_readable_at_100():
@@ -225,7 +225,7 @@ def test_predict_checkpoint_without_recorded_shapes_uses_the_backbone_input(run_
     ("missing image", "not found"),
     ("text file", "cannot decode image"),
     ("truncated png", "cannot decode image"),
-    ("folder", "is a folder"),
+    ("folder", "holds no image files"),  # a folder is read (recursively); one without images is refused
     ("not a run", "not a run directory"),
     ("no checkpoint", "no finished finetune stage"),
     ("checkpoints off", "checkpoints: false"),
@@ -246,7 +246,8 @@ def test_predict_errors(run_dir, test_split, tmp_path, case, expect):
         image = tmp_path / "cut.png"
         image.write_bytes(good.read_bytes()[:60])
     elif case == "folder":
-        image = tmp_path
+        image = tmp_path / "empty"
+        image.mkdir()
     elif case == "not a run":
         run = tmp_path
     elif case == "no checkpoint":
@@ -302,13 +303,27 @@ def test_predict_without_the_backbones_plugin_is_one_line_naming_it(run_dir, tes
     from sftcore.errors import SftError
     from sftcore._predict import Predictor
 
-    run = copy_run(run_dir, tmp_path / "other", files=("config.yaml", "checkpoints/finetune.pt"),
-                   edit=lambda c: c.update(backbone={"name": "no_such_backbone"}))
+    # the model file records its backbone entry and plugin (config.yaml is not read for it)
+    run = copy_run(run_dir, tmp_path / "other", files=("config.yaml", "checkpoints/finetune.pt"))
+    state = torch.load(run / "checkpoints" / "finetune.pt", weights_only=True)
+    state["backbone"] = {"name": "no_such_backbone"}
+    state["backbone_plugin"] = {"plugin": "other-plugin", "distribution": "sft-other"}
+    torch.save(state, run / "checkpoints" / "finetune.pt")
     with pytest.raises(SftError) as err:
         Predictor(run, "finetune")
-    assert "\n" not in str(err.value) and "no_such_backbone" in str(err.value) and "install" in str(err.value)
+    message = str(err.value)
+    assert "\n" not in message and "no_such_backbone" in message and "pip install sft-other" in message
     _, (image,) = write_test_images(test_split, tmp_path / "images", every=10_000)
     assert "no_such_backbone" in one_error_line(invoke("predict", run, image))
+    # an older model file without them: the run's config.yaml names the backbone
+    old = copy_run(run_dir, tmp_path / "old", files=("config.yaml", "checkpoints/finetune.pt"),
+                   edit=lambda c: c.update(backbone={"name": "no_such_backbone"}))
+    state = torch.load(old / "checkpoints" / "finetune.pt", weights_only=True)
+    for key in ("backbone", "run_seed", "backbone_plugin"):
+        del state[key]
+    torch.save(state, old / "checkpoints" / "finetune.pt")
+    line = one_error_line(invoke("predict", old, image))
+    assert "no_such_backbone" in line and "install" in line
 
 
 # --------------------------------------------------------------------------- compare

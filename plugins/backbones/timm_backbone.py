@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import copy
 import difflib
+import functools
 import math
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def timm_backbone(ctx: BackboneContext, model: str = "resnet18", pretrained: boo
     head = None
     if loaded and getattr(net, "num_classes", 0):  # a random classifier is no source head
         head = _as_head(copy.deepcopy(net.get_classifier()))
+    native = _native(net)  # before the classifier goes: its name and kind
     net.reset_classifier(0)  # forward() now returns pooled pre-logit features
     if head is None:
         source_classes = None
@@ -83,6 +85,7 @@ def timm_backbone(ctx: BackboneContext, model: str = "resnet18", pretrained: boo
         fixed_input_size=img_size is not None or (bool(cfg.get("fixed_input_size", False))
                                                    and not args.get("dynamic_img_size", False)
                                                    and args.get("strict_img_size", True)),
+        native_state_dict=native,
     )
 
 
@@ -338,6 +341,37 @@ def _imagenet_names(rows: int) -> list[str] | None:
 
 
 # --------------------------------------------------------------------------- splitting
+def _native(net: nn.Module):
+    """``Backbone.native_state_dict`` for this timm model: the features' state dict plus the head under the
+    classifier's own name (a 1x1-conv classifier gets its weight back as a conv kernel), which is what
+    ``timm.create_model(name, num_classes=K)`` loads; ``None`` where timm names no single classifier."""
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    name = cfg.get("classifier") if isinstance(cfg, dict) else None
+    if not isinstance(name, str) or not name:
+        return None  # e.g. distilled ViTs: (head, head_dist)
+    try:
+        classifier = net.get_classifier()
+        if net.get_submodule(name) is not classifier:
+            return None
+    except (AttributeError, NotImplementedError):
+        return None
+    conv = isinstance(classifier, nn.Conv2d)
+    if conv and (classifier.kernel_size != (1, 1) or classifier.groups != 1):
+        return None
+    if not conv and not isinstance(classifier, (nn.Linear, nn.Identity)):
+        return None
+    return functools.partial(_native_state_dict, name, conv)
+
+
+def _native_state_dict(classifier: str, conv: bool, features: dict, head: dict) -> dict:
+    if set(head) not in ({"weight"}, {"weight", "bias"}) or head["weight"].ndim != 2:
+        raise ValueError(f"the head is not one linear layer (has {sorted(head)}), so it is no timm classifier")
+    state = dict(features)
+    for key, value in head.items():
+        state[f"{classifier}.{key}"] = value[:, :, None, None] if conv and key == "weight" else value
+    return state
+
+
 def _as_head(classifier) -> nn.Module | None:
     """The classifier as a module over pooled features ``[N, D]`` (a 1x1 conv becomes a Linear)."""
     if not isinstance(classifier, nn.Module) or not any(True for _ in classifier.parameters()):
