@@ -75,14 +75,22 @@ def export(run_dir, fmt: str, stage: str | None = None, out=None, force: bool = 
         "image_shape": list(model.image_shape),
         "mean": list(model.mean),
         "std": list(model.std),
-        "input": "float32 [N, C, H, W] of input_shape: uint8 images of image_shape (C, H, W), resized to "
-                 "input_shape (bilinear, antialiased when shrinking) if it differs, then x / 255, minus mean "
-                 "and divided by std per channel",
+        "input": "float32 [N, C, H, W] of input_shape, prepared as the run prepared its test images: decode; "
+                 "bring to image_shape's channels (alpha onto white; grey from colour with PIL's L weights); "
+                 "resize (bicubic) to cover image_shape's H x W and crop the centre; then, if input_shape's "
+                 "channels differ, repeat grey to 3 channels or average 3 to 1; resize to input_shape's H x W "
+                 "(bilinear, antialiased when shrinking) if it differs; x / 255, minus mean, divided by std "
+                 "per channel",
+        "tta": model.tta,
         "output": "logits [N, len(classes)]; softmax over dim 1 gives class probabilities",
         "backbone": _backbone_entry(path),
         "sftcore_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
     }
+    if model.tta == "flip":
+        info["tta_note"] = ("the run scored each image as the mean softmax of it and its horizontal mirror "
+                            "(tta: flip); this file is one pass: average softmax(f(x)) and softmax(f(x.flip(3))) "
+                            "to match")
     storage.make_dir(target.parent)
     written = _write(fmt, model, module, target, info, (inputs, check, expected), force)
     storage.write_json(sidecar, info)
@@ -283,6 +291,8 @@ def _safetensors(model, target: Path, info: dict, check, expected, force: bool) 
                      "classifier); safetensors.torch.load_file(file)")
     native = getattr(tm.spec, "native_state_dict", None)
     if native is None:
+        info["native_notes"] = ("no state dict in the backbone library's own layout: the backbone plugin gives none "
+                                "for this model (e.g. a classifier that is not one linear layer)")
         return files
     path = target.with_name(f"{target.name.removesuffix('.safetensors')}.native.safetensors")
     _refuse_existing([path], force)
@@ -302,7 +312,8 @@ def _safetensors(model, target: Path, info: dict, check, expected, force: bool) 
         info["native_notes"] = ("net = timm.create_model(timm_model, num_classes=len(classes), **timm_kwargs); "
                                 "net.load_state_dict(safetensors.torch.load_file(native_weights), strict=True)")
     else:
-        info["native_notes"] = "the state dict of the backbone library's own model with this head as its classifier"
+        info["native_notes"] = ("the state dict of the backbone library's own model with this head as its classifier, "
+                                "as the backbone plugin maps it (not checked by sftcore: only timm's is)")
     return files + [(path, save(native_state, metadata={"format": "pt"}))]
 
 

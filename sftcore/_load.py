@@ -8,6 +8,7 @@ matter.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,6 +143,8 @@ class Model:
         if not all(k in state for k in ("classes", "mean", "std")):
             raise SftError(f"'{self.path}' is not a sftcore stage checkpoint (needs model, classes, mean and std)")
         self.stage = str(state.get("tag") or self.path.stem)
+        # tta: flip in the stage config: the run scored the mean of each image and its mirror, and so does this
+        self.tta = str((state.get("config") or {}).get("tta", "none"))
         backbone = _build_backbone(self.path, *_backbone_entry(self.path, state))  # random: the file's weights follow
         self.classes = [str(c) for c in state["classes"]]
         self.module = TransferModel(backbone, nn.Linear(backbone.num_features, len(self.classes)))
@@ -203,7 +206,11 @@ class Model:
         with torch.inference_mode():
             for i in range(0, len(items), BATCH):
                 batch = self.images(items[i:i + BATCH]).to(self.device)
-                parts.append(self.module(self._prepare(batch)).float().cpu())
+                logits = self.module(self._prepare(batch)).float()
+                if self.tta == "flip":  # as the run's test evaluation (sftcore._evaluate): log of the mean probability
+                    flipped = self.module(self._prepare(batch.flip(3))).float()
+                    logits = torch.logaddexp(logits.log_softmax(1), flipped.log_softmax(1)) - math.log(2.0)
+                parts.append(logits.cpu())
         return torch.cat(parts) if parts else torch.zeros(0, len(self.classes))
 
     def predict(self, images, top_k: int = 5) -> list["Prediction"]:
@@ -232,8 +239,8 @@ def _as_list(images) -> list:
         return list(images)
     if hasattr(images, "convert") and hasattr(images, "size"):  # a PIL image
         return [images]
-    try:
-        return list(images)
+    try:  # a list may hold batch tensors too: one item per image
+        return [one for x in images for one in (list(x) if isinstance(x, torch.Tensor) and x.ndim == 4 else [x])]
     except TypeError:
         raise SftError(f"cannot read {type(images).__name__} as images; pass file paths, PIL images or uint8 "
                        "tensors, one or a list") from None

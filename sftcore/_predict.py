@@ -144,7 +144,7 @@ def expand_images(args) -> list[Path]:
             matches = sorted(glob.glob(arg, recursive=True))
             found = []
             for m in map(Path, matches):
-                found.extend(_folder_images(m) if m.is_dir() else [m])
+                found.extend(_folder_images(m) if m.is_dir() else [m] if m.suffix.lower() in IMAGE_SUFFIXES else [])
             if not found:
                 raise SftError(f"no image file matches '{arg}'; check the pattern (quoted, sftcore expands it: "
                                "'photos/*.jpg', 'photos/**/*.png')")

@@ -58,7 +58,9 @@ def aggregate(results: list[dict]) -> dict:
     out = dict(results[0])
     for key in AVERAGED:
         values = [r.get(key) for r in results]
-        if any(v is None for v in values):
+        if any(v is None for v in values):  # no mean of some seeds passed off as all seeds'
+            if key in out or any(v is not None for v in values):
+                out[key], out[f"{key}_sd"] = None, None
             continue
         out[key] = statistics.fmean(values)
         out[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else None

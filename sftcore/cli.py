@@ -397,7 +397,7 @@ def plot_cmd(run_dir, out):
 @click.option("--stage", default=None,
               help="A run directory's stage: finetune (default; a run without it: baseline, then pretrain), "
                    "pretrain, baseline, or e.g. finetune-seed1 for another seed's model.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default=None,
+@click.option("--format", "fmt", metavar="text|json|csv", default=None,
               help="text (default): each image, then its classes; json: a list of {image, top: [{class, "
                    "probability}]}; csv: columns image,rank,class,probability, one row per image per rank.")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
@@ -420,6 +420,8 @@ def predict_cmd(run_dir, images, top_k, stage, fmt, as_json, out, force, device)
         raise SftError(f"--top-k must be 1 or more, got {top_k}")
     if as_json and fmt not in (None, "json"):
         raise SftError(f"--json is --format json; drop one of --json and --format {fmt}")
+    if fmt not in (None, "text", "json", "csv"):  # checked here, not by click: one line, exit 2
+        raise SftError(f"--format must be text, json or csv, not '{fmt}'")
     fmt = "json" if as_json else (fmt or "text")
     target = Path(out) if out else None
     if target is not None:
@@ -447,10 +449,11 @@ def predict_cmd(run_dir, images, top_k, stage, fmt, as_json, out, force, device)
 
 @cli.command("export")
 @click.argument("run_dir")
-@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx", "safetensors"]), required=True,
+@click.option("--format", "fmt", metavar="torchscript|onnx|safetensors", default=None,
               help="torchscript: runs under plain torch.jit.load; onnx: checked with onnxruntime; safetensors: "
                    "weights with a JSON sidecar (and a timm state dict for a timm backbone).")
-@click.option("--stage", default=None, help="Whose model: finetune (default), pretrain, baseline, or e.g. finetune-seed1.")
+@click.option("--stage", default=None, help="Whose model: finetune (default; a run without it: baseline, then "
+                                            "pretrain), pretrain, baseline, or e.g. finetune-seed1.")
 @click.option("--out", metavar="FILE", default=None, help="Where to write (default: RUN_DIR/export/<stage>.<ext>).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 def export_cmd(run_dir, fmt, stage, out, force):
@@ -459,8 +462,10 @@ def export_cmd(run_dir, fmt, stage, out, force):
     The exported model takes normalised float images of the run's input shape and returns logits;
     the classes, input shape and normalisation go into a JSON sidecar (docs/use-your-model.md).
     """
-    from ._export import export
+    from ._export import FORMATS, export
 
+    if fmt is None:  # checked here, not by click: one line, exit 2
+        raise SftError(f"--format is required: one of {', '.join(FORMATS)}")
     for path in export(run_dir, fmt, stage=stage, out=out, force=force):
         click.echo(str(path))
 

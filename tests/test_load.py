@@ -393,3 +393,28 @@ def test_a_timm_backbone_run_loads_and_predicts(tmp_path, images):
     assert len(preds) == len(paths) and all(len(p.top) == 2 for p in preds)
     cli_out = json.loads(ok(invoke("predict", tmp_path / "run", *paths, "--json", "--top-k", 2)))
     assert [o["top"][0]["class"] for o in cli_out] == [p.label for p in preds]
+
+
+def test_a_list_of_batch_tensors_gives_one_prediction_per_image(run_dir):
+    import torch
+
+    model = sftcore.load(run_dir)
+    batch = torch.randint(0, 256, (3, *model.image_shape), dtype=torch.uint8)
+    preds = model.predict([batch, batch[0]])
+    assert len(preds) == 4 and [p.image for p in preds] == [f"<image {i}>" for i in range(4)]
+    assert preds[0].top == preds[3].top
+
+
+def test_tta_flip_runs_are_predicted_as_they_were_scored(run_dir):
+    import torch
+
+    model = sftcore.load(run_dir)
+    batch = torch.randint(0, 256, (4, *model.image_shape), dtype=torch.uint8)
+    single = model.logits(batch).log_softmax(1)
+    model.tta = "flip"
+    both = model.logits(batch)
+    mirror = model.logits(batch.flip(3))  # still flip-averaged: the mean of mirror and original is the same
+    assert torch.allclose(both, mirror, atol=1e-5)
+    model.tta = "none"
+    by_hand = torch.logaddexp(single, model.logits(batch.flip(3)).log_softmax(1)) - torch.log(torch.tensor(2.0))
+    assert torch.allclose(both, by_hand, atol=1e-5)

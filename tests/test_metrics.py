@@ -101,7 +101,9 @@ def test_aggregate_averages_the_new_scores_and_the_table_is_unchanged():
     assert report.results_table({"finetune": out}) == report.results_table({"finetune": report.aggregate([
         {k: v for k, v in s.items() if not k.startswith(("test_top5", "test_bal", "test_macro"))} for s in seeds])})
     no_top5 = report.aggregate([{**s, "test_top5_accuracy": None} for s in seeds])
-    assert no_top5["test_top5_accuracy"] is None and "test_top5_accuracy_sd" not in no_top5
+    assert no_top5["test_top5_accuracy"] is None and no_top5["test_top5_accuracy_sd"] is None
+    mixed = report.aggregate([seeds[0], {**seeds[1], "test_top5_accuracy": None}])  # never one seed's as the mean
+    assert mixed["test_top5_accuracy"] is None and mixed["test_top5_accuracy_sd"] is None
 
 
 @pytest.fixture(scope="module")
