@@ -10,13 +10,11 @@ import shutil
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
 import sftcore
 import tiny
 from sftcore import hookimpl
 from sftcore.api import Regularizer
-from sftcore.cli import cli
 from sftcore.errors import SftError
 from sftcore.testing import registered
 
@@ -25,22 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:
 NAMES = ["cat", "dog", "bird"]
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=True)
-
-
-def ok(result) -> str:
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.stdout
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("sft: error: "), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
+from tiny import invoke, ok, one_error_line  # noqa: E402  (shared with test_outputs.py)
 
 
 class ZeroPenalty(Regularizer):

@@ -11,12 +11,10 @@ import sys
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 from torchvision.io import decode_image, encode_jpeg, read_file, write_png
 
 import tiny
 from sftcore import _config as cfgmod
-from sftcore.cli import cli
 from sftcore._plugins import get_registry
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work (reported, not hidden
@@ -24,24 +22,7 @@ from sftcore._plugins import get_registry
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=True)
-
-
-def ok(result) -> str:
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.stdout
-
-
-def one_error_line(result) -> str:
-    """Exit 2 and exactly one stderr line, no traceback."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("sft: error: "), lines[0]
-    assert "Traceback" not in result.output
-    return lines[0]
+from tiny import invoke, ok, one_error_line  # noqa: E402  (shared with test_load.py)
 
 
 @pytest.fixture(scope="module")

@@ -158,3 +158,28 @@ def without_epoch_lines(err: str) -> list[str]:
     import re
 
     return [line for line in err.strip().splitlines() if not re.match(r"^\S+ epoch \d+/\d+: loss ", line)]
+
+
+def invoke(*args):
+    """``sft ARGS`` through click's CliRunner in this process."""
+    from click.testing import CliRunner
+
+    from sftcore.cli import cli
+
+    return CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=True)
+
+
+def ok(result) -> str:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.stdout
+
+
+def one_error_line(result) -> str:
+    """Exit 2 and exactly one stderr line, ``sft: error: ...``, no traceback; returns it."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("sft: error: "), lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]
