@@ -6,6 +6,10 @@ On one machine and one locally written CIFAR-10-format data set, alternating in 
   compute  _compute_loop.py: preloaded, pre-normalised tensors and the same model, steps and test pass
   sft      `sft run CONFIG --out DIR` doing the same work (its run directory, metrics and checkpoints included)
 
+The lenet-augment and resnet18-augment workloads are lenet and resnet18 with `augment: [random_resized_crop,
+trivial_augment, mixup]` (on the device, per batch) against the same compute with no augmentation at all (no seed process: its PIL
+pipeline has no such augmentations).
+
 and reports wall-clock seconds (median over rounds), sft/compute and sft/seed, and each process's
 peak RSS (ru_maxrss from os.wait4: the largest of the process and the children it waited for)
 against 2 x (the data set's uint8 size) + 1 GiB.
@@ -35,10 +39,20 @@ REPO = HERE.parent
 MIB = 1 << 20
 BATCH = 100
 # workload -> (model, default epochs, fraction of the training split; None: all of it)
-WORKLOADS = {"lenet": ("lenet", 3, None), "resnet18": ("resnet18", 1, 0.2)}
-BACKBONES = {"lenet": {"name": "lenet"}, "resnet18": {"name": "timm", "model": "resnet18"}}
-BARS = {"lenet": {"sft/compute": 1.10, "sft/seed": 0.40}, "resnet18": {"sft/compute": 1.05}}
+WORKLOADS = {"lenet": ("lenet", 3, None), "resnet18": ("resnet18", 1, 0.2), "lenet-augment": ("lenet", 3, None),
+             "resnet18-augment": ("resnet18", 1, 0.2)}
+BACKBONES = {"lenet": {"name": "lenet"}, "resnet18": {"name": "timm", "model": "resnet18"},
+             "lenet-augment": {"name": "lenet"}, "resnet18-augment": {"name": "timm", "model": "resnet18"}}
+BARS = {"lenet": {"sft/compute": 1.10, "sft/seed": 0.40}, "resnet18": {"sft/compute": 1.05},
+        "lenet-augment": {"sft/compute": 1.25}, "resnet18-augment": {"sft/compute": 1.25}}
+# workload -> the sft run's augment: list (None: the dataset's default, crop and flip)
+STRONG = [{"name": "random_resized_crop", "scale": [0.35, 1.0]}, "trivial_augment", "mixup"]
+AUGMENT = {"lenet-augment": STRONG, "resnet18-augment": STRONG}
 KINDS = ("seed", "compute", "sft")
+
+
+def kinds(workload: str) -> tuple[str, ...]:
+    return ("compute", "sft") if workload in AUGMENT else KINDS
 
 
 # --------------------------------------------------------------------------- data
@@ -99,10 +113,12 @@ def sft_config(workload: str, root: Path, epochs: int, eval_batch: int) -> dict:
                "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
     if fraction is not None:
         dataset["fraction"] = fraction
-    return {"name": f"bench-{workload}", "device": "cpu", "backbone": BACKBONES[workload],
-            "pretrain": {"dataset": dataset, "epochs": epochs, "batch_size": BATCH,
-                         "eval_batch_size": eval_batch, "optimizer": {"name": "sgd", "lr": 0.001, "momentum": 0.9},
-                         "schedule": "none"}}
+    stage = {"dataset": dataset, "epochs": epochs, "batch_size": BATCH, "eval_batch_size": eval_batch,
+             "optimizer": {"name": "sgd", "lr": 0.001, "momentum": 0.9}, "schedule": "none"}
+    if workload in AUGMENT:
+        stage["augment"] = AUGMENT[workload]
+    return {"name": f"bench-{workload}", "device": "cpu", "backbone": BACKBONES[workload], "pretrain": stage,
+            "pretrain_cache": False}
 
 
 def child_work(log: Path) -> dict:
@@ -144,7 +160,7 @@ def bench(workload: str, args, root: Path, info: dict, work: Path) -> dict:
     }
     print(f"\n== {workload}: {epochs} epoch(s) x {expect['steps'] // max(1, epochs)} steps of {BATCH} "
           f"({n_train} images) + test pass over {info['test']}; {args.rounds} round(s)", flush=True)
-    result: dict = {"epochs": epochs, "train_images": n_train, **expect, "runs": {k: [] for k in KINDS}}
+    result: dict = {"epochs": epochs, "train_images": n_train, **expect, "runs": {k: [] for k in kinds(workload)}}
 
     if workload == "lenet":  # one untimed run with -X importtime: does a lenet `sft run` import timm?
         quick = work / "importcheck"
@@ -157,7 +173,7 @@ def bench(workload: str, args, root: Path, info: dict, work: Path) -> dict:
         shutil.rmtree(quick, ignore_errors=True)
 
     for r in range(args.rounds):
-        for kind in KINDS:
+        for kind in kinds(workload):
             log = work / f"{workload}-{kind}-{r}"
             argv, run_dir = commands[kind], work / f"{workload}-run-{r}"
             if kind == "sft":
@@ -174,7 +190,9 @@ def bench(workload: str, args, root: Path, info: dict, work: Path) -> dict:
 
     med = {k: statistics.median(x["seconds"] for x in v) for k, v in result["runs"].items()}
     rss = {k: max(x["rss_mib"] for x in v) for k, v in result["runs"].items()}
-    ratios = {"sft/compute": med["sft"] / med["compute"], "sft/seed": med["sft"] / med["seed"]}
+    ratios = {"sft/compute": med["sft"] / med["compute"]}
+    if "seed" in med:
+        ratios["sft/seed"] = med["sft"] / med["seed"]
     bound = (2 * info["uint8_bytes"] + (1 << 30)) / MIB
     bars = {name: {"value": ratios[name], "limit": limit, "pass": ratios[name] <= limit}
             for name, limit in BARS[workload].items()}
@@ -187,10 +205,10 @@ def show(workload: str, r: dict) -> None:
     print(f"\n{workload}: median of {len(r['runs']['sft'])} round(s); {r['steps']} optimizer steps, "
           f"{r['test_images']} test images each")
     print(f"  {'process':<8} {'median s':>9} {'peak RSS MiB':>13}   (bound {r['rss_bound_mib']:.0f} MiB)")
-    for k in KINDS:
+    for k in r["runs"]:
         ok = "<= bound" if r["peak_rss_mib"][k] <= r["rss_bound_mib"] else "> bound"
         print(f"  {k:<8} {r['median_seconds'][k]:9.2f} {r['peak_rss_mib'][k]:13.0f}   {ok}")
-    print(f"  sft/compute {r['ratios']['sft/compute']:.3f}   sft/seed {r['ratios']['sft/seed']:.3f}")
+    print("  " + "   ".join(f"{name} {value:.3f}" for name, value in r["ratios"].items()))
     for name, b in r["bars"].items():
         print(f"  bar {name:<17} {b['value']:9.3f} <= {b['limit']:<9.3f} {'PASS' if b['pass'] else 'FAIL'}")
     if "imports" in r:
@@ -201,7 +219,8 @@ def show(workload: str, r: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="rounds of seed, compute, sft (default 3)")
-    p.add_argument("--workloads", default="lenet,resnet18", help="comma-separated: lenet, resnet18")
+    p.add_argument("--workloads", default="lenet,resnet18,lenet-augment,resnet18-augment",
+                   help="comma-separated: lenet, resnet18, lenet-augment, resnet18-augment")
     p.add_argument("--epochs", type=int, default=None, help="override every workload's epochs (lenet 3, resnet18 1)")
     p.add_argument("--train-size", type=int, default=50_000, help="training images written (multiple of 5)")
     p.add_argument("--test-size", type=int, default=10_000, help="test images written")

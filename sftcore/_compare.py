@@ -1,4 +1,5 @@
-"""Runs side by side: only the config keys that differ between them, next to what each run scored.
+"""Runs side by side: only the config keys that differ between them, next to what each run scored
+(`sft compare --json`'s ``differing_keys`` and ``runs``; the table groups them: sftcore/_aggregate.py).
 
 Keys are dotted paths with list indexes, as `--set` takes them (`finetune.regularizers.0.alpha`).
 """
@@ -53,38 +54,3 @@ def compare(run_dirs) -> dict:
         })
     return {"differing_keys": differing, "runs": runs}
 
-
-def _value(v) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v == [] or v == {}:
-        return "[]" if isinstance(v, list) else "{}"
-    text = str(v)
-    return text if len(text) <= 40 else text[:39] + "…"
-
-
-def _pct(x) -> str:
-    return "-" if x is None or x != x else f"{100 * x:.1f}%"
-
-
-def table(result: dict) -> str:
-    """The comparison as aligned text: one row per run."""
-    keys = result["differing_keys"]
-    header = ["run", *keys, *(f"{s} acc" for s in rundir.STAGES), "transfer gain", "status"]
-    rows = [header]
-    for r in result["runs"]:
-        gain = "-"
-        if r["transfer_gain"] is not None:
-            ci = r["transfer_gain_ci95"]
-            gain = f"{r['transfer_gain']:+.1f}" + (f" ±{ci:.1f}" if ci is not None and ci == ci else "")
-        status = "finished" if r["finished"] else "unfinished (no summary.json)"
-        rows.append([r["run"], *(_value(r["config"][k]) if k in r["config"] else "-" for k in keys),
-                     *(_pct(r["test_accuracy"][s]) for s in rundir.STAGES), gain, status])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "-" * max(len(line) for line in lines))
-    if len(result["runs"]) > 1 and not keys:
-        lines.append("the configs are identical")
-    return "\n".join(lines)

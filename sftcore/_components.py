@@ -68,6 +68,20 @@ def build(registry, kind: str, value: dict, path: str, *args: Any, runner_keys=(
         return comp.create(*args, where=f"config: {path}", **options(value, runner_keys))
 
 
+def build_augmentation(registry, value: Any, path: str):
+    """One augmentation, checked to be an ``sftcore.api.Augmentation`` (the loop reads its attributes)."""
+    from .api import Augmentation
+    from .errors import PluginError
+
+    value = entry(value, path)
+    made = build(registry, "augmentations", value, path)
+    if not isinstance(made, Augmentation):
+        comp = registry.get("augmentations", value["name"])
+        raise PluginError(f"augmentation '{comp.name}' (plugin '{comp.plugin}') returned {type(made).__name__}, "
+                          f"not an sftcore.api.Augmentation ({path})")
+    return made
+
+
 def build_backbone(cfg: dict, registry, random_init: bool = False, seed: int | None = None):
     """The configured backbone, seeded from the config (or ``seed``); `sft predict` rebuilds a run's model
     with it too."""

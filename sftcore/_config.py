@@ -57,6 +57,7 @@ STAGE_DEFAULTS: dict[str, Any] = {
     "select": "auto",
     "label_smoothing": 0.0,
     "tta": "none",
+    "augment": None,
 }
 
 RUN_DEFAULTS: dict[str, Any] = {
@@ -73,6 +74,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "channels_last": "auto",
     "compile": "auto",
     "checkpoints": True,
+    "pretrain_cache": True,
     "callbacks": [],
 }
 
@@ -110,6 +112,8 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
                       "CPU and CUDA, false on MPS"),
     "compile": ("auto or boolean", "auto, true, false", "torch.compile the backbone; auto: off"),
     "checkpoints": ("boolean", "true, false", "write checkpoints/ (--resume needs it)"),
+    "pretrain_cache": ("boolean", "true, false", "reuse a pretraining another run already computed, from the "
+                       "cache folder $SFT_CACHE_DIR or ~/.cache/sftcore (docs/cache.md); false: always pretrain"),
     "callbacks": ("list of components", "callback names or {name: ..., its options}", "told of training events, "
                   "in list order: loggers (csv, tensorboard, mlflow), early_stopping (sft list callbacks)"),
     "<stage>.dataset": ("component", "required: a dataset name, or {name: ..., its options, the runner keys "
@@ -146,6 +150,9 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
     "<stage>.label_smoothing": ("number", "0 to 1", "label smoothing of the cross-entropy loss"),
     "<stage>.tta": ("string", _one_of(TTA), "test-time augmentation of the test evaluation; flip: average the "
                     "softmax probabilities of each image and its horizontal flip (validation is never augmented)"),
+    "<stage>.augment": ("list of components or null", "augmentation names or {name: ..., its options}; [] for none",
+                        "training-time augmentations, per batch on the device, in list order (sft list "
+                        "augmentations); null: the dataset's default (shapes and cifar: crop and flip)"),
     "<stage>.dataset.labels_per_class": ("integer or null", ">= 1; not with fraction", "keep N training "
                                          "examples per class (stratified, seeded); null: all"),
     "<stage>.dataset.fraction": ("number or null", "> 0 and <= 1; not with labels_per_class",
@@ -355,7 +362,22 @@ def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
     stage["select"] = _choice(stage["select"], SELECT, f"{path}.select")
     stage["label_smoothing"] = _float(stage["label_smoothing"], f"{path}.label_smoothing", 0.0, 1.0)
     stage["tta"] = _choice(stage["tta"], TTA, f"{path}.tta")
+    stage["augment"] = _augment(stage["augment"], path, registry)
     return stage
+
+
+def _augment(value: Any, path: str, registry) -> list[dict] | None:
+    """A list of augmentations, each built now so that a bad option fails before anything trains."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ConfigError(f"config: {path}.augment must be a list, e.g. [crop, flip] or "
+                          f"[{{name: random_resized_crop, scale: [0.35, 1]}}], or null; got {_type_name(value)}")
+    out = [components.check(a, "augmentations", f"{path}.augment[{i}]", registry) for i, a in enumerate(value)]
+    if registry is not None:  # built now: a bad option fails before anything trains
+        for i, a in enumerate(out):
+            components.build_augmentation(registry, a, f"{path}.augment[{i}]")
+    return out
 
 
 def _check_warmup(stage: dict, path: str) -> None:
@@ -424,6 +446,8 @@ def resolve(raw: dict, registry=None) -> dict:
     cfg["compile"] = _tristate(cfg["compile"], "compile")
     if not isinstance(cfg["checkpoints"], bool):
         raise ConfigError(f"config: checkpoints must be true or false, got {show(cfg['checkpoints'])}")
+    if not isinstance(cfg["pretrain_cache"], bool):
+        raise ConfigError(f"config: pretrain_cache must be true or false, got {show(cfg['pretrain_cache'])}")
     cfg["backbone"] = components.check(cfg["backbone"], "backbones", "backbone", registry)
     cfg["callbacks"] = _callbacks(cfg["callbacks"], registry)
     for stage in ("pretrain", "finetune"):

@@ -1,7 +1,7 @@
 """The data path: few-label subsets, validation hold-out, batches on the device, per-batch transforms.
 
-In-memory datasets stay uint8 (on the GPU when training there); crop, flip, normalise and resize
-run per batch on the training device with no per-sample Python. FileSets go through a
+In-memory datasets stay uint8 (on the GPU when training there); the stage's augmentations, resizing
+and normalisation run per batch on the training device with no per-sample Python. FileSets go through a
 DataLoader with workers and then the same per-batch transform.
 """
 
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from . import _distributed as distributed
-from .api import Augment, FileSet, ImageSet
+from .api import Augmentation, AugmentBatch, FileSet, ImageSet
 
 
 # --------------------------------------------------------------------------- splits
@@ -52,57 +53,67 @@ def holdout_index(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple
 
 # --------------------------------------------------------------------------- batches
 class BatchTransform:
-    """uint8 ``[B, C, H, W]`` on the device -> normalised float for the model (augmented if training)."""
+    """uint8 ``[B, C, H, W]`` on the device -> normalised float for the model; for training, the stage's
+    augmentations run in between, in their configured order (docs/augmentations.md)."""
 
-    def __init__(self, mean, std, augment: Augment | None, in_shape, out_shape, device,
-                 channels_last: bool = False):
-        self.augment = augment or Augment()
+    def __init__(self, mean, std, augment: Sequence[Augmentation] | None, in_shape, out_shape, device,
+                 channels_last: bool = False, num_classes: int = 0):
+        augment = list(augment or [])
+        lead = next((i for i, a in enumerate(augment) if not a.moves_pixels_only), len(augment))
+        self.on_uint8, self.on_float = augment[:lead], augment[lead:]  # crop and flip: on the cheap uint8 batch
+        self.mixes_labels = any(a.mixes_labels for a in augment)
+        self.num_classes = num_classes
         self.in_channels, self.out_channels = in_shape[0], out_shape[0]
         self.out_hw = tuple(out_shape[1:])
-        self.resize = tuple(in_shape[1:]) != self.out_hw
         self.channels_last = channels_last
         c = self.out_channels
         self.mean, self.std = _fit_channels(mean, c), _fit_channels(std, c)  # recorded with checkpoints
         mean = torch.as_tensor(self.mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
         std = torch.as_tensor(self.std, dtype=torch.float32, device=device).view(1, c, 1, 1)
-        # (x/255 - mean)/std as one multiply-add
+        # (x/255 - mean)/std as one multiply-add; after a float augmentation (x in [0, 1]): x/std - mean/std
         self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
+        self.unit_scale = 1.0 / std
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
                  part: tuple[int, int, int] | None = None) -> torch.Tensor:
-        """``part=(lo, hi, size)``: ``x`` is rows ``[lo, hi)`` of a global batch of ``size`` (one rank's
+        """The model's inputs (augmented when a generator is given; targets are left alone)."""
+        return self.augmented(x, None, generator, part)[0]
+
+    def augmented(self, x: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator | None = None,
+                  part: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(inputs, targets)``: targets become class probabilities if an augmentation mixes labels.
+
+        ``part=(lo, hi, size)``: ``x`` is rows ``[lo, hi)`` of a global batch of ``size`` (one rank's
         share); the random draws are made for the whole batch, so every rank augments its rows exactly as
         a single process would."""
-        if generator is not None and (self.augment.crop_padding or self.augment.flip):
-            x = self._crop_flip(x, generator, part or (0, len(x), len(x)))
-        x = x.float()  # a fresh copy of the uint8 batch: safe to normalise in place
-        if self.in_channels != self.out_channels:
-            x = x.repeat(1, self.out_channels, 1, 1) if self.in_channels == 1 else x.mean(1, keepdim=True)
-        if self.resize:
+        batch = None
+        if generator is not None and (self.on_uint8 or self.on_float):
+            batch = AugmentBatch(x, y if y is not None else torch.zeros(len(x), dtype=torch.long, device=x.device),
+                                 self.num_classes, self.out_hw, self.mean, self.std, generator,
+                                 part or (0, len(x), len(x)))
+            for aug in self.on_uint8:
+                aug(batch)
+            x = batch.images
+        x = self._channels(x.float())  # a fresh copy of the uint8 batch: safe to change in place
+        unit = bool(batch is not None and self.on_float)
+        if unit:
+            batch.images = x.mul_(1.0 / 255.0)
+            for aug in self.on_float:
+                aug(batch)
+            x = batch.images
+            y = batch.targets if y is not None else None
+        if tuple(x.shape[2:]) != self.out_hw:
             down = self.out_hw[0] < x.shape[2]
             x = F.interpolate(x, size=self.out_hw, mode="bilinear", align_corners=False, antialias=down)
-        x = x.mul_(self.scale).add_(self.shift)
+        x = x.mul_(self.unit_scale).add_(self.shift) if unit else x.mul_(self.scale).add_(self.shift)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return x, y
 
-    def _crop_flip(self, x: torch.Tensor, g: torch.Generator, part: tuple[int, int, int]) -> torch.Tensor:
-        """Zero-padded random crop and horizontal flip as one gather over flattened pixels."""
-        b, c, h, w = x.shape
-        lo, hi, size = part
-        p = self.augment.crop_padding
-        dev = x.device
-        rows = torch.arange(h, device=dev).expand(b, h)
-        cols = torch.arange(w, device=dev).expand(b, w)
-        if p:
-            x = F.pad(x, (p, p, p, p))
-            rows = rows + torch.randint(0, 2 * p + 1, (size, 1), generator=g, device=dev)[lo:hi]
-            cols = cols + torch.randint(0, 2 * p + 1, (size, 1), generator=g, device=dev)[lo:hi]
-        if self.augment.flip:
-            flip = torch.rand((size, 1), generator=g, device=dev)[lo:hi] < 0.5
-            cols = torch.where(flip, cols.flip(1), cols)
-        index = (rows[:, :, None] * (w + 2 * p) + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
-        return x.reshape(b, c, -1).gather(2, index).view(b, c, h, w)
+    def _channels(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels != self.out_channels:
+            x = x.repeat(1, self.out_channels, 1, 1) if self.in_channels == 1 else x.mean(1, keepdim=True)
+        return x
 
 
 def _fit_channels(values, channels: int) -> list[float]:

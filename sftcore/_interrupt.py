@@ -25,10 +25,11 @@ class StopSignals:
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():  # signal handlers live there only
-            for name in self.SIGNALS:
-                num = getattr(signal, name, None)
-                if num is not None:
-                    self._previous[num] = signal.signal(num, self._handle)
+            nums = [n for n in (getattr(signal, name, None) for name in self.SIGNALS) if n is not None]
+            for num in nums:
+                self._previous[num] = signal.signal(num, self._handle)
+            if hasattr(signal, "pthread_sigmask"):  # a parent may have blocked them (a Ray worker blocks SIGINT),
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, nums)  # and a blocked signal never reaches the handler
         return self
 
     def _handle(self, signum, _frame) -> None:

@@ -30,6 +30,7 @@ KIND_TABLE = (
     Kind("schedules", "schedule", "factory(ctx: ScheduleContext, **options) -> Callable[[int], float]", "ctx",
          "<stage>.schedule"),
     Kind("callbacks", "callback", "factory(**options) -> Callback", None, "callbacks"),
+    Kind("augmentations", "augmentation", "factory(**options) -> Augmentation", None, "<stage>.augment"),
 )
 KINDS = tuple(k.name for k in KIND_TABLE)
 BY_NAME = {k.name: k for k in KIND_TABLE}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import math
 import signal
 import time
@@ -17,6 +19,7 @@ from . import _components as components
 from . import _config as cfgmod
 from . import _distributed as distributed
 from . import _report as report
+from . import _storage as storage
 from ._data import Batches, BatchTransform
 from ._device import environment, resolve_performance
 from ._evaluate import evaluate
@@ -27,8 +30,8 @@ from ._outputs import MetricsLog, write_predictions
 from ._plugins import get_registry
 from ._stage_data import StageData, load_splits, subset_stage_data
 from ._training import Stage
-from .api import Backbone, ImageSet, RunInfo, StageInfo, TrainContext
-from .errors import ConfigError, Interrupted
+from .api import Augment, Backbone, ImageSet, RunInfo, StageInfo, TrainContext
+from .errors import ConfigError, Interrupted, SftError
 
 
 STAGE_SEED_OFFSET = {"pretrain": 0, "finetune": 1, "baseline": 2}
@@ -74,7 +77,19 @@ class Pipeline:
     def build_backbone(self, random_init: bool = False, seed: int | None = None) -> Backbone:
         return components.build_backbone(self.cfg, self.registry, random_init, seed)
 
-    def _transforms(self, data: StageData, backbone: Backbone):
+    def _augmentations(self, data: StageData, scfg: dict | None, stage: str) -> list:
+        """The stage's ``augment:`` list, or the dataset's default when it is null, built."""
+        entries = scfg.get("augment") if scfg is not None else None
+        where = f"{stage}.augment"
+        if entries is None:
+            default = data.augment
+            entries, where = (default.entries() if isinstance(default, Augment) else list(default or [])), \
+                f"{stage}.dataset '{data.name}' default augment"
+        return [components.build_augmentation(self.registry, a, f"{where}[{i}]") for i, a in enumerate(entries)]
+
+    def _transforms(self, data: StageData, backbone: Backbone, scfg: dict | None = None, stage: str = "stage"):
+        """The training and the evaluation transform; ``scfg`` (the stage's config) chooses the
+        augmentations (without it: the dataset's default)."""
         in_shape = data.train.image_shape
         out_shape = backbone.input_size if backbone.fixed_input_size else (backbone.input_size[0], *in_shape[1:])
         if in_shape[0] != out_shape[0] and 1 not in (in_shape[0], out_shape[0]):
@@ -84,8 +99,8 @@ class Pipeline:
         mean = backbone.mean if backbone.mean is not None else data.mean
         std = backbone.std if backbone.std is not None else data.std
         make = lambda aug: BatchTransform(mean, std, aug, in_shape, out_shape, self.perf.device,  # noqa: E731
-                                          self.perf.channels_last)
-        return make(data.augment), make(None)
+                                          self.perf.channels_last, num_classes=len(data.classes))
+        return make(self._augmentations(data, scfg, stage)), make(None)
 
     def _train_batches(self, train, batch_size: int, transform: BatchTransform, seed: int):
         """``ctx.train_batches()``: every training example once, un-augmented, in an order shuffled from
@@ -115,7 +130,7 @@ class Pipeline:
         """Train stage ``name`` for ``seed``; ``tag`` names its files and log lines (``finetune-seed1``)."""
         t0 = time.perf_counter()
         seed, tag = self.seed if seed is None else seed, tag or name
-        train_tf, eval_tf = self._transforms(data, backbone)
+        train_tf, eval_tf = self._transforms(data, backbone, scfg, name)
         ctx, strategy, model, train = self._assemble(name, scfg, backbone, data, source_head, source_classes, seed,
                                                      eval_tf)
         progress, final = checkpoints.paths(self.run_dir, tag, self.cfg["checkpoints"])
@@ -238,14 +253,112 @@ class Pipeline:
 
     def _pretrain(self, backbone: Backbone, seed: int, tag: str) -> Start:
         data = self._data("pretrain", backbone, seed)
-        model, result = self.train_stage("pretrain", self.cfg["pretrain"], backbone, data, backbone.head,
-                                         backbone.source_classes, seed, tag)
+        entry = self._cache_entry(backbone, data, seed, tag)
+        if entry is None:
+            model, result = self.train_stage("pretrain", self.cfg["pretrain"], backbone, data, backbone.head,
+                                             backbone.source_classes, seed, tag)
+        else:
+            model, result = self._pretrain_cached(entry, backbone, data, seed, tag)
         if backbone.mean is None:  # the features were learned on inputs normalised like this
             backbone.mean, backbone.std = data.mean, data.std
         self.say(f"{self._label('pretrain', seed) if tag != 'pretrain' else 'pretrain'} done: "
                  f"test accuracy {_pct(result['test_accuracy'])}")
         self._check_stop()
         return Start(backbone, model.head, data.classes, result)
+
+    # ------------------------------------------------------------------ the pretrain cache (docs/cache.md)
+    def _cache_entry(self, backbone: Backbone, data: StageData, seed: int, tag: str):
+        """The cache entry of this pretraining; None when the cache is off or a resumed run has its own."""
+        from . import _pretrain_cache as cache
+
+        progress, final = checkpoints.paths(self.run_dir, tag, self.cfg["checkpoints"])
+        if not self.cfg.get("pretrain_cache", True) or (self.resume and any(
+                p is not None and p.exists() for p in (progress, final))):
+            return None
+        if self.events.callbacks:  # they must see every pretrain epoch, and may stop it early
+            self.say(f"{tag}: not using the pretrain cache: the run has callbacks, which see the pretraining")
+            return None
+        fields = cache.key_fields(self.cfg, self.registry, self.perf, distributed.world_size(), seed, self.seed,
+                                  data, backbone)
+        entry = cache.Entry(cache.key_of(fields), fields)
+        problem = distributed.broadcast_object(entry.problem() if distributed.is_main() else None)
+        if problem is not None:  # the run itself is fine: it only pretrains again
+            self.say(f"{tag}: not using the pretrain cache ({problem}); set {cache.ENV} to a writable folder, "
+                     "or pretrain_cache: false")
+            return None
+        return entry
+
+    def _pretrain_cached(self, entry, backbone: Backbone, data: StageData, seed: int, tag: str):
+        """Rank 0 looks the entry up under its lock and tells every rank; a hit loads it everywhere, a miss
+        trains as usual and rank 0 stores the result before letting the next run in."""
+        from . import _pretrain_cache as cache
+
+        main = distributed.is_main()
+        with entry.locked(self.say) if main else contextlib.nullcontext():
+            found = None
+            if main:
+                try:
+                    found = entry.read()
+                except cache.Corrupt as exc:
+                    self.say(f"{tag}: ignoring unreadable cache entry {entry.key[:12]} ({exc}); recomputing it")
+                    entry.discard()
+            if distributed.broadcast_object(found is not None):
+                return self._from_cache(found if main else entry.read(), entry, backbone, data, seed, tag)
+            records = _Records(self.log)
+            self.log = records
+            try:
+                model, result = self.train_stage("pretrain", self.cfg["pretrain"], backbone, data, backbone.head,
+                                                 backbone.source_classes, seed, tag)
+            finally:
+                self.log = records.log
+            stored = self._store(entry, model, result, records.records, backbone, data, seed, tag) if main else True
+        result["cache"] = {"key": entry.key, "path": str(entry.folder) if stored else None, "hit": False}
+        return model, result
+
+    def _store(self, entry, model: TransferModel, result: dict, records: list, backbone: Backbone,
+               data: StageData, seed: int, tag: str) -> bool:
+        """The stage's model file (as train_stage writes it), epoch records and test predictions."""
+        from . import _pretrain_cache as cache
+
+        tf, _ = self._transforms(data, backbone, self.cfg["pretrain"], "pretrain")
+        state = dict(stage="pretrain", tag=tag, seed=seed, model=model.state_dict(), classes=data.classes,
+                     mean=list(map(float, tf.mean)), std=list(map(float, tf.std)),
+                     image_shape=list(data.train.image_shape), input_shape=[tf.out_channels, *tf.out_hw],
+                     config=self.cfg["pretrain"], result=dict(result), backbone=self.cfg["backbone"],
+                     run_seed=self.seed, backbone_plugin=self._backbone_plugin())
+        pred = self.run_dir / "predictions" / f"{tag}.json" if self.run_dir is not None else None
+        try:
+            predictions = json.loads(pred.read_text()) if pred is not None and pred.exists() else None
+            entry.store(cache.Cached(state, records, predictions))
+        except (OSError, ValueError, SftError) as exc:  # the run itself is fine: only the reuse is lost
+            self.say(f"{tag}: could not store cache entry {entry.key[:12]} ({str(exc)[:200]}); continuing")
+            return False
+        return True
+
+    def _from_cache(self, found, entry, backbone: Backbone, data: StageData, seed: int, tag: str):
+        """The cached stage as a resumed run reuses a finished one: weights into the model, the model file
+        into checkpoints/, the epoch records into metrics.jsonl, the predictions into predictions/."""
+        t0 = time.perf_counter()
+        _, eval_tf = self._transforms(data, backbone, self.cfg["pretrain"], "pretrain")
+        _, _, model, _ = self._assemble("pretrain", self.cfg["pretrain"], backbone, data, backbone.head,
+                                        backbone.source_classes, seed, eval_tf)
+        checkpoints.load_model(model, found.state, entry.folder / "model.pt",
+                               fix=f"remove the cache entry (rm -rf {entry.folder}) or set pretrain_cache: false")
+        state = {**{k: found.state[k] for k in checkpoints.MODEL_KEYS}, "tag": tag}
+        _, final = checkpoints.paths(self.run_dir, tag, self.cfg["checkpoints"])
+        if distributed.is_main():
+            if final is not None:
+                checkpoints.save_model_file(final, **state)
+            for record in found.records:
+                self.log.write({**record, "stage": tag})
+            if found.predictions is not None and self.run_dir is not None:
+                storage.make_dir(self.run_dir / "predictions")
+                storage.write_json(self.run_dir / "predictions" / f"{tag}.json", {**found.predictions, "stage": tag},
+                                   indent=None)
+        result = dict(found.state["result"], seconds=round(time.perf_counter() - t0, 3))
+        result["cache"] = {"key": entry.key, "path": str(entry.folder), "hit": True}
+        self.say(f"{tag}: reused cache entry {entry.key[:12]} ({entry.folder})")
+        return model, result
 
     def _one_seed(self, index: int, seed: int, shared: Start | None) -> dict:
         """Every per-seed stage for ``seed``; the first seed's files carry the plain stage names."""
@@ -322,6 +435,20 @@ class Pipeline:
         summary.update(report.summarise(runs, self.seeds, summary.get("pretrain"), random_start))
         summary["seconds"]["total"] = round(time.perf_counter() - t0, 3)
         return summary
+
+
+class _Records:
+    """metrics.jsonl as the pretrain stage writes it, keeping its records for the cache entry."""
+
+    def __init__(self, log: MetricsLog):
+        self.log, self.records = log, []
+
+    def write(self, record: dict) -> None:
+        self.records.append(dict(record))
+        self.log.write(record)
+
+    def __getattr__(self, name: str):
+        return getattr(self.log, name)
 
 
 def _pct(x) -> str:

@@ -1,4 +1,5 @@
-"""Figures of a run, to judge it at a glance: training curves per stage and the finetuned model's confusion matrix.
+"""Figures of a run, to judge it at a glance: training curves per stage and the finetuned model's confusion matrix;
+of a sweep, the transfer gain per cell.
 
 Drawn on matplotlib's Agg canvas without pyplot: no display needed, no global backend switched.
 """
@@ -20,11 +21,13 @@ ANNOTATED_CLASSES = 15  # up to this, every cell of the confusion matrix shows i
 
 def plot(run_dir, out=None) -> list[Path]:
     """Write the run's figures (and the confusion counts and per-class scores as CSV) into ``out``
-    (default RUN_DIR/plots)."""
+    (default RUN_DIR/plots); a sweep directory (it holds sweep.json) gets its gain per cell."""
     try:
         importlib.import_module("matplotlib")  # before any work: the one thing a user may need to install
     except ImportError:
         raise SftError(NEEDS_MATPLOTLIB) from None
+    if (Path(run_dir) / "sweep.json").is_file():
+        return plot_sweep(run_dir, out)
     run = rundir.check(run_dir)
     metrics = rundir.metrics(run)
     summary = rundir.summary(run) or {}
@@ -32,11 +35,7 @@ def plot(run_dir, out=None) -> list[Path]:
     if not metrics and preds is None:
         raise SftError(f"'{run}' has no epochs in metrics.jsonl and no predictions/finetune.json: nothing to plot "
                        "yet; plot again once a stage has trained an epoch")
-    folder = Path(out) if out is not None else run / "plots"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SftError(f"cannot create '{folder}': {exc.strerror or exc}; choose another --out") from None
+    folder = _folder(out, run)
     written = []
     for stage, records in metrics.items():
         fig = curves_figure(stage, records, (summary.get(stage) or {}).get("selected_epoch"))
@@ -47,6 +46,67 @@ def plot(run_dir, out=None) -> list[Path]:
         written.append(_save_csv(classes, counts, folder / "finetune-confusion.csv"))
         written.append(_save_per_class_csv(classes, preds, folder / "finetune-per-class.csv"))
     return written
+
+
+def _folder(out, parent: Path) -> Path:
+    folder = Path(out) if out is not None else parent / "plots"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SftError(f"cannot create '{folder}': {exc.strerror or exc}; choose another --out") from None
+    return folder
+
+
+def plot_sweep(sweep_dir, out=None) -> list[Path]:
+    """``sweep-gain.png`` (the gain per cell with its 95% interval, each seed a dot) and ``sweep-gain.csv``
+    (the numbers, as sweep.csv has them) in ``out`` (default SWEEP_DIR/plots)."""
+    from ._aggregate import aggregate, csv_rows, sweep_settings
+
+    sweep = Path(sweep_dir)
+    result = aggregate([sweep], **sweep_settings([sweep]))
+    if not result["rows"]:
+        raise SftError(f"sweep '{sweep}' has no finished cell yet ({len(result['failed'])} failed or unfinished): "
+                       "nothing to plot; plot again once a cell has finished")
+    folder = _folder(out, sweep)
+    rows = csv_rows(result)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    png = _save_png(gain_figure(result, sweep.name), folder / "sweep-gain.png")
+    storage.write_text(folder / "sweep-gain.csv", buffer.getvalue())
+    return [png, folder / "sweep-gain.csv"]
+
+
+def gain_figure(result: dict, title: str):
+    """One line per cell, top to bottom in table order: the mean gain with its 95% interval as error bars
+    (none with one seed), each seed's gain a dot; 0 (no transfer effect) marked."""
+    from ._aggregate import _cut, short_names
+
+    rows, cols = result["rows"], result["varied_keys"]
+    short = short_names(cols)
+    labels = [", ".join(f"{short[c]}={_cut(row['cell'][c], 40)}" for c in cols) or "all runs" for row in rows]
+    fig = _figure(8.5, 1.6 + 0.45 * len(rows))
+    ax = fig.subplots()
+    drawn = 0
+    for y, row in enumerate(rows):
+        gain = row["gain"]
+        if gain["mean"] is None:  # a cell without a baseline has no gain: its label stays, its line is empty
+            continue
+        ax.errorbar(gain["mean"], y, xerr=gain["ci95"] or 0, fmt="o", color="C0", capsize=4,
+                    label=None if drawn else "mean gain ± 95% CI")
+        seeds = [m["gain"] for m in row["per_seed"] if m["gain"] is not None]
+        ax.plot(seeds, [y] * len(seeds), ".", color="dimgrey", zorder=3, label=None if drawn else "seeds")
+        drawn += 1
+    if drawn:
+        ax.legend(fontsize="small")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), labels, fontsize="small")
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlabel("transfer gain: finetune - baseline test accuracy (points)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"{title}: gain per cell over seeds")
+    return fig
 
 
 def _figure(width: float, height: float):

@@ -29,6 +29,12 @@ def t975(df: int) -> float:
     return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
+def t_interval(values: list[float]) -> float | None:
+    """95% half-width of the mean over seeds (Student's t); None below two values."""
+    n = len(values)
+    return t975(n - 1) * statistics.stdev(values) / math.sqrt(n) if n > 1 else None
+
+
 def mcnemar_p(a_correct, b_correct) -> float:
     """Exact two-sided McNemar test on paired hits: a binomial test of the discordant pairs."""
     b = sum(1 for x, y in zip(a_correct, b_correct) if x and not y)
@@ -114,7 +120,7 @@ def transfer_verdict(per_seed: list[dict], correct: list[dict], random_start: bo
     gain = statistics.fmean(gains)
     if n >= 2:
         sd = statistics.stdev(gains)
-        ci, p = t975(n - 1) * sd / math.sqrt(n), None
+        ci, p = t_interval(gains), None
         significant = abs(gain) > ci
         basis = f"mean of {n} seeds, 95% CI ±{ci:.1f} over seeds; {tests} test examples"
     else:

@@ -255,12 +255,14 @@ class Stage:
         if self.events.per_step:
             self.events("on_step_start", self.info, epoch + 1, k)
         part = self.train.part(k) if self.train.world > 1 else None
-        inputs = self.train_transform(x, self.generator, part)
+        inputs, targets = self.train_transform.augmented(x, y, self.generator, part)
+        soft = targets.is_floating_point()  # mixup/cutmix: class probabilities; y is then each image's larger share
+        y = targets.argmax(1) if soft else targets
         with self.perf.autocast():
             logits, features, maps = self.net(inputs, all_outputs=True, feature_maps=self.needs_maps)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg["label_smoothing"])
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.cfg["label_smoothing"])
             if self.regularizers:
-                step = Step(self.ctx, epoch, inputs, y, logits, features, maps)
+                step = Step(self.ctx, epoch, inputs, y, logits, features, maps, soft_targets=targets if soft else None)
                 penalty = sum(r.penalty(step) for r in self.regularizers)
                 sums["penalty"] += penalty.detach() * len(y)
                 loss = loss + penalty

@@ -19,6 +19,7 @@ __all__ = [
     "Augment", "ImageSet", "FileSet", "DataSplits", "DatasetContext", "BackboneContext", "Backbone",
     "TrainContext", "Step", "Regularizer", "HeadStrategy", "freeze", "unfreeze", "Checkpoint", "read_checkpoint",
     "check_option", "suggest", "ParamGroups", "ScheduleContext", "Callback", "RunInfo", "StageInfo", "TransferModel",
+    "Augmentation", "AugmentBatch",
 ]
 
 
@@ -36,10 +37,85 @@ MAX_SEED = 2**32 - 1  # the largest seed sftcore takes (config `seed:` and the b
 # --------------------------------------------------------------------------- datasets
 @dataclass(frozen=True)
 class Augment:
-    """Training-time augmentation a dataset asks for; applied per batch on the training device."""
+    """The short form of a dataset's default augmentation: ``crop`` with this padding, then ``flip``.
+
+    A dataset may instead set ``DataSplits.augment`` to a list of augmentation entries, as a stage's
+    ``augment:`` takes them (``[{"name": "crop", "padding": 4}, "flip"]``)."""
 
     crop_padding: int = 0  # random crop of the original size after zero-padding by this many pixels
     flip: bool = False  # random horizontal flip
+
+    def entries(self) -> list:
+        """This default as ``augment:`` list entries."""
+        out: list = [{"name": "crop", "padding": self.crop_padding}] if self.crop_padding else []
+        return out + (["flip"] if self.flip else [])
+
+
+# --------------------------------------------------------------------------- augmentations
+@dataclass
+class AugmentBatch:
+    """One training batch as the stage's augmentations see it, in their ``augment:`` order, on the device.
+
+    ``images`` is uint8 ``[B, C, H, W]`` while only ``moves_pixels_only`` augmentations have run (the cheap
+    path for crop and flip), then float in [0, 1] with the model's channels. ``targets`` is int64 ``[B]``
+    until an augmentation mixes labels (mixup, cutmix) and sets float class probabilities ``[B, classes]``.
+    Draw randomness only through ``rand``/``randint``/``randn``: they use the stage's generator, reseeded each
+    epoch and checkpointed mid-epoch (so a resumed run augments exactly as the uninterrupted one), and draw
+    for the whole global batch, so that under torch.distributed each rank augments its rows as one process
+    would."""
+
+    images: "torch.Tensor"
+    targets: "torch.Tensor"
+    num_classes: int
+    out_size: tuple[int, int]  # (H, W) the model takes; images are resized to it after the augmentations
+    mean: Sequence[float]
+    std: Sequence[float]
+    generator: "torch.Generator"
+    part: tuple[int, int, int]  # (lo, hi, size): these are rows [lo, hi) of a global batch of size rows
+
+    def _draw(self, fn, shape, **kw):
+        lo, hi, size = self.part
+        return fn(*kw.pop("args", ()), (size, *shape), generator=self.generator, device=self.images.device,
+                  **kw)[lo:hi]
+
+    def rand(self, *shape: int) -> "torch.Tensor":
+        """Uniform [0, 1) numbers, ``[B, *shape]``, one row per image of this batch."""
+        import torch
+
+        return self._draw(torch.rand, shape)
+
+    def randn(self, *shape: int) -> "torch.Tensor":
+        import torch
+
+        return self._draw(torch.randn, shape)
+
+    def randint(self, low: int, high: int, *shape: int) -> "torch.Tensor":
+        import torch
+
+        return self._draw(torch.randint, shape, args=(low, high))
+
+    def soft_targets(self) -> "torch.Tensor":
+        """``targets`` as float class probabilities ``[B, classes]`` (one-hot while they are labels)."""
+        import torch
+
+        if self.targets.is_floating_point():
+            return self.targets
+        return torch.nn.functional.one_hot(self.targets, self.num_classes).float()
+
+
+class Augmentation:
+    """A training-time augmentation: ``__call__(batch)`` changes ``batch.images`` (and, for label mixing,
+    ``batch.targets``) in place or by assigning new tensors. Batched, on the training device: per-image
+    randomness comes from ``batch.rand`` and friends, never from Python's or the global RNG."""
+
+    #: True: it only moves or copies pixels (crop, flip), so it may run on the uint8 batch, before the
+    #: conversion to float, while every augmentation before it does too
+    moves_pixels_only: bool = False
+    #: True: it changes the targets into class probabilities (the loss and train accuracy then use them)
+    mixes_labels: bool = False
+
+    def __call__(self, batch: AugmentBatch) -> None:  # pragma: no cover - the contract
+        raise NotImplementedError
 
 
 @dataclass
@@ -96,7 +172,8 @@ class DataSplits:
     val: ImageSet | FileSet | None = None
     mean: Sequence[float] = (0.5, 0.5, 0.5)
     std: Sequence[float] = (0.5, 0.5, 0.5)
-    augment: Augment = field(default_factory=lambda: Augment(crop_padding=4, flip=True))
+    # the stage's augmentations unless its config sets `augment:`: an Augment, or a list of entries
+    augment: Any = field(default_factory=lambda: Augment(crop_padding=4, flip=True))
 
 
 @dataclass
@@ -243,6 +320,9 @@ class Step:
     logits: "torch.Tensor"
     features: "torch.Tensor"
     feature_maps: dict[str, "torch.Tensor"] = field(default_factory=dict)
+    #: class probabilities ``[B, classes]`` when an augmentation mixed labels (mixup, cutmix); ``targets`` is
+    #: then each image's larger share
+    soft_targets: "torch.Tensor | None" = None
     _start: Any = None
 
     def start_outputs(self) -> tuple["torch.Tensor", "torch.Tensor", dict[str, "torch.Tensor"]]:

@@ -305,7 +305,9 @@ def plugin_new(name, directory, force):
 @click.option("--seeds", metavar="N",  # checked with the config, so a bad value is one line
               help="Repeat finetune and baseline for N seeds (seed, seed+1, ...); same as --set seeds=N.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal); one line per epoch goes to stderr either way.")
-def run_cmd(config, overrides, out, resume, allow_config_change, force, nproc, seeds, progress):
+@click.option("--no-cache", is_flag=True, help="Pretrain even if the pretrain cache holds this pretraining; "
+              "same as --set pretrain_cache=false (docs/cache.md).")
+def run_cmd(config, overrides, out, resume, allow_config_change, force, nproc, seeds, progress, no_cache):
     """Run pretrain -> finetune -> baseline; say if transfer helped.
 
     CONFIG is a YAML file; without it, the embedded shapes demo runs. Prints a results table and
@@ -321,12 +323,63 @@ def run_cmd(config, overrides, out, resume, allow_config_change, force, nproc, s
             raise SftError(f"{option} '{value}' is a file; pass a directory path")
     if seeds is not None:
         overrides = (*overrides, f"seeds={seeds}")
+    if no_cache:
+        overrides = (*overrides, "pretrain_cache=false")
     if nproc is not None and nproc > 1:
         from ._launch import launch
 
         sys.exit(launch(nproc, config, overrides, out, resume, force, progress, allow_config_change))
     run(config, out=out, overrides=overrides, progress=progress, echo=click.echo, resume=resume, force=force,
         allow_config_change=allow_config_change, epoch_echo=lambda line: click.echo(line, err=True))
+
+
+def _lr_find_number(option: str, value: str, kind=float):
+    """An lr-find option's number, or one line (click's own error would print a usage block)."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise SftError(f"{option} must be {'an integer' if kind is int else 'a number'}, got '{value}'") from None
+
+
+@cli.command("lr-find")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--stage", default="finetune", show_default=True,
+              help="The stage to test: pretrain, finetune or baseline.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a config value (YAML syntax), as for `sft run`. Repeatable.")
+@click.option("--start-lr", default="1e-7", show_default=True, metavar="LR", help="The first step's lr.")
+@click.option("--end-lr", default="10", show_default=True, metavar="LR", help="The last step's lr.")
+@click.option("--steps", default="100", show_default=True, metavar="N", help="Optimizer steps (at least 5).")
+@click.option("--epoch", default="0", show_default=True, metavar="N",
+              help="Test the head strategy's freeze state of this epoch (lp_ft: 0 is the linear probe).")
+@click.option("--out", metavar="FILE", help="The loss-vs-lr PNG (default lr-find-<stage>.png here).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out FILE.")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON: lrs, losses, suggestion.")
+def lr_find_cmd(config, stage, overrides, start_lr, end_lr, steps, epoch, out, force, as_json):
+    """Find a learning rate: the exponential lr range test on a stage.
+
+    Trains a throw-away copy of the stage's real setup (model, few-label data, head strategy, regularizers,
+    parameter groups, augmentations, optimizer) for --steps steps with the lr growing geometrically from
+    --start-lr to --end-lr, stops when the loss diverges, prints fastai's "valley" suggestion and writes
+    the loss-vs-lr PNG. For finetune, the config's pretrain stage is trained first. No run directory is
+    written. See docs/lr-find.md.
+    """
+    from ._lr_find import check_out, find, plot, summary_lines
+
+    numbers = dict(start_lr=_lr_find_number("--start-lr", start_lr), end_lr=_lr_find_number("--end-lr", end_lr),
+                   steps=_lr_find_number("--steps", steps, int), epoch=_lr_find_number("--epoch", epoch, int))
+    target = check_out(out, stage, force)
+    say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    finding = find(config, stage=stage, overrides=overrides, echo=say,
+                   epoch_echo=lambda line: click.echo(line, err=True), **numbers)
+    skipped = plot(finding, target) if finding.lrs else "no step was taken"
+    if as_json:
+        click.echo(json.dumps({**finding.as_dict(), "plot": None if skipped else str(target), "plot_skipped": skipped},
+                              indent=2))
+        return
+    for line in summary_lines(finding, config):
+        click.echo(line)
+    click.echo(f"plot: {target}" if skipped is None else f"plot: skipped, {skipped}")
 
 
 @cli.group("config")
@@ -375,14 +428,16 @@ def config_init(path, force):
 
 
 @cli.command("plot")
-@click.argument("run_dir")
+@click.argument("run_dir", metavar="RUN_OR_SWEEP_DIR")
 @click.option("--out", metavar="DIR", help="Folder for the figures (default RUN_DIR/plots).")
 def plot_cmd(run_dir, out):
-    """Draw a run's training curves and confusion matrix.
+    """Draw a run's training curves and confusion matrix, or a sweep's gain per cell.
 
     Writes <stage>-curves.png (loss and accuracy per epoch, train and validation) for every stage,
     finetune-confusion.png with the counts in finetune-confusion.csv, and per-class precision, recall
-    and F1 in finetune-per-class.csv. Needs matplotlib: pip install 'sftcore[plot]'.
+    and F1 in finetune-per-class.csv. A sweep directory (it holds sweep.json) gets sweep-gain.png: the
+    transfer gain per cell with its 95% interval over seeds, each seed a dot, the numbers in
+    sweep-gain.csv. Needs matplotlib: pip install 'sftcore[plot]'.
     """
     from ._plots import plot
 
@@ -472,17 +527,79 @@ def export_cmd(run_dir, fmt, stage, out, force):
 
 @cli.command("compare")
 @click.argument("run_dirs", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: differing_keys and one entry per run.")
-def compare_cmd(run_dirs, as_json):
-    """Compare runs: differing config keys, accuracies, gains.
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: differing_keys, one entry per run, and groups (the table's rows and numbers).")
+@click.option("--reference", multiple=True, metavar="KEY=VALUE",
+              help="The row the others are paired against, by seed, as --set takes keys, e.g. "
+                   "'finetune.regularizers=[]'; several KEY=VALUE (space-separated or repeated) pick one row.")
+@click.option("--all", "show_all", is_flag=True, help="Also list the failed and unfinished runs (hidden by default).")
+def compare_cmd(run_dirs, as_json, reference, show_all):
+    """Compare runs grouped by the config keys they vary, over seeds.
 
-    One row per run: the config keys (dotted, as --set takes them) in which the runs differ, the test
-    accuracy of each stage and the transfer gain. Runs without summary.json are marked unfinished.
+    RUN_DIRS are run directories or sweep directories (their cells). One row per combination of the
+    keys (dotted, as --set takes them) in which the runs differ; runs differing only by name or seed
+    pool their seeds. Each row: finetune and baseline test accuracy and the transfer gain as mean ± sd
+    over seeds, the gain's 95% interval, and with --reference the finetune difference to that row.
+    One sweep directory alone is grouped by its grid keys, against its reference.
     """
-    from ._compare import compare, table
+    from ._aggregate import aggregate, expand_sweeps, sweep_of, sweep_settings, table
+    from ._compare import compare
 
-    result = compare(run_dirs)
-    click.echo(json.dumps(result, indent=2) if as_json else table(result))
+    paths, sweep = expand_sweeps(run_dirs), sweep_settings(run_dirs)
+    groups = aggregate(paths, reference=list(reference) or sweep["reference"], varied=sweep["varied"])
+    if not as_json:
+        click.echo(table(groups, show_failed=show_all))
+        return
+    result = compare([p for p in paths if sweep_of(p) is None or (p / "config.yaml").is_file()])
+    click.echo(json.dumps({**result, "groups": groups}, indent=2))
+
+
+def _number(option: str, value, kind=int, low=0):
+    """An option's number, or one line (click's own type errors print a usage block)."""
+    if value is None:
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        number = None
+    if number is None or number < low:
+        raise SftError(f"{option} must be a number of {low} or more, not '{value}'")
+    return number
+
+
+@cli.command("sweep")
+@click.argument("sweep_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--out", metavar="DIR", help="Sweep directory (default runs/sweeps/<name>-<timestamp>); the "
+                                           "directory of an earlier run of the same sweep continues it.")
+@click.option("--resume", metavar="SWEEP_DIR", help="Continue a sweep with its own sweep.yaml: finished cells are "
+                                                    "skipped, interrupted ones continue from their checkpoints.")
+@click.option("--retry-failed", is_flag=True, help="With a sweep directory: run the failed cells again, from the start.")
+@click.option("--jobs", metavar="N", default="1", show_default=True,
+              help="Cells at a time (local); each gets cores/N torch threads.")
+@click.option("--executor", metavar="local|ray", default="local", show_default=True,
+              help="local: subprocesses on this machine; ray: one Ray task per cell (pip install 'sftcore[ray]').")
+@click.option("--address", metavar="HOST:PORT", help="Ray: the cluster to use (default: start a local instance).")
+@click.option("--gpus-per-cell", metavar="N", help="Ray: GPUs each cell's task asks for (default 0).")
+@click.option("--cpus-per-cell", metavar="N", help="CPUs (torch threads) per cell (default cores/--jobs).")
+@click.option("--reference", metavar="KEY=VALUE", help="The cell(s) the others are compared with, paired by "
+                                                       "seed, e.g. 'finetune.regularizers=[]'.")
+@click.option("--dry-run", is_flag=True, help="Print the cells and their overrides; run and write nothing.")
+def sweep_cmd(sweep_file, out, resume, retry_failed, jobs, executor, address, gpus_per_cell, cpus_per_cell,
+              reference, dry_run):
+    """Run a grid of config overrides x seeds: one run directory per cell (docs/sweeps.md).
+
+    SWEEP_FILE has base: (a config, inline or a path), grid: (--set keys to lists of values) and
+    optionally seeds:, name: and reference:. Every cell's config is checked before any cell runs.
+    Writes sweep.json, sweep.csv and cells/<cell>/; prints one line per cell and the results table.
+    Ctrl-C or SIGTERM stops every cell cleanly; `sft sweep --resume SWEEP_DIR` continues.
+    """
+    from ._sweep import Options, sweep
+
+    opts = Options(out=out, resume=resume, jobs=_number("--jobs", jobs, low=1), executor=executor, address=address,
+                   gpus_per_cell=_number("--gpus-per-cell", gpus_per_cell, float) or 0,
+                   cpus_per_cell=_number("--cpus-per-cell", cpus_per_cell, low=1), retry_failed=retry_failed,
+                   dry_run=dry_run, reference=reference)
+    sweep(sweep_file, opts, echo=click.echo)
 
 
 def main(argv=None, prog_name="sft"):

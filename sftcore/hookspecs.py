@@ -1,7 +1,7 @@
 """The hooks a plugin may implement.
 
 One ``register_<kind>(register)`` hook per kind of component in ``sftcore._kinds`` (datasets,
-backbones, regularizers, heads, param_groups, optimizers, schedules, callbacks), each receiving
+backbones, regularizers, heads, param_groups, optimizers, schedules, callbacks, augmentations), each receiving
 ``register(name, factory, description=None, override=False)``, which adds one component.
 ``factory`` is a callable or a lazy ``"module:attr"`` string, so that a plugin can register
 components without importing torch (``sft list`` and ``sft --help`` stay fast). The contract of

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-    from .api import Backbone, Step, TrainContext
+    from .api import AugmentBatch, Backbone, Step, TrainContext
     from ._plugins import PluginInfo
 
 try:
@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - the helpers below work without pytest
     pytest = None
 
 __all__ = ["registered", "sft_plugin", "create", "rejects", "tiny_backbone", "train_context", "make_step", "tiny_config",
-           "run_tiny", "EpochState", "strategy_epochs", "reset_commands", "registry"]
+           "run_tiny", "EpochState", "strategy_epochs", "reset_commands", "registry", "augment_batch"]
 
 
 # --------------------------------------------------------------------------- registration
@@ -279,6 +279,26 @@ TINY_SOURCE = {"name": "shapes", "task": "source", "train_per_class": 8, "test_p
 TINY_BACKBONE = {"name": "lenet", "img_size": 16}
 
 
+def augment_batch(images: "torch.Tensor | None" = None, targets: "torch.Tensor | None" = None, *,
+                  classes: int = 3, size: int = 8, batch: int = 4, uint8: bool = False, seed: int = 0,
+                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25)) -> "AugmentBatch":
+    """A training batch as an augmentation's ``__call__`` gets it: ``images`` (default: random RGB
+    ``[batch, 3, size, size]``, float in [0, 1], or uint8 with ``uint8=True``), int64 ``targets`` and a
+    generator seeded with ``seed``, so two batches made alike draw alike."""
+    import torch
+
+    from .api import AugmentBatch
+
+    gen = torch.Generator().manual_seed(seed)
+    if images is None:
+        images = torch.randint(0, 256, (batch, 3, size, size), generator=gen, dtype=torch.uint8)
+        images = images if uint8 else images.float() / 255.0
+    if targets is None:
+        targets = torch.arange(len(images)) % classes
+    return AugmentBatch(images, targets, classes, tuple(images.shape[-2:]), list(mean), list(std),
+                        torch.Generator(device=images.device).manual_seed(seed), (0, len(images), len(images)))
+
+
 def tiny_config(*, backbone: str | dict | None = None, dataset: str | dict | None = None,
                 head: str | dict | None = None, regularizers: Sequence[str | dict] = (), epochs: int = 1,
                 pretrain: bool | dict = False, baseline: bool = False, **finetune) -> dict:
@@ -286,7 +306,8 @@ def tiny_config(*, backbone: str | dict | None = None, dataset: str | dict | Non
 
     Name your component in ``backbone``, ``dataset``, ``head`` or ``regularizers``; other keywords
     are finetune stage keys (``batch_size=4``). ``pretrain=True`` adds a one-epoch source stage,
-    ``baseline=True`` the scratch baseline (with ``epochs`` epochs). One seed.
+    ``baseline=True`` the scratch baseline (with ``epochs`` epochs). One seed. The pretrain cache is off
+    (``pretrain_cache: false``): a test pretrains every time, whatever ran before it.
     """
     stage: dict = {"dataset": copy.deepcopy(dataset or TINY_DATASET), "epochs": epochs, "batch_size": 8,
                    "eval_batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.01},
@@ -294,7 +315,7 @@ def tiny_config(*, backbone: str | dict | None = None, dataset: str | dict | Non
     if head is not None:
         stage["head"] = copy.deepcopy(head)
     stage.update(copy.deepcopy(finetune))
-    cfg: dict = {"name": "tiny", "seed": 0, "seeds": 1, "device": "cpu",
+    cfg: dict = {"name": "tiny", "seed": 0, "seeds": 1, "device": "cpu", "pretrain_cache": False,
                  "backbone": copy.deepcopy(backbone or TINY_BACKBONE),
                  "finetune": stage}
     if pretrain:

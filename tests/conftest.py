@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from contextlib import ExitStack
 
 import pytest
@@ -8,6 +9,9 @@ import pytest
 # Tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TIMM_OFFLINE", "1")
+# Never the real ~/.cache/sftcore, even for an environment a test module copies when it is imported; the
+# fixtures below give each module and each test a cache of its own.
+os.environ["SFT_CACHE_DIR"] = tempfile.mkdtemp(prefix="sft-cache-tests-")
 
 
 @pytest.fixture
@@ -41,3 +45,28 @@ def run_sft(*args, env=None, cwd=None, timeout=120):
 @pytest.fixture
 def sft():
     return run_sft
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache_dir(tmp_path_factory):
+    """Never the real ~/.cache, not even in session fixtures; each module and each test gets its own below."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SFT_CACHE_DIR", str(tmp_path_factory.mktemp("sft-cache-session")))
+        yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_cache_dir(_session_cache_dir, tmp_path_factory):
+    """A module fixture's run pretrains, whatever ran before it (autouse: set up before the module's fixtures)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SFT_CACHE_DIR", str(tmp_path_factory.mktemp("sft-cache-module")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def pretrain_cache_dir(_module_cache_dir, tmp_path_factory, monkeypatch):
+    """Every test gets its own, empty pretrain cache (subprocesses inherit it): a second run in one test
+    reuses the first's pretraining, as in real use."""
+    path = tmp_path_factory.mktemp("sft-cache")
+    monkeypatch.setenv("SFT_CACHE_DIR", str(path))
+    return path

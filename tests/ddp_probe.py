@@ -11,6 +11,8 @@ import torch
 from sftcore import _distributed as distributed
 from sftcore.api import Augment, ImageSet, TrainContext
 from sftcore._data import Batches, BatchTransform
+
+import tiny
 from sftcore._model import TransferModel
 from sftcore._plugins import get_registry
 from sftcore._training import MetricsLog, Performance, Stage, evaluate
@@ -48,7 +50,7 @@ def main(out: str) -> None:
     report["lengths"] = distributed.all_gather_objects(len(sharded))
 
     # 2. augmentation of one rank's rows equals those rows of the whole batch augmented at once
-    tf = BatchTransform((0.5,) * 3, (0.25,) * 3, Augment(crop_padding=3, flip=True), (3, 16, 16), (3, 16, 16), CPU)
+    tf = BatchTransform((0.5,) * 3, (0.25,) * 3, tiny.augmentations(Augment(crop_padding=3, flip=True)), (3, 16, 16), (3, 16, 16), CPU)
     x, _ = next(iter(sharded))
     part = sharded.part(0)
     gen = torch.Generator().manual_seed(11)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sftcore.api import Augment, FileSet, ImageSet
+import tiny
 from sftcore._data import Batches, BatchTransform, few_label_index, holdout_index
 
 CPU = torch.device("cpu")
@@ -117,7 +118,7 @@ def test_holdout_seeded_and_zero_fraction():
 # --------------------------------------------------------------------------- transforms
 def test_eval_transform_normalises_exactly():
     x = images()
-    tf = BatchTransform(MEAN, STD, Augment(crop_padding=4, flip=True), (3, 8, 10), (3, 8, 10), CPU)
+    tf = BatchTransform(MEAN, STD, tiny.augmentations(Augment(crop_padding=4, flip=True)), (3, 8, 10), (3, 8, 10), CPU)
     out = tf(x)  # no generator: no augmentation even though the dataset asks for some
     assert out.dtype == torch.float32 and out.shape == (6, 3, 8, 10)
     torch.testing.assert_close(out, normalise(x, MEAN, STD), rtol=1e-5, atol=1e-5)
@@ -153,7 +154,7 @@ def reference_crop_flip(x: torch.Tensor, pad: int, flip: bool, seed: int) -> tor
 @pytest.mark.parametrize("pad, flip", [(3, False), (0, True), (2, True), (5, True)])
 def test_crop_and_flip_match_a_per_sample_reference(pad, flip):
     x = images(n=16, h=7, w=9, seed=1)
-    tf = BatchTransform((0.0,) * 3, (1 / 255,) * 3, Augment(crop_padding=pad, flip=flip), (3, 7, 9), (3, 7, 9), CPU)
+    tf = BatchTransform((0.0,) * 3, (1 / 255,) * 3, tiny.augmentations(Augment(crop_padding=pad, flip=flip)), (3, 7, 9), (3, 7, 9), CPU)
     out = tf(x, torch.Generator().manual_seed(123))  # mean 0, std 1/255: pixels come back as they were
     assert out.shape == (16, 3, 7, 9)
     expected = reference_crop_flip(x, pad, flip, seed=123).float()
@@ -162,21 +163,21 @@ def test_crop_and_flip_match_a_per_sample_reference(pad, flip):
 
 def test_crop_and_flip_of_a_non_contiguous_batch():
     x = images(n=8, h=6, w=6, seed=4)
-    tf = BatchTransform(MEAN, STD, Augment(crop_padding=2, flip=True), (3, 6, 6), (3, 6, 6), CPU)
+    tf = BatchTransform(MEAN, STD, tiny.augmentations(Augment(crop_padding=2, flip=True)), (3, 6, 6), (3, 6, 6), CPU)
     strided = x.contiguous(memory_format=torch.channels_last)
     assert not strided.is_contiguous()
     a = tf(x, torch.Generator().manual_seed(9))
     b = tf(strided, torch.Generator().manual_seed(9))
     assert torch.equal(a, b)
     grey = images(n=8, c=1, h=6, w=6).expand(-1, 3, -1, -1)  # a broadcast view
-    tf_grey = BatchTransform(MEAN, STD, Augment(crop_padding=2, flip=True), (3, 6, 6), (3, 6, 6), CPU)
+    tf_grey = BatchTransform(MEAN, STD, tiny.augmentations(Augment(crop_padding=2, flip=True)), (3, 6, 6), (3, 6, 6), CPU)
     torch.testing.assert_close(tf_grey(grey, torch.Generator().manual_seed(9)),
                                tf_grey(grey.contiguous(), torch.Generator().manual_seed(9)))
 
 
 def test_crop_pads_with_zeros_at_a_known_offset():
     x = torch.full((1, 1, 4, 4), 200, dtype=torch.uint8)
-    tf = BatchTransform((0.0,), (1 / 255,), Augment(crop_padding=2), (1, 4, 4), (1, 4, 4), CPU)
+    tf = BatchTransform((0.0,), (1 / 255,), tiny.augmentations(Augment(crop_padding=2)), (1, 4, 4), (1, 4, 4), CPU)
     seen = set()
     for seed in range(40):
         g = torch.Generator().manual_seed(seed)
@@ -194,7 +195,7 @@ def test_crop_pads_with_zeros_at_a_known_offset():
 
 def test_flip_flips_about_half_and_exactly():
     x = torch.arange(6, dtype=torch.uint8).view(1, 1, 1, 6).expand(400, 1, 3, 6).contiguous()
-    tf = BatchTransform((0.0,), (1 / 255,), Augment(flip=True), (1, 3, 6), (1, 3, 6), CPU)
+    tf = BatchTransform((0.0,), (1 / 255,), tiny.augmentations(Augment(flip=True)), (1, 3, 6), (1, 3, 6), CPU)
     out = tf(x, torch.Generator().manual_seed(0)).round()
     same = (out == x.float()).flatten(1).all(1)
     flipped = (out == x.float().flip(-1)).flatten(1).all(1)
@@ -204,7 +205,7 @@ def test_flip_flips_about_half_and_exactly():
 
 def test_same_generator_seed_same_batch_and_different_seed_differs():
     x = images(n=32, seed=3)
-    tf = BatchTransform(MEAN, STD, Augment(crop_padding=4, flip=True), (3, 8, 10), (3, 8, 10), CPU)
+    tf = BatchTransform(MEAN, STD, tiny.augmentations(Augment(crop_padding=4, flip=True)), (3, 8, 10), (3, 8, 10), CPU)
     a = tf(x, torch.Generator().manual_seed(7))
     b = tf(x, torch.Generator().manual_seed(7))
     c = tf(x, torch.Generator().manual_seed(8))
@@ -215,7 +216,7 @@ def test_same_generator_seed_same_batch_and_different_seed_differs():
 
 def test_no_augmentation_with_a_generator_is_plain_normalisation():
     x = images()
-    tf = BatchTransform(MEAN, STD, Augment(), (3, 8, 10), (3, 8, 10), CPU)
+    tf = BatchTransform(MEAN, STD, tiny.augmentations(Augment()), (3, 8, 10), (3, 8, 10), CPU)
     torch.testing.assert_close(tf(x, torch.Generator().manual_seed(0)), normalise(x, MEAN, STD))
     tf_none = BatchTransform(MEAN, STD, None, (3, 8, 10), (3, 8, 10), CPU)
     torch.testing.assert_close(tf_none(x, torch.Generator().manual_seed(0)), normalise(x, MEAN, STD))
@@ -259,7 +260,7 @@ def test_resize_to_the_backbone_input(in_hw, out_hw):
 
 def test_augment_then_resize_keeps_the_output_shape():
     x = images(n=4, h=8, w=10)
-    tf = BatchTransform(MEAN, STD, Augment(crop_padding=2, flip=True), (3, 8, 10), (1, 20, 20), CPU)
+    tf = BatchTransform(MEAN, STD, tiny.augmentations(Augment(crop_padding=2, flip=True)), (3, 8, 10), (1, 20, 20), CPU)
     out = tf(x, torch.Generator().manual_seed(0))
     assert out.shape == (4, 1, 20, 20) and torch.isfinite(out).all()
 

@@ -21,15 +21,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_SRC = ROOT / "examples" / "sft-example-plugin"
-BUILTINS = ("sftcore.backbones", "sftcore.callbacks", "sftcore.datasets", "sftcore.heads", "sftcore.optim",
-            "sftcore.param_groups", "sftcore.regularizers")
-KINDS = ("datasets", "backbones", "regularizers", "heads", "param_groups", "optimizers", "schedules", "callbacks")
+BUILTINS = ("sftcore.augmentations", "sftcore.backbones", "sftcore.callbacks", "sftcore.datasets", "sftcore.heads",
+            "sftcore.optim", "sftcore.param_groups", "sftcore.regularizers")
+KINDS = ("datasets", "backbones", "regularizers", "heads", "param_groups", "optimizers", "schedules", "callbacks",
+         "augmentations")
 EXAMPLE_COMPONENTS = {"datasets": ["npz", "stripes"], "backbones": ["tiny_cnn"],
                       "regularizers": ["bss", "delta", "l1"], "heads": ["zero_init"],
                       "param_groups": ["discriminative"], "optimizers": [], "schedules": [],
-                      "callbacks": ["stop_at_accuracy"]}
-HOOKS = ["register_backbones", "register_callbacks", "register_commands", "register_datasets", "register_heads",
-         "register_param_groups", "register_regularizers"]
+                      "callbacks": ["stop_at_accuracy"],
+                      "augmentations": ["gaussian_noise"]}
+HOOKS = ["register_augmentations", "register_backbones", "register_callbacks", "register_commands",
+         "register_datasets", "register_heads", "register_param_groups", "register_regularizers"]
 HEAVY = ("torch", "torchvision", "timm")
 
 

@@ -204,7 +204,7 @@ def test_ctrl_c_under_nproc_saves_mid_epoch_and_resume_is_exact(runs, tmp_path):
 def test_sigterm_to_the_launcher_stops_every_process(runs, tmp_path):
     folder, _ = runs
     run = tmp_path / "run"
-    proc = start_nproc(folder / "cfg.yaml", "--out", run, cwd=tmp_path)
+    proc = start_nproc(folder / "cfg.yaml", "--out", run, "--no-cache", cwd=tmp_path)  # it pretrains
     wait_for(run / "checkpoints" / "pretrain-last.pt", proc)
     proc.send_signal(signal.SIGTERM)  # a container runtime signals the main process only
     _, err = proc.communicate(timeout=120)

@@ -131,3 +131,20 @@ def test_sigterm_is_handled_like_ctrl_c(reference, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert tiny.without_epoch_lines(err)[0].startswith("sft: interrupted: SIGTERM during finetune epoch ")
+
+
+def test_a_signal_the_parent_blocked_still_reaches_the_handler():
+    """A Ray worker starts its processes with SIGINT blocked; a cell must still stop on Ctrl-C."""
+    from sftcore._interrupt import StopSignals
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with StopSignals() as stop:
+            assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+            os.kill(os.getpid(), signal.SIGINT)
+            deadline = time.time() + 5
+            while stop.signum is None and time.time() < deadline:
+                time.sleep(0.01)
+            assert stop.signum == signal.SIGINT and stop.name == "Ctrl-C"
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)

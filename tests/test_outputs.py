@@ -332,17 +332,22 @@ def test_compare_lists_exactly_the_differing_keys(run_dir, tmp_path):
                                                                       summary["transfer_gain_ci95"])
     assert third["test_accuracy"] == {"pretrain": None, "finetune": None, "baseline": None}
 
+    # the table groups by the varied keys (seed only seeds a run), one row per cell; the unfinished run is hidden
     table = ok(invoke("compare", run_dir, other, unfinished)).splitlines()
-    assert table[0].split()[:3] == ["run", "seed", "finetune.optimizer.lr"]
-    assert len(table) == 2 + 3
-    assert f"{100 * summary['finetune']['test_accuracy']:.1f}%" in table[2]
-    assert f"{summary['transfer_gain']:+.1f} ±{summary['transfer_gain_ci95']:.1f}" in table[2]
-    assert table[4].endswith("unfinished (no summary.json)") and table[2].endswith("finished")
+    assert table[0].split()[:4] == ["lr", "regularizers", "finetune", "%"]
+    assert table[2].split()[:3] == ["0.05", "[]", f"{100 * summary['finetune']['test_accuracy']:.1f}"]
+    assert table[3].split()[:2] == ["0.5", "[l2(alpha=0.01)]"]
+    assert f"{summary['transfer_gain']:+.1f}" in table[2]
+    assert table[4] == "keys: lr = finetune.optimizer.lr, regularizers = finetune.regularizers"
+    assert table[-1] == "1 failed/unfinished run(s) hidden (--all lists them)"
+    assert ok(invoke("compare", run_dir, other, unfinished, "--all")).splitlines()[-1] == f"unfinished: {unfinished}"
 
 
-def test_compare_identical_runs(run_dir):
-    out = ok(invoke("compare", run_dir, run_dir)).splitlines()
-    assert out[0].split()[1] == "pretrain" and out[-1] == "the configs are identical"
+def test_compare_identical_runs(run_dir, tmp_path):
+    again = copy_run(run_dir, tmp_path / "again", files=("config.yaml", "summary.json"))
+    out = ok(invoke("compare", run_dir, again, run_dir)).splitlines()  # a run given twice counts once
+    assert out[0].split()[:2] == ["finetune", "%"] and out[2].endswith("0 (2 results)")
+    assert out[3] == "the configs are identical: their seeds are pooled"
 
 
 def test_compare_errors(run_dir, tmp_path):

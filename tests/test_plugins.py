@@ -711,7 +711,8 @@ def test_example_plugin_registers_lazy_components_of_each_kind(example):
     reg = _example_registry(example)
     assert {k: v for k, v in reg.by_plugin("example").items() if v} == {
         "datasets": ["npz", "stripes"], "backbones": ["tiny_cnn"], "regularizers": ["bss", "delta", "l1"],
-        "heads": ["zero_init"], "param_groups": ["discriminative"], "callbacks": ["stop_at_accuracy"]}
+        "heads": ["zero_init"], "param_groups": ["discriminative"], "callbacks": ["stop_at_accuracy"],
+        "augmentations": ["gaussian_noise"]}
     for kind in KINDS:
         for comp in reg.list(kind)[kind]:
             assert isinstance(comp.factory, str) and comp.factory.startswith("sft_example_plugin.")

@@ -183,3 +183,16 @@ def one_error_line(result) -> str:
     assert lines[0].startswith("sft: error: "), lines[0]
     assert "Traceback" not in result.output
     return lines[0]
+
+
+def augmentations(entries) -> list:
+    """Built augmentations, as a stage builds them, from an ``Augment`` or ``augment:`` list entries."""
+    from sftcore import _components as components
+    from sftcore._plugins import get_registry
+    from sftcore.api import Augment
+
+    if isinstance(entries, Augment):
+        entries = entries.entries()
+    registry = get_registry()
+    return [components.build(registry, "augmentations", components.entry(e, f"augment[{i}]"), f"augment[{i}]")
+            for i, e in enumerate(entries)]

@@ -22,7 +22,7 @@ _LAYOUT = ("one sub-folder per class (root/<class>/*.jpg), or root/train/<class>
 
 
 def validate_options(where: str, root: str | None = None, test_ratio: float = 0.2, in_memory: bool | str = "auto",
-                     crop_padding: int | None = None, flip: bool = True, extensions: list[str] | None = None) -> None:
+                     crop_padding: int | None = None, flip: bool = False, extensions: list[str] | None = None) -> None:
     """Every option's type and range, checked when the config is resolved (before anything is built,
     and before pretraining when this is the finetune dataset) and again by the factory."""
     if root is None:
@@ -39,7 +39,7 @@ def validate_options(where: str, root: str | None = None, test_ratio: float = 0.
 
 
 def image_folder(ctx: DatasetContext, root: str | None = None, test_ratio: float = 0.2,
-                 in_memory: bool | str = "auto", crop_padding: int | None = None, flip: bool = True,
+                 in_memory: bool | str = "auto", crop_padding: int | None = None, flip: bool = False,
                  extensions: list[str] | None = None) -> DataSplits:
     """Images in class sub-folders; layout root/train|val|test/<class>/ or root/<class>/ split by test_ratio."""
     where = f"config: {ctx.stage}.dataset"

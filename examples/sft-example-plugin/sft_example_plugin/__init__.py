@@ -41,11 +41,15 @@ CALLBACKS = {
     "stop_at_accuracy": ("stop_at_accuracy:StopAtAccuracy",
                          "Stop a stage once train (or val) accuracy reaches a threshold; stopped_at.json lists the epochs"),
 }
+AUGMENTATIONS = {
+    "gaussian_noise": ("gaussian_noise:GaussianNoise",
+                       "Add Gaussian pixel noise (std on the [0, 1] scale) to a random share p of the images"),
+}
 COMMANDS = ("example-info",)
 
 # kind (as sftcore names it) -> table; what the register_<kind> hooks below register
 TABLES = {"datasets": DATASETS, "backbones": BACKBONES, "regularizers": REGULARIZERS, "heads": HEADS,
-          "param_groups": PARAM_GROUPS, "callbacks": CALLBACKS}
+          "param_groups": PARAM_GROUPS, "callbacks": CALLBACKS, "augmentations": AUGMENTATIONS}
 
 
 def info() -> dict:
@@ -90,6 +94,11 @@ def register_param_groups(register):
 @hookimpl
 def register_callbacks(register):
     _register_all(register, CALLBACKS)
+
+
+@hookimpl
+def register_augmentations(register):
+    _register_all(register, AUGMENTATIONS)
 
 
 @hookimpl

@@ -20,7 +20,7 @@ from sftcore.cli import cli
 from sftcore.testing import reset_commands
 
 PLUGIN_ROOT = Path(__file__).resolve().parents[1]
-KINDS = ["datasets", "backbones", "regularizers", "heads", "param_groups", "callbacks"]
+KINDS = ["datasets", "backbones", "regularizers", "heads", "param_groups", "callbacks", "augmentations"]
 
 
 @pytest.fixture

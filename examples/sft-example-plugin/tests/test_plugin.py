@@ -9,13 +9,14 @@ from sftcore.testing import registry as get_registry
 import sft_example_plugin
 
 COMPONENTS = {"datasets": ["npz", "stripes"], "backbones": ["tiny_cnn"], "regularizers": ["bss", "delta", "l1"],
-              "heads": ["zero_init"], "param_groups": ["discriminative"], "callbacks": ["stop_at_accuracy"]}
-NO_FACTORY_CONTEXT = ("regularizers", "heads", "param_groups", "callbacks")  # factory(**options), nothing before
+              "heads": ["zero_init"], "param_groups": ["discriminative"], "callbacks": ["stop_at_accuracy"],
+              "augmentations": ["gaussian_noise"]}
+NO_FACTORY_CONTEXT = ("regularizers", "heads", "param_groups", "callbacks", "augmentations")  # factory(**options), nothing before
 
 
 def test_registers_every_component_without_problems(example_plugin):
     assert example_plugin.errors == []
-    assert sorted(example_plugin.hooks) == ["register_backbones", "register_callbacks", "register_commands",
+    assert sorted(example_plugin.hooks) == ["register_augmentations", "register_backbones", "register_callbacks", "register_commands",
                                             "register_datasets", "register_heads", "register_param_groups",
                                             "register_regularizers"]
     registered = {kind: sorted(names) for kind, names in get_registry().by_plugin("example").items() if names}

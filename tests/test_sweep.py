@@ -1,0 +1,243 @@
+"""`sft sweep`: the sweep file, its cells, bad input, the local and Ray executors, resume and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import tiny
+from sftcore._sweep_spec import cell_points, flow, short_keys, value_text
+
+GRID = {"finetune.optimizer.lr": [0.01, 0.02], "finetune.head": ["reinit", "lp_ft"]}
+
+
+def base(**stages) -> dict:
+    """The tiny config with one finetune and one baseline epoch: a cell runs in a few seconds."""
+    return tiny.config(finetune={"epochs": 1, **stages.get("finetune", {})},
+                       baseline={"name": "scratch", "epochs": 1}, **{k: v for k, v in stages.items() if k != "finetune"})
+
+
+def write_sweep(folder: Path, grid=None, name="s", **extra) -> Path:
+    tiny.write_yaml(folder / "base.yaml", extra.pop("base_config", None) or base())
+    return tiny.write_yaml(folder / f"{name}.yaml", {"name": name, "base": "base.yaml",
+                                                     "grid": GRID if grid is None else grid, **extra})
+
+
+@pytest.fixture
+def here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
+def cells_of(sweep_dir) -> dict[str, dict]:
+    return {c["name"]: c for c in json.loads((Path(sweep_dir) / "sweep.json").read_text())["cells"]}
+
+
+# --------------------------------------------------------------------------- cells
+def test_the_grid_expands_in_file_order_with_stable_names():
+    points = cell_points({"finetune.regularizers.0.alpha": [0.001, 0.01], "finetune.head": ["reinit", "lp_ft", "imprint"]})
+    assert [name for name, _ in points] == [
+        "000-alpha=0.001-head=reinit", "001-alpha=0.001-head=lp_ft", "002-alpha=0.001-head=imprint",
+        "003-alpha=0.01-head=reinit", "004-alpha=0.01-head=lp_ft", "005-alpha=0.01-head=imprint"]
+    assert points[4][1] == {"finetune.regularizers.0.alpha": 0.01, "finetune.head": "lp_ft"}
+
+
+def test_cell_names_tell_keys_apart_and_stay_filesystem_safe():
+    assert short_keys(["finetune.epochs", "baseline.epochs", "seed"]) == ["finetune.epochs", "baseline.epochs", "seed"]
+    assert value_text([]) == "none"
+    assert value_text([{"name": "l2_sp", "alpha": 0.1}]) == "l2_sp_alpha0.1"
+    assert value_text("a/b c") == "a_b_c"
+    long = value_text("x" * 100)
+    assert len(long) == 40 and long != value_text("x" * 99)
+    for value in (1e-05, "yes", [{"name": "l2"}], {"name": "lp_ft", "probe_epochs": 5}, None, ""):
+        import yaml
+
+        assert yaml.safe_load(flow(value)) == value  # shown as --set takes it
+
+
+def test_dry_run_prints_the_cells_and_writes_nothing(here):
+    sweep = write_sweep(here, seeds=2)
+    before = sorted(p.name for p in here.iterdir())
+    out = tiny.ok(tiny.invoke("sweep", sweep, "--dry-run")).splitlines()
+    assert out == ["000-lr=0.01-head=reinit  finetune.optimizer.lr=0.01 finetune.head=reinit",
+                   "001-lr=0.01-head=lp_ft  finetune.optimizer.lr=0.01 finetune.head=lp_ft",
+                   "002-lr=0.02-head=reinit  finetune.optimizer.lr=0.02 finetune.head=reinit",
+                   "003-lr=0.02-head=lp_ft  finetune.optimizer.lr=0.02 finetune.head=lp_ft",
+                   "4 cells, 2 seed(s) each; nothing was run (--dry-run)"]
+    assert sorted(p.name for p in here.iterdir()) == before
+
+
+# --------------------------------------------------------------------------- bad input
+BAD = {
+    "empty grid": ({"grid": {}}, "grid must be a non-empty mapping"),
+    "empty list": ({"grid": {"finetune.head": []}}, "grid key 'finetune.head' has an empty list"),
+    "not a list": ({"grid": {"finetune.head": "reinit"}}, "must map to a list of values"),
+    "unknown key": ({"grid": {"finetune.hed": ["reinit"]}}, "did you mean 'head'"),
+    "bad value": ({"grid": {"finetune.head": ["reinit", "nope"]}}, "sweep cell 001-head=nope: "),
+    "no base": ({"base": None}, "base is missing"),
+    "base not found": ({"base": "missing.yaml"}, "base 'missing.yaml' not found"),
+    "sweep key": ({"grids": {}}, "unknown key 'grids'"),
+    "reference": ({"reference": "finetune.hed=reinit"}, "'finetune.hed' is not a grid key"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_sweep_files_are_one_line_before_any_cell_runs(here, case):
+    change, message = BAD[case]
+    tiny.write_yaml(here / "base.yaml", base())
+    sweep = {"name": "s", "base": "base.yaml", "grid": {"finetune.head": ["reinit"]}, **change}
+    tiny.write_yaml(here / "s.yaml", {k: v for k, v in sweep.items() if v is not None})
+    line = tiny.one_error_line(tiny.invoke("sweep", "s.yaml", "--out", "out"))
+    assert message in line, line
+    assert not (here / "out").exists() and not (here / "runs").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--jobs", "0"], "--jobs must be a number of 1 or more"),
+    (["--jobs", "two"], "--jobs must be a number of 1 or more"),
+    (["--executor", "slurm"], "--executor must be local or ray"),
+    (["--gpus-per-cell", "1"], "--address and --gpus-per-cell go with --executor ray"),
+])
+def test_bad_options_are_one_line(here, args, message):
+    sweep = write_sweep(here)
+    line = tiny.one_error_line(tiny.invoke("sweep", sweep, "--out", "out", *args))
+    assert message in line and not (here / "out").exists()
+
+
+def test_a_directory_that_holds_no_sweep_is_refused(here):
+    sweep = write_sweep(here)
+    (here / "other").mkdir()
+    (here / "other" / "notes.txt").write_text("mine")
+    line = tiny.one_error_line(tiny.invoke("sweep", sweep, "--out", "other"))
+    assert "--out 'other' is not empty and holds no sweep" in line
+    line = tiny.one_error_line(tiny.invoke("sweep", "--resume", "other"))
+    assert "--resume 'other' is not a sweep directory" in line
+    assert sorted(p.name for p in (here / "other").iterdir()) == ["notes.txt"]
+
+
+def test_a_missing_ray_is_one_line(here, monkeypatch):
+    import sftcore._sweep as sweepmod
+
+    monkeypatch.setattr(sweepmod, "ray_available", lambda: False)
+    sweep = write_sweep(here)
+    line = tiny.one_error_line(tiny.invoke("sweep", sweep, "--executor", "ray", "--out", "out"))
+    assert line == "sft: error: --executor ray needs Ray: pip install 'sftcore[ray]'"
+    assert not (here / "out").exists()
+
+
+def test_the_cli_imports_no_ray():
+    code = "import sys, sftcore.cli, sftcore._sweep; print('ray' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+# --------------------------------------------------------------------------- running
+@pytest.mark.slow
+def test_two_cells_in_parallel_then_resume_skips_them_and_retries_only_failed(here):
+    grid = {"finetune.dataset": [tiny.shapes("target", labels_per_class=6),
+                                 {"name": "image_folder", "root": "no-such-folder"}]}
+    sweep = write_sweep(here, grid=grid)
+    result = tiny.invoke("sweep", sweep, "--jobs", "2", "--out", "sw")
+    assert result.exit_code == 1, result.output
+    cells = cells_of(here / "sw")
+    good, bad = sorted(cells)
+    assert (cells[good]["status"], cells[bad]["status"]) == ("finished", "failed")
+    assert "no-such-folder" in cells[bad]["error"] and cells[bad]["returncode"] == 2
+    assert (here / "sw" / cells[good]["run_dir"] / "summary.json").is_file()
+    assert good in (here / "sw" / "sweep.csv").read_text()  # the results row of the finished cell
+    assert "--retry-failed" in result.stderr
+    summary = here / "sw" / "cells" / good / "summary.json"
+    stamp, log = summary.stat().st_mtime_ns, (here / "sw" / "cells" / bad / "sweep.log")
+    attempts = log.read_text().count("# sft sweep:")
+
+    again = tiny.invoke("sweep", sweep, "--out", "sw")  # the same sweep: nothing runs
+    assert again.exit_code == 1 and "0 to run" in again.stdout
+    assert log.read_text().count("# sft sweep:") == attempts and summary.stat().st_mtime_ns == stamp
+
+    retried = tiny.invoke("sweep", "--resume", "sw", "--retry-failed")
+    assert retried.exit_code == 1 and "1 to run" in retried.stdout
+    assert log.read_text().count("# sft sweep:") == attempts + 1 and summary.stat().st_mtime_ns == stamp
+
+
+def test_a_changed_sweep_file_against_its_directory_is_one_line(here):
+    sweep = write_sweep(here)
+    (here / "sw").mkdir()
+    (here / "sw" / "sweep.json").write_text(json.dumps({"spec": {"base": {}, "grid": {}, "seeds": None}, "cells": []}))
+    line = tiny.one_error_line(tiny.invoke("sweep", sweep, "--out", "sw"))
+    assert "ran a different sweep (base, grid changed)" in line
+    assert sorted(p.name for p in (here / "sw").iterdir()) == ["sweep.json"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_running_cell_and_resume_finishes_it(here):
+    sweep = write_sweep(here, grid={"pretrain.epochs": [15, 1]})  # the second cell is quick
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sftcore", "sweep", str(sweep), "--out", "sw"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "start" in proc.stdout.readline() + proc.stdout.readline()  # the sweep's line, the first cell's
+    first = here / "sw" / "cells" / "000-epochs=15"
+    deadline = time.time() + 60
+    while not list((first / "checkpoints").glob("*.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "sft sweep --resume sw" in err
+    cells = cells_of(here / "sw")
+    assert cells["000-epochs=15"]["status"] == "interrupted" and cells["001-epochs=1"]["status"] == "pending"
+    resumed = tiny.invoke("sweep", "--resume", "sw")
+    assert resumed.exit_code == 0, resumed.output
+    assert {c["status"] for c in cells_of(here / "sw").values()} == {"finished"}
+    log = (first / "sweep.log").read_text()
+    assert "sft: interrupted: Ctrl-C" in log and "pretrain: resuming after epoch" in log  # from its checkpoint
+
+
+@pytest.mark.slow
+def test_the_ray_executor_runs_the_cells_on_a_local_instance(here):
+    ray = pytest.importorskip("ray")
+    sweep = write_sweep(here, grid={"finetune.head": ["reinit", "lp_ft"]})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = tiny.invoke("sweep", sweep, "--executor", "ray", "--cpus-per-cell", "1", "--out", "sw")
+    finally:
+        ray.shutdown()
+    assert result.exit_code == 0, result.output
+    data = json.loads((here / "sw" / "sweep.json").read_text())
+    assert data["executor"] == "ray" and {c["status"] for c in data["cells"]} == {"finished"}
+    assert all((here / "sw" / c["run_dir"] / "summary.json").is_file() for c in data["cells"])
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_ray_stops_the_cell_cleanly(here):
+    """Without --address the sweep starts its own Ray instance; a Ctrl-C reaches the running task (through a
+    stop file on the shared path), which passes it on to its cell."""
+    pytest.importorskip("ray")
+    slow = base(pretrain={"epochs": 100, "dataset": tiny.shapes("source", train_per_class=100)})
+    sweep = write_sweep(here, grid={"pretrain.epochs": [100, 1]}, base_config=slow)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sftcore", "sweep", str(sweep), "--executor", "ray",
+                             "--cpus-per-cell", "1", "--out", "sw"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    cell = here / "sw" / "cells" / "000-epochs=100"
+    deadline = time.time() + 90
+    while "pretrain epoch 3/" not in _text(cell / "sweep.log") and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, (out, err)
+    cells = cells_of(here / "sw")
+    assert cells["000-epochs=100"]["status"] == "interrupted", (cells, out, err)
+    assert cells["001-epochs=1"]["status"] in ("finished", "pending", "interrupted")  # never left running
+    assert not (cell / ".sft-sweep-stop").exists()
+    assert "sft: interrupted: Ctrl-C" in (cell / "sweep.log").read_text()  # the cell saved and stopped itself
