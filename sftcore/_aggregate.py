@@ -385,15 +385,34 @@ def _reference(reference, rows: list[dict], runs: list[dict], cols: list[str], f
             if all(_matches(get(_first_config(row, runs), k), v) for k, v in wanted)]
     listed = "; ".join(_label(row, cols, short) for row in rows[:8]) + ("; …" if len(rows) > 8 else "")
     out = {"key": " ".join(k for k, _ in wanted), "value": wanted[0][1] if len(wanted) == 1 else
-           [v for _, v in wanted], "text": text, "row": hits[0] if len(hits) == 1 else None}
+           [v for _, v in wanted], "text": text, "row": hits[0] if len(hits) == 1 else None, "rows": hits,
+           "per": [], "of": {i: hits[0] for i in range(len(rows))} if len(hits) == 1 else {}}
     if len(hits) > 1:
-        which = "; ".join(_label(rows[i], cols, short) for i in hits[:8])
-        raise ConfigError(f"--reference {text} matches {len(hits)} rows ({which}); add KEY=VALUE pairs to pick one")
+        out["per"], out["of"] = _per_group(hits, rows, cols, wanted)
+        if not out["of"]:
+            which = "; ".join(_label(rows[i], cols, short) for i in hits[:8])
+            raise ConfigError(f"--reference {text} matches {len(hits)} rows ({which}); add KEY=VALUE pairs "
+                              "to pick one")
     if not hits and not failed:
         raise ConfigError(f"--reference {text} matches no row; the rows are: {listed or 'none'}")
     if not hits:  # it may be a cell that failed: the table says so rather than losing every other row
         out["missing"] = f"--reference {text} matches no finished run ({len(failed)} failed/unfinished)"
     return out
+
+
+def _per_group(hits: list[int], rows: list[dict], cols: list[str], wanted) -> tuple[list[str], dict[int, int]]:
+    """A reference that names only some varied keys (``finetune.regularizers=[]`` in a grid that also varies
+    the head) is one reference per setting of the other keys: each row is paired with the reference row
+    that shares those settings. ``([], {})`` when the matching rows do not split that way."""
+    named = [c for c in cols if any(k == c or k.startswith(c + ".") or c.startswith(k + ".") for k, _ in wanted)]
+    free = [c for c in cols if c not in named]
+    sign = lambda row: tuple(_canon(row["config"][c]) for c in free)  # noqa: E731
+    by_sign: dict[tuple, list[int]] = {}
+    for i in hits:
+        by_sign.setdefault(sign(rows[i]), []).append(i)
+    if not named or not free or any(len(found) > 1 for found in by_sign.values()):
+        return [], {}
+    return free, {i: by_sign[sign(row)][0] for i, row in enumerate(rows) if sign(row) in by_sign}
 
 
 def _first_config(row: dict, runs: list[dict]) -> dict:
@@ -408,10 +427,12 @@ def aggregate(run_dirs, reference=None, varied=None) -> dict:
     cols, constant, pooled = columns([r["config"] for r in runs], varied)
     rows = _rows(runs, cols)
     ref = _reference(reference, rows, runs, cols, failed) if reference else None
-    if ref is not None and ref["row"] is not None:
-        for i, row in enumerate(rows):
-            if i != ref["row"]:
-                row["vs_reference"] = versus(row, rows[ref["row"]])
+    for i, row in enumerate(rows):
+        j = ref["of"].pop(i, None) if ref is not None else None
+        if j is not None and j != i:
+            row["vs_reference"] = versus(row, rows[j])
+    if ref is not None:
+        ref.pop("of")
     return {"varied_keys": cols, "hidden_constant_keys": constant, "pooled_differing_keys": pooled,
             "reference": ref, "rows": rows, "failed": failed}
 
@@ -443,7 +464,7 @@ def _seeds(seeds: list[int]) -> str:
 
 
 def _vs(row: dict, i: int, ref: dict) -> str:
-    if i == ref["row"]:
+    if i in ref["rows"]:
         return "reference"
     vs = row["vs_reference"]
     if not vs or vs["diff_mean"] is None:
@@ -474,7 +495,10 @@ def _footer(result: dict, show_failed: bool) -> list[str]:
         lines.append("keys: " + ", ".join(f"{short[c]} = {c}" for c in cols if short[c] != c))
     if result["rows"]:
         lines.append("mean ± sd over seeds; gain: finetune - baseline paired by seed, 95% CI over seeds")
-    if ref and ref["row"] is not None:
+    if ref and ref["per"]:
+        lines.append(f"vs ref: finetune minus the reference ({ref['text']}) with the same "
+                     f"{', '.join(short[c] for c in ref['per'])}, paired by seed, ± its 95% CI")
+    elif ref and ref["rows"]:
         lines.append(f"vs ref: finetune minus the reference ({ref['text']}) paired by seed, ± its 95% CI")
     elif ref:
         lines.append(ref["missing"])

@@ -333,6 +333,8 @@ class Pipeline:
         except (OSError, ValueError, SftError) as exc:  # the run itself is fine: only the reuse is lost
             self.say(f"{tag}: could not store cache entry {entry.key[:12]} ({str(exc)[:200]}); continuing")
             return False
+        self.say(f"{tag}: stored as cache entry {entry.key[:12]} ({entry.folder}); runs with the same pretraining "
+                 "reuse it")
         return True
 
     def _from_cache(self, found, entry, backbone: Backbone, data: StageData, seed: int, tag: str):

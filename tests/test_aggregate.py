@@ -203,6 +203,24 @@ def test_reference_by_short_name_component_name_and_several_pairs(tmp_path):
     assert reference_run("finetune.regularizers=[{name: l2}] finetune.head={name: reinit}") == [str(runs[1])]
 
 
+def test_a_reference_on_some_grid_keys_is_one_reference_per_setting_of_the_others(tmp_path):
+    """`--reference finetune.regularizers=[]` in a regularizers x head grid: each head has its own reference."""
+    cells = [({"name": "reinit"}, []), ({"name": "imprint"}, []),
+             ({"name": "reinit"}, [{"name": "l2"}]), ({"name": "imprint"}, [{"name": "l2"}])]
+    scores = [{0: 0.50, 1: 0.52}, {0: 0.60, 1: 0.61}, {0: 0.55, 1: 0.58}, {0: 0.59, 1: 0.61}]
+    runs = [fake_run(tmp_path / f"r{i}", config(**{"finetune.head": head, "finetune.regularizers": regs}), score)
+            for i, ((head, regs), score) in enumerate(zip(cells, scores))]
+    result = aggregate(runs, reference="finetune.regularizers=[]")
+    ref = result["reference"]
+    assert (ref["row"], ref["rows"], ref["per"]) == (None, [0, 1], ["finetune.head"])
+    rows = result["rows"]
+    assert rows[0]["vs_reference"] is None and rows[1]["vs_reference"] is None
+    assert rows[2]["vs_reference"]["diff_mean"] == pytest.approx(5.5)  # l2 + reinit against [] + reinit
+    assert rows[3]["vs_reference"]["diff_mean"] == pytest.approx(-0.5)  # l2 + imprint against [] + imprint
+    text = table(result)
+    assert text.count("reference") >= 2 and "with the same head, paired by seed" in text
+
+
 def test_a_reference_among_failed_runs_keeps_the_table(tmp_path):
     runs = [fake_run(tmp_path / "a", alpha(0.1), {0: 0.5}), fake_run(tmp_path / "b", alpha(0.01), None)]
     result = aggregate(runs, reference="finetune.regularizers.0.alpha=0.01")
