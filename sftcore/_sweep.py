@@ -22,7 +22,8 @@ from typing import Callable
 
 from . import _ownership as ownership
 from . import _storage as storage
-from ._sweep_exec import INTERRUPT_CODES, LOG, Job, Outcome, Signals, ray_available, run_local, run_ray
+from ._sweep_exec import (INTERRUPT_CODES, LOG, Job, Outcome, Signals, check_address, ray_available, run_local,
+                          run_ray)
 from ._sweep_spec import Cell, Sweep, expand, flow, load_sweep
 from .errors import ConfigError, Interrupted, SftError, show
 
@@ -79,6 +80,8 @@ def check_options(opts: Options) -> None:
         raise ConfigError("--address and --gpus-per-cell go with --executor ray")
     if opts.executor == "ray" and not ray_available():
         raise ConfigError("--executor ray needs Ray: pip install 'sftcore[ray]'")
+    if opts.executor == "ray" and opts.address:
+        check_address(opts.address)
 
 
 def _sweep_file(path, opts: Options) -> Path:

@@ -131,6 +131,27 @@ def ray_available() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
+CONNECT_S = 5.0
+
+
+def check_address(address: str) -> None:
+    """A ``HOST:PORT`` (or ``ray://HOST:PORT``) that nothing answers on is one line before anything is
+    written: ``ray.init`` itself retries for many minutes. Other forms (``auto``) are left to Ray."""
+    import socket
+
+    where = address.split("://", 1)[-1]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ConfigError(f"--address {address}: nothing answers there ({why}); start the cluster with "
+                          "`ray start --head` and pass the address it prints, or drop --address for a local "
+                          "instance") from None
+
+
 STOP = ".sft-sweep-stop"  # written into a cell's run directory (the shared path) when the sweep is stopped
 
 

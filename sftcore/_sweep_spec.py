@@ -146,11 +146,11 @@ def load_sweep(path, reference: str | None = None) -> Sweep:
     if ref is not None and not isinstance(ref, str):
         raise _fail(f"'{path}'", f"reference must be a string such as 'finetune.head=reinit', not {show(ref)}")
     sweep = Sweep(name, base, base_source, grid, raw.get("seeds"), ref, path.resolve())
-    _check_reference(sweep)
+    _check_reference(sweep, "--reference" if reference is not None else f"sweep '{path}': reference")
     return sweep
 
 
-def _check_reference(sweep: Sweep) -> None:
+def _check_reference(sweep: Sweep, where: str = "--reference") -> None:
     """Each `KEY=VALUE` of the reference must be about a grid key, and a grid key's value one of its values:
     anything else matches no cell, which would show only after every cell ran."""
     if sweep.reference is None:
@@ -162,10 +162,10 @@ def _check_reference(sweep: Sweep) -> None:
     for key, value in parse_reference(sweep.reference):
         related = [k for k in sweep.grid if key == k or key.startswith(k + ".") or k.startswith(key + ".")]
         if not related:
-            raise ConfigError(f"--reference {show(sweep.reference)}: '{key}' is not a grid key"
+            raise ConfigError(f"{where} {show(sweep.reference)}: '{key}' is not a grid key"
                               f"{suggest(key, list(sweep.grid))}; use one of {', '.join(sweep.grid)}")
         if key in sweep.grid and not any(_matches(v, value) for v in sweep.grid[key]):
-            raise ConfigError(f"--reference {show(sweep.reference)}: {flow(value)} is not among the grid's values "
+            raise ConfigError(f"{where} {show(sweep.reference)}: {flow(value)} is not among the grid's values "
                               f"of {key}: {', '.join(flow(v) for v in sweep.grid[key])}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -92,12 +93,23 @@ class SftGroup(click.Group):
             ctx.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:  # `sft ... | head`: the reader is gone; end quietly, as other tools do
+            _quiet_stdout()
+            ctx.exit(141)
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"sft: internal error: {type(exc).__name__}: {exc} "
                        "(this is a bug; rerun with `sft --debug ...` for the traceback)", err=True)
             ctx.exit(1)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so that flushing it at exit raises no second BrokenPipeError."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 CLI_HELP = f"""sftcore: pretrain a backbone on a source task, finetune it on a target task with few

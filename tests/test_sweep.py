@@ -136,6 +136,36 @@ def test_a_missing_ray_is_one_line(here, monkeypatch):
     assert not (here / "out").exists()
 
 
+def test_a_ray_address_where_nothing_answers_is_one_line_before_anything_is_written(here):
+    import socket
+
+    sweep = write_sweep(here)
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    line = tiny.one_error_line(tiny.invoke("sweep", sweep, "--executor", "ray", "--address", f"127.0.0.1:{port}",
+                                           "--out", "out"))
+    assert line.startswith(f"sft: error: --address 127.0.0.1:{port}: nothing answers there")
+    assert "ray start --head" in line and not (here / "out").exists()
+
+
+def test_a_bad_reference_in_the_file_is_named_as_the_files(here):
+    sweep = write_sweep(here, grid={"finetune.head": ["reinit"]}, reference="finetune.head=lp_ft")
+    line = tiny.one_error_line(tiny.invoke("sweep", sweep, "--dry-run"))
+    assert f"sweep '{sweep}': reference 'finetune.head=lp_ft': lp_ft is not among the grid's values" in line
+    line = tiny.one_error_line(tiny.invoke("sweep", sweep, "--dry-run", "--reference", "finetune.head=imprint"))
+    assert "--reference 'finetune.head=imprint': imprint is not among" in line
+
+
+def test_a_closed_pipe_ends_quietly(here):
+    sweep = write_sweep(here)
+    proc = subprocess.Popen([sys.executable, "-m", "sftcore", "sweep", str(sweep), "--dry-run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line, as `| head -0` would be
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, 141) and "internal error" not in err and "Traceback" not in err, err
+
+
 def test_the_cli_imports_no_ray():
     code = "import sys, sftcore.cli, sftcore._sweep; print('ray' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
