@@ -7,8 +7,9 @@ On one machine and one locally written CIFAR-10-format data set, alternating in 
   sft      `sft run CONFIG --out DIR` doing the same work (its run directory, metrics and checkpoints included)
 
 The lenet-augment and resnet18-augment workloads are lenet and resnet18 with `augment: [random_resized_crop,
-trivial_augment, mixup]` (on the device, per batch) against the same compute with no augmentation at all (no seed process: its PIL
-pipeline has no such augmentations).
+trivial_augment, mixup]` (on the device; `augment_chunk: auto` takes 4 batches of 100 CIFAR images together)
+against the same compute with no augmentation at all (no seed process: its PIL pipeline has no such
+augmentations).
 
 and reports wall-clock seconds (median over rounds), sft/compute and sft/seed, and each process's
 peak RSS (ru_maxrss from os.wait4: the largest of the process and the children it waited for)

@@ -28,6 +28,7 @@ TTA = ("none", "flip")  # test-time augmentation of a stage's test evaluation (_
 MAX_SEEDS = 1000  # seeds: N runs N finetunes; more is a typo, not an experiment
 MAX_EPOCHS = 100_000  # epochs, max_epochs, patience: more would never end, and is a typo
 MAX_BATCH = 1_000_000  # batch sizes
+MAX_CHUNK = 64  # augment_chunk's largest value
 AUTO_SELECT_MIN_VAL = 50  # select: auto picks the best epoch only on at least this many validation examples
 
 # Keys of a stage's `dataset:` the runner consumes itself; the rest go to the dataset's factory.
@@ -58,6 +59,7 @@ STAGE_DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.0,
     "tta": "none",
     "augment": None,
+    "augment_chunk": "auto",
 }
 
 RUN_DEFAULTS: dict[str, Any] = {
@@ -153,6 +155,9 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
     "<stage>.augment": ("list of components or null", "augmentation names or {name: ..., its options}; [] for none",
                         "training-time augmentations, per batch on the device, in list order (sft list "
                         "augmentations); null: the dataset's default (shapes and cifar: crop and flip)"),
+    "<stage>.augment_chunk": ("integer or auto", f"1 to {MAX_CHUNK}, or auto", "training batches augmented as one "
+                              "(the same draws whatever the device); auto: as many as hold 2^19 pixels, at most 4; "
+                              "always 1 without float augmentations (crop, flip alone) and under torch.distributed"),
     "<stage>.dataset.labels_per_class": ("integer or null", ">= 1; not with fraction", "keep N training "
                                          "examples per class (stratified, seeded); null: all"),
     "<stage>.dataset.fraction": ("number or null", "> 0 and <= 1; not with labels_per_class",
@@ -300,11 +305,15 @@ def _built(value: Any, kind: str, path: str, registry) -> tuple[dict, Any]:
 
 
 def _epochs(value: Any, path: str) -> int | str:
+    return _auto_int(value, path, 0, MAX_EPOCHS)
+
+
+def _auto_int(value: Any, path: str, minimum: int, maximum: int) -> int | str:
     if value == "auto":
         return value
     if isinstance(value, str):
         raise ConfigError(f"config: {path} must be an integer or auto, got {show(value)}")
-    return _int(value, path, 0, MAX_EPOCHS)
+    return _int(value, path, minimum, maximum)
 
 
 def epoch_budget(stage: dict) -> int:
@@ -363,6 +372,7 @@ def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
     stage["label_smoothing"] = _float(stage["label_smoothing"], f"{path}.label_smoothing", 0.0, 1.0)
     stage["tta"] = _choice(stage["tta"], TTA, f"{path}.tta")
     stage["augment"] = _augment(stage["augment"], path, registry)
+    stage["augment_chunk"] = _auto_int(stage["augment_chunk"], f"{path}.augment_chunk", 1, MAX_CHUNK)
     return stage
 
 

@@ -94,10 +94,14 @@ class BatchTransform:
             for aug in self.on_uint8:
                 aug(batch)
             x = batch.images
-        x = self._channels(x.float())  # a fresh copy of the uint8 batch: safe to change in place
         unit = bool(batch is not None and self.on_float)
+        if unit and self.in_channels == self.out_channels:
+            x = torch.mul(x, 1.0 / 255.0)  # uint8 -> float in [0, 1] as one op: a fresh tensor, safe to change
+        else:
+            x = self._channels(x.float())  # a fresh copy of the uint8 batch: safe to change in place
+            x = x.mul_(1.0 / 255.0) if unit else x
         if unit:
-            batch.images = x.mul_(1.0 / 255.0)
+            batch.images = x
             for aug in self.on_float:
                 aug(batch)
             x = batch.images
@@ -114,6 +118,31 @@ class BatchTransform:
         if self.in_channels != self.out_channels:
             x = x.repeat(1, self.out_channels, 1, 1) if self.in_channels == 1 else x.mean(1, keepdim=True)
         return x
+
+
+CHUNK_PIXELS = 1 << 19  # augment_chunk: auto augments batches together up to this many pixels (at most 4)
+
+
+def augment_chunk(setting: int | str, transform: BatchTransform, batch_size: int, world: int) -> int:
+    """How many training batches are augmented as one: ``augment_chunk``, or for ``auto`` as many as
+    hold 2^19 pixels (at most 4: CIFAR-sized batches of 100 or 128). Per-operation overhead, not
+    arithmetic, is what augmentation costs on small images, so one set of tensor ops for several
+    batches is cheaper. One batch at a time without float augmentations (crop and flip are a gather
+    each) and under torch.distributed (each rank draws its share of each global batch)."""
+    if world > 1 or not transform.on_float:
+        return 1
+    if setting != "auto":
+        return int(setting)
+    h, w = transform.out_hw
+    return max(1, min(4, CHUNK_PIXELS // (batch_size * h * w)))
+
+
+def augment_together(transform: BatchTransform, batches: list, generator: torch.Generator) -> list:
+    """``[(inputs, targets), ...]``: the batches augmented as one batch (their concatenation), split back."""
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    inputs, targets = transform.augmented(x, y, generator)
+    sizes = [len(b[1]) for b in batches]
+    return list(zip(inputs.split(sizes), targets.split(sizes)))
 
 
 def _fit_channels(values, channels: int) -> list[float]:

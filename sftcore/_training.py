@@ -3,6 +3,7 @@ schedules and callbacks plug into it; nothing copies it."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from . import _checkpoints as checkpoints
 from . import _distributed as distributed
 from ._config import AUTO_SELECT_MIN_VAL, epoch_budget
-from ._data import Batches, BatchTransform
+from ._data import Batches, BatchTransform, augment_chunk, augment_together
 from ._device import Performance
 from ._evaluate import evaluate
 from ._events import NO_EVENTS, Events
@@ -115,6 +116,8 @@ class Stage:
         for r in regularizers:
             r.setup(ctx)
         self.generator = torch.Generator(device=perf.device)
+        self.chunk = augment_chunk(cfg.get("augment_chunk", "auto"), train_transform, train.batch_size, train.world)
+        self._drawn: tuple = (0, None, 0)  # the chunk being trained: first batch, generator state there, end
         self.net: torch.nn.Module = model  # what the loop calls: the model, or its DDP wrapper
         self._trainable: tuple | None = None
         self.start_epoch = 0
@@ -138,10 +141,20 @@ class Stage:
             "regularizers": [r.state_dict() for r in self.regularizers],
             "start_state": self.ctx.start_state_dict(), "best": self.best, "history": self.history,
             "rng": rng if rng is not None else [rng_state()],
-            "generator": self.generator.get_state() if batch else None,
+            **self._generator_state(batch),
             "sums": sums if batch else None,
             "callbacks": self.events.state_dict(), "stopped": self.info.stop_reason,
         }
+
+    def _generator_state(self, batch: int) -> dict:
+        """The augmentation generator for a checkpoint at the start of batch ``batch``: its state where the
+        draws of that batch's chunk began, and that chunk's first batch (resume redraws the chunk)."""
+        if not batch:
+            return {"generator": None}
+        first, state, end = self._drawn
+        if state is None or batch >= end:  # between chunks: the state now
+            return {"generator": self.generator.get_state(), "generator_batch": batch}
+        return {"generator": state, "generator_batch": first}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where ``state`` stopped; the strategy re-derives the freeze state from the epoch."""
@@ -212,8 +225,8 @@ class Stage:
         _freeze_frozen_norms(self.model)
         self.train.set_epoch(epoch)
         first, sums = self._epoch_start(epoch)
-        for k, (x, y) in enumerate(self._batches(epoch, first), start=first):
-            self._step(epoch, k, x, y, sums)
+        for k, inputs, targets in self._augmented(epoch, first):
+            self._train_step(epoch, k, inputs, targets, sums)
             if self._stopping() and k + 1 < len(self.train):
                 self._check_finite(epoch, sums)
                 sums["seconds"] += time.perf_counter() - t0
@@ -221,6 +234,24 @@ class Stage:
                 self._interrupted(epoch, f"up to batch {k + 1} of {len(self.train)}")
         self._check_finite(epoch, sums)
         self._epoch_end(epoch, sums, t0)
+
+    def _augmented(self, epoch: int, first: int):
+        """``(k, inputs, targets)`` for batch ``k`` from ``first`` on, ``self.chunk`` batches augmented as
+        one. Chunks start where the epoch's draws (or a checkpoint's) begin; a resumed run redraws the
+        chunk it stopped in and skips the batches already trained."""
+        k = self._drawn[0]
+        batches = iter(self._batches(epoch, k))
+        while group := list(itertools.islice(batches, self.chunk)):
+            self._drawn = (k, self.generator.get_state() if self.chunk > 1 else None, k + len(group))
+            if self.chunk == 1:
+                part = self.train.part(k) if self.train.world > 1 else None
+                done = [self.train_transform.augmented(*group[0], self.generator, part)]
+            else:
+                done = augment_together(self.train_transform, group, self.generator)
+            for i, (inputs, targets) in enumerate(done):
+                if k + i >= first:
+                    yield k + i, inputs, targets
+            k += len(group)
 
     def _batches(self, epoch: int, first: int):
         batches = self.train.iter_from(first)
@@ -241,21 +272,26 @@ class Stage:
                 "seconds": torch.zeros((), dtype=torch.float64)}
         if self.partial is None:
             self.generator.manual_seed(self.ctx.seed * 7919 + epoch)
+            self._drawn = (0, None, 0)
             self.events("on_epoch_start", self.info, epoch + 1)
             return 0, sums
         first = self.partial["batch"]  # resumed mid-epoch
         self.generator.set_state(self.partial["generator"].cpu())
+        self._drawn = (self.partial.get("generator_batch", first), None, 0)  # where those draws begin
         sums = _resumed_sums(self.partial["sums"])
         sums = {k: v.to(dev) if k != "seconds" else v.clone() for k, v in sums.items()}
         self.partial = None
         return first, sums
 
     def _step(self, epoch: int, k: int, x: torch.Tensor, y: torch.Tensor, sums: dict) -> None:
+        """One optimizer step on batch ``k`` as it comes from the data (augmented here, on its own)."""
+        part = self.train.part(k) if self.train.world > 1 else None
+        self._train_step(epoch, k, *self.train_transform.augmented(x, y, self.generator, part), sums)
+
+    def _train_step(self, epoch: int, k: int, inputs: torch.Tensor, targets: torch.Tensor, sums: dict) -> None:
         """One optimizer step on batch ``k``; its loss, hits and first non-finite loss go into ``sums``."""
         if self.events.per_step:
             self.events("on_step_start", self.info, epoch + 1, k)
-        part = self.train.part(k) if self.train.world > 1 else None
-        inputs, targets = self.train_transform.augmented(x, y, self.generator, part)
         soft = targets.is_floating_point()  # mixup/cutmix: class probabilities; y is then each image's larger share
         y = targets.argmax(1) if soft else targets
         with self.perf.autocast():
@@ -270,7 +306,7 @@ class Stage:
         if loss.requires_grad:
             # DDP averages gradients over ranks; weigh each rank's mean loss by its share of the
             # global batch so that the step equals a single process's on the whole batch
-            scaled = loss * (len(y) * self.train.world / part[2]) if part is not None else loss
+            scaled = loss * (len(y) * self.train.world / self.train.part(k)[2]) if self.train.world > 1 else loss
             self.scaler.scale(scaled).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()

@@ -118,7 +118,8 @@ def test_random_resized_crop_resizes_each_box_as_torchvision_resized_crop_does()
     x = images(5, h=20, w=24, seed=4)
     boxes = [(0, 0, 20, 24), (3, 5, 7, 9), (0, 0, 5, 5), (10, 12, 10, 12), (2, 1, 17, 3)]  # edges, up and down
     for size in ((20, 24), (8, 8), (32, 30)):
-        ours = resize_boxes(x, *torch.tensor(boxes, dtype=torch.float).unbind(1), size)
+        ours = resize_boxes(x, *torch.tensor(boxes, dtype=torch.float).unbind(1), size=size)
+        assert torch.equal(ours, resize_boxes(x, torch.tensor(boxes), size=size))
         want = torch.stack([TF.resized_crop(x[i], *box, list(size), antialias=False) for i, box in enumerate(boxes)])
         assert torch.allclose(ours, want, atol=1e-5), size
 
@@ -132,6 +133,32 @@ def test_random_resized_crop_boxes_respect_scale_and_ratio():
     assert (w / h >= 0.45).all() and (w / h <= 2.2).all()
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= 40).all() and (left + w <= 40).all()
     assert len(set(top.tolist())) > 10  # placed at random
+
+
+def _torchvision_box(u, h, w, scale, ratio):
+    """torchvision's RandomResizedCrop.get_params, with the uniforms it would draw given as ``u``."""
+    for k in range(10):
+        target = h * w * (scale[0] + (scale[1] - scale[0]) * u[k])
+        aspect = math.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[10 + k])
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return [math.floor((h - ch + 1) * u[20]), math.floor((w - cw + 1) * u[21]), ch, cw]
+    cw, ch = w, h
+    if w / h < min(ratio):
+        ch = int(round(cw / min(ratio)))
+    elif w / h > max(ratio):
+        cw = int(round(ch * max(ratio)))
+    return [(h - ch) // 2, (w - cw) // 2, ch, cw]
+
+
+@pytest.mark.parametrize("scale, ratio, h, w", [([0.35, 1], [3 / 4, 4 / 3], 32, 32), ([0.01, 1], [0.2, 5], 20, 30),
+                                                ([0.9, 1], [3, 4], 10, 10), ([0.5, 1], [0.1, 0.2], 30, 30)])
+def test_random_resized_crop_boxes_follow_torchvisions_rule_on_the_same_uniforms(scale, ratio, h, w):
+    """Ten tries, the first that fits, else the whole image with the ratio clamped (the last two cases)."""
+    b = batch_of(images(200, h=2, w=2), 3)
+    got = build("random_resized_crop", scale=scale, ratio=ratio).boxes(b, h, w)
+    u = torch.rand((200, 22), generator=torch.Generator().manual_seed(3))  # what b.rand(22) drew
+    assert got.tolist() == [[float(v) for v in _torchvision_box(row, h, w, scale, ratio)] for row in u.tolist()]
 
 
 def test_color_jitter_zero_strength_is_identity_and_brightness_is_a_per_image_factor():
@@ -322,6 +349,65 @@ def test_ctrl_c_mid_epoch_with_strong_augmentation_resumes_exactly(tmp_path, mon
     assert tiny.without_seconds(tiny.read_metrics(tmp_path / "cut")) == \
         tiny.without_seconds(tiny.read_metrics(tmp_path / "ref"))
     assert_same_weights(tmp_path / "ref", tmp_path / "cut")
+
+
+def test_augment_chunk_auto_takes_small_batches_together_and_nothing_else():
+    from sftcore._data import augment_chunk
+
+    def tf(augs, hw=32):
+        return BatchTransform((0.5,) * 3, (0.25,) * 3, augs, (3, hw, hw), (3, hw, hw), CPU)
+
+    strong = [build("random_resized_crop"), build("mixup")]
+    assert augment_chunk("auto", tf(strong), 100, 1) == 4  # CIFAR-sized: 100 x 32 x 32 px per batch
+    assert augment_chunk("auto", tf(strong, 64), 64, 1) == 2
+    assert augment_chunk("auto", tf(strong, 224), 32, 1) == 1
+    assert augment_chunk(3, tf(strong, 224), 32, 1) == 3
+    assert augment_chunk(3, tf([build("crop"), build("flip")]), 100, 1) == 1  # uint8 gathers only: no gain
+    assert augment_chunk(3, tf(strong), 100, 2) == 1  # each rank draws its rows of each global batch
+
+
+def test_batches_augmented_together_are_the_rows_of_their_concatenation():
+    from sftcore._data import augment_together
+
+    tf = BatchTransform((0.5,) * 3, (0.25,) * 3, [build("random_resized_crop"), build("trivial_augment")],
+                        (3, 12, 12), (3, 12, 12), CPU, num_classes=5)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, 256, (n, 3, 12, 12), dtype=torch.uint8, generator=g), torch.arange(n) % 5)
+               for n in (6, 6, 3)]
+    done = augment_together(tf, batches, torch.Generator().manual_seed(4))
+    whole, _ = tf.augmented(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]),
+                            torch.Generator().manual_seed(4))
+    assert [len(x) for x, _ in done] == [6, 6, 3]
+    assert torch.equal(torch.cat([x for x, _ in done]), whole)
+    assert all(torch.equal(t, b[1]) for (_, t), b in zip(done, batches))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("looks", [3, 5, 6])  # after batches 2, 4, 5 of 6
+def test_ctrl_c_inside_an_augmentation_chunk_resumes_exactly(tmp_path, monkeypatch, looks):
+    """Three batches are augmented as one: a stop before batch 2, 4 or 5 (of 6 in the epoch) is inside a
+    chunk, whose draws the checkpoint records from the chunk's start; the resumed run redraws the chunk
+    and skips the batches that ran."""
+    from test_resume import StopAfter, assert_same_weights
+
+    from sftcore import _runner as runner
+    from sftcore.errors import Interrupted
+
+    cfg = tiny.config(pretrain=False, baseline=False, finetune={
+        "epochs": 2, "batch_size": 4, "augment_chunk": 3,
+        "augment": [{"name": "random_resized_crop", "scale": [0.35, 1]}, "trivial_augment", "mixup"]})
+    reference = sftcore.run(cfg, out=tmp_path / "ref")
+    with monkeypatch.context() as m:
+        m.setattr(runner, "StopSignals", lambda **_: StopAfter(looks))
+        with pytest.raises(Interrupted):
+            sftcore.run(cfg, out=tmp_path / "cut")
+    state = torch.load(tmp_path / "cut" / "checkpoints" / "finetune-last.pt", weights_only=False)
+    assert state["generator_batch"] == state["batch"] // 3 * 3  # batch 4 was drawn with 3 and 5
+    resumed = sftcore.run(resume=tmp_path / "cut")
+    assert resumed["finetune"]["test_accuracy"] == reference["finetune"]["test_accuracy"]
+    assert tiny.without_seconds(tiny.read_metrics(tmp_path / "cut")) == \
+        tiny.without_seconds(tiny.read_metrics(tmp_path / "ref"))
+    assert_same_weights(tmp_path / "ref", tmp_path / "cut", stages=("finetune",))
 
 
 @pytest.mark.parametrize("value, message", [

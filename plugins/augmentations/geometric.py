@@ -1,7 +1,8 @@
-"""Crop, flip and random-resized crop, batched: one gather, or two small matmuls, per batch."""
+"""Crop, flip and random-resized crop, batched: one gather, or one grid_sample, per batch."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -48,17 +49,25 @@ class Flip(Augmentation):
         batch.images = x.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
 
 
+@functools.lru_cache(maxsize=64)
+def _grid_axes(h: int, w: int, size: tuple[int, int], device, dtype) -> tuple[torch.Tensor, ...]:
+    """Pixel -> [-1, 1] (align_corners=False: ``2 * (x + 0.5) / w - 1``) as a scale and shift, and the
+    output pixel coordinates, made once per shape."""
+    scale = torch.tensor([[2.0 / w], [2.0 / h]], device=device, dtype=dtype)
+    ys = torch.arange(size[0], device=device, dtype=dtype).view(1, -1, 1, 1)
+    xs = torch.arange(size[1], device=device, dtype=dtype).view(1, 1, -1, 1)
+    return scale, scale.view(1, 2) / 2 - 1, ys, xs
+
+
 def sample(images: torch.Tensor, a: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
     """Each image resampled through its own affine map ``a`` ``[B, 2, 3]``: output pixel (x, y) reads
-    input pixel ``a @ (x, y, 1)`` (pixel centres at integers); outside the image reads 0. The grid is built
-    elementwise (no batched matmul): on small images the op count, not the arithmetic, is the cost."""
-    h, w = images.shape[2:]
-    ys = torch.arange(size[0], device=images.device, dtype=images.dtype).view(1, -1, 1)
-    xs = torch.arange(size[1], device=images.device, dtype=images.dtype).view(1, 1, -1)
-    c = a.to(images.dtype).view(-1, 6, 1, 1).unbind(1)
-    gx = (c[0] * xs + c[1] * ys + c[2]) * (2.0 / w) + (1.0 / w - 1.0)  # pixel -> [-1, 1], align_corners=False
-    gy = (c[3] * xs + c[4] * ys + c[5]) * (2.0 / h) + (1.0 / h - 1.0)
-    grid = torch.stack([gx, gy], -1)
+    input pixel ``a @ (x, y, 1)`` (pixel centres at integers); outside the image reads 0. The map is turned
+    into grid_sample's [-1, 1] coordinates first, so the grid itself is one broadcast add (affine_grid's
+    batched matmul is many times slower on the CPU for small images)."""
+    scale, shift, ys, xs = _grid_axes(*images.shape[2:], tuple(size), images.device, images.dtype)
+    t = a.to(images.dtype) * scale
+    along_y = torch.addcmul((t[:, :, 2] + shift).view(-1, 1, 1, 2), t[:, :, 1].view(-1, 1, 1, 2), ys)
+    grid = torch.addcmul(along_y, t[:, :, 0].view(-1, 1, 1, 2), xs)  # [B, H, W, 2]
     return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
@@ -69,48 +78,62 @@ class RandomResizedCrop(Augmentation):
     def __init__(self, scale: list[float] = [0.08, 1.0], ratio: list[float] = [3 / 4, 4 / 3]):  # noqa: B006 (copied)
         self.scale = pair(scale, "scale", 0.0, 1.0, True, "area fractions in (0, 1]")
         self.ratio = pair(ratio, "ratio", 0.0, None, True, "aspect ratios > 0")
+        self._cache: dict = {}
 
     def boxes(self, batch: AugmentBatch, h: int, w: int) -> torch.Tensor:
-        """``[B, 4]``: top, left, height, width of each image's crop, in pixels (floats)."""
-        area = h * w * (self.scale[0] + (self.scale[1] - self.scale[0]) * batch.rand(10))
-        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-        ratio = torch.exp(lo + (hi - lo) * batch.rand(10))
-        cw, ch = torch.sqrt(area * ratio).round(), torch.sqrt(area / ratio).round()
-        fits = (cw >= 1) & (cw <= w) & (ch >= 1) & (ch <= h)
-        first = fits.float().argmax(1, keepdim=True)
-        found = fits.any(1)
-        fallback_w = min(w, round(h * self.ratio[1])) if w / h > self.ratio[1] else w
-        fallback_h = min(h, round(w / self.ratio[0])) if w / h < self.ratio[0] else h
-        cw = torch.where(found, cw.gather(1, first).squeeze(1), float(fallback_w))
-        ch = torch.where(found, ch.gather(1, first).squeeze(1), float(fallback_h))
-        u = batch.rand(2)
-        top = torch.where(found, ((h - ch + 1) * u[:, 0]).floor(), ((h - ch) / 2).floor())
-        left = torch.where(found, ((w - cw + 1) * u[:, 1]).floor(), ((w - cw) / 2).floor())
-        return torch.stack([top, left, ch, cw], 1)
+        """``[B, 4]``: top, left, height, width of each image's crop, in pixels (floats), by torchvision's
+        rule from one draw of 22 uniforms per image (10 areas, 10 log-ratios, then the corner). All tries
+        are one ``[B, 2, 10]`` tensor: few tensor ops, whatever the batch size."""
+        low, span, half, limit, fallback = self._constants(h, w, batch.images.device)
+        u = batch.rand(22)
+        tries = torch.addcmul(low, u[:, :20].view(-1, 2, 10), span)  # (area in pixels, log(width / height))
+        tries[:, 0].log_()
+        hw = torch.matmul(half, tries).exp_().round_()  # sqrt(area / ratio), sqrt(area * ratio): (h, w)
+        fits = (hw.clamp(min=1.0).minimum(limit) == hw).all(1)  # [B, 10]
+        first, found = fits.to(torch.uint8).argmax(1), fits.any(1, keepdim=True)
+        hw = torch.where(found, hw.gather(2, first.view(-1, 1, 1).expand(-1, 2, 1)).squeeze(2), fallback)
+        room = limit.view(1, 2) - hw
+        corner = torch.where(found, (room + 1).mul_(u[:, 20:]), room * 0.5).floor_()
+        return torch.cat([corner, hw], 1)
+
+    def _constants(self, h: int, w: int, device) -> tuple[torch.Tensor, ...]:
+        """The draws' scale and offset, the log-space map to (height, width), the image's (h, w), and
+        torchvision's fallback box (the whole image, the ratio clamped into range)."""
+        key = (h, w, device)
+        if key not in self._cache:
+            (s0, s1), (lo, hi) = self.scale, (math.log(self.ratio[0]), math.log(self.ratio[1]))
+            fallback_w = min(w, round(h * self.ratio[1])) if w / h > self.ratio[1] else w
+            fallback_h = min(h, round(w / self.ratio[0])) if w / h < self.ratio[0] else h
+            values = ([[h * w * s0], [lo]], [[h * w * (s1 - s0)], [hi - lo]], [[0.5, -0.5], [0.5, 0.5]],
+                      [[h], [w]], [fallback_h, fallback_w])
+            self._cache[key] = tuple(torch.tensor(v, dtype=torch.float32, device=device) for v in values)
+        return self._cache[key]
 
     def __call__(self, batch: AugmentBatch) -> None:
-        x = batch.images
-        top, left, ch, cw = self.boxes(batch, *x.shape[2:]).unbind(1)
-        batch.images = resize_boxes(x, top, left, ch, cw, batch.out_size)
+        batch.images = resize_boxes(batch.images, self.boxes(batch, *batch.images.shape[2:]), size=batch.out_size)
 
 
-def _tent(start: torch.Tensor, length: torch.Tensor, n: int, out: int, dtype) -> torch.Tensor:
-    """``[B, out, n]``: bilinear weights of the ``out`` resized pixels over the ``n`` input pixels of one
-    axis, for each image's span ``[start, start + length)``: torch's interpolate (align_corners=False, no
-    antialias) on the cropped span, source positions clamped to it."""
-    u = torch.arange(out, device=start.device, dtype=dtype).view(1, -1)
-    start, length = start.to(dtype).view(-1, 1), length.to(dtype).view(-1, 1)
-    src = start + ((u + 0.5) * (length / out) - 0.5).clamp_min(0).minimum(length - 1)
-    j = torch.arange(n, device=start.device, dtype=dtype).view(1, 1, -1)
-    return (1 - (src.unsqueeze(-1) - j).abs()).clamp_min_(0)
+def _source(start: torch.Tensor, length: torch.Tensor, out: int, n: int) -> torch.Tensor:
+    """``[B, k, out]`` for ``[B, k]`` spans: where each of the ``out`` resized pixels of an axis reads, in
+    grid_sample's ``align_corners=True`` coordinates over the ``n`` input pixels: torch's interpolate
+    (align_corners=False, no antialias) on each image's span ``[start, start + length)``, clamped into the
+    span, so that the bilinear taps never reach past the crop."""
+    u = torch.arange(out, device=start.device, dtype=start.dtype)
+    length = length.unsqueeze(-1)
+    pos = ((u + 0.5) * (length / out) - 0.5).clamp_min_(0).minimum(length - 1).add_(start.unsqueeze(-1))
+    return pos.mul_(2.0 / max(n - 1, 1)).sub_(1.0)
 
 
-def resize_boxes(images: torch.Tensor, top, left, height, width, size: tuple[int, int]) -> torch.Tensor:
-    """Each image's box resized to ``size``: one row map and one column map per image, applied as two
-    small batched matmuls (far fewer ops than a per-pixel grid on small images)."""
-    b, c, h, w = images.shape
-    (oh, ow), dtype = size, images.dtype
-    rows, cols = _tent(top, height, h, oh, dtype), _tent(left, width, w, ow, dtype).transpose(1, 2)
-    wide = torch.bmm(images.reshape(b, c * h, w), cols).view(b, c, h, ow)  # columns first: [B, C*h, ow]
-    out = torch.bmm(rows, wide.transpose(1, 2).reshape(b, h, c * ow))  # then rows: [B, oh, C*ow]
-    return out.view(b, oh, c, ow).transpose(1, 2).contiguous()
+def resize_boxes(images: torch.Tensor, *box, size: tuple[int, int]) -> torch.Tensor:
+    """Each image's box, ``[B, 4]`` (top, left, height, width) or those four ``[B]`` tensors, resized to
+    ``size`` (bilinear, as torchvision's resized_crop with antialias=False): one separable grid and one
+    grid_sample for the batch (cheaper than per-image crops, or batched matmuls of weights, on small images)."""
+    b, _, h, w = images.shape
+    oh, ow = size
+    box = (box[0] if len(box) == 1 else torch.stack(box, 1)).to(images.dtype)
+    if (oh, h) == (ow, w):  # both axes at once
+        gy, gx = _source(box[:, :2], box[:, 2:], oh, h).unbind(1)
+    else:
+        gy, gx = _source(box[:, :1], box[:, 2:3], oh, h)[:, 0], _source(box[:, 1:2], box[:, 3:], ow, w)[:, 0]
+    grid = torch.stack([gx.view(b, 1, ow).expand(b, oh, ow), gy.view(b, oh, 1).expand(b, oh, ow)], -1)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)

@@ -1,11 +1,10 @@
 """Mixup (Zhang et al., ICLR 2018) and CutMix (Yun et al., ICCV 2019): each image is mixed with the image
-at the mirrored place in the batch (timm's ``x.flip(0)`` pairing), with its own mixing weight (timm's
+at the mirrored place in the batch (timm's ``x.flip(0)`` pairing; the batch may be several training
+batches augmented as one, ``augment_chunk``), with its own mixing weight (timm's
 ``mode='elem'``), and the targets become class probabilities. Under torch.distributed each rank mixes
 within its share of the batch, as timm does."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -14,27 +13,14 @@ from sftcore.api import Augmentation, AugmentBatch
 from ._checks import number, probability
 from .erasing import box_mask
 
-_TRIES = 16  # Marsaglia-Tsang accepts > 95 % of draws at shape >= 1: 16 tries all fail with p < 1e-20
-
-
-def _gamma(batch: AugmentBatch, shape: float) -> torch.Tensor:
-    """Gamma(shape) per image from the batch's generator (Marsaglia & Tsang 2000; shape < 1 boosted)."""
-    a = shape + 1.0 if shape < 1 else shape
-    d = a - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    z, u = batch.randn(_TRIES), batch.rand(_TRIES)
-    v = (1.0 + c * z) ** 3
-    ok = (v > 0) & (torch.log(u.clamp_min(1e-30)) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-30)))
-    g = (d * v).gather(1, ok.float().argmax(1, keepdim=True)).view(-1)
-    if shape < 1:
-        g = g * batch.rand(1).view(-1).clamp_min(1e-30) ** (1.0 / shape)
-    return g
-
 
 def beta(batch: AugmentBatch, alpha: float) -> torch.Tensor:
-    """Beta(alpha, alpha) per image, on the device, from the batch's generator."""
-    x, y = _gamma(batch, alpha), _gamma(batch, alpha)
-    return x / (x + y).clamp_min(1e-30)
+    """Beta(alpha, alpha) per image, on the device, from the batch's generator: the first share of a
+    two-way Dirichlet (torch's own gamma sampler, as torch.distributions.Beta uses; one op for the batch),
+    drawn for the whole global batch like ``batch.rand``."""
+    lo, hi, size = batch.part
+    concentration = torch.full((size, 2), float(alpha), device=batch.images.device)
+    return torch._sample_dirichlet(concentration, generator=batch.generator)[lo:hi, 0]
 
 
 class _Mixing(Augmentation):
@@ -47,12 +33,12 @@ class _Mixing(Augmentation):
     def weights(self, batch: AugmentBatch) -> torch.Tensor:
         """Each image's own share (1: untouched, with probability 1 - p)."""
         lam = beta(batch, self.alpha)
-        return torch.where(batch.rand(1).view(-1) < self.p, lam, torch.ones_like(lam))
+        return lam if self.p == 1.0 else torch.where(batch.rand(1).view(-1) < self.p, lam, torch.ones_like(lam))
 
     @staticmethod
     def mix_targets(batch: AugmentBatch, lam: torch.Tensor) -> None:
         t = batch.soft_targets()
-        batch.targets = lam.view(-1, 1) * t + (1 - lam.view(-1, 1)) * t.flip(0)
+        batch.targets = torch.lerp(t.flip(0), t, lam.view(-1, 1).to(t.dtype))  # lam * t + (1 - lam) * partner
 
 
 class Mixup(_Mixing):
@@ -64,7 +50,8 @@ class Mixup(_Mixing):
     def __call__(self, batch: AugmentBatch) -> None:
         lam = self.weights(batch)
         x = batch.images
-        batch.images = torch.lerp(x.flip(0), x, lam.view(-1, 1, 1, 1).to(x.dtype))  # lam * x + (1 - lam) * partner
+        # lam * x + (1 - lam) * partner, written into x (a batch's images may be changed in place)
+        batch.images = x.lerp_(x.flip(0), (1 - lam).view(-1, 1, 1, 1).to(x.dtype))
         self.mix_targets(batch, lam)
 
 
