@@ -156,7 +156,7 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
                         "training-time augmentations, per batch on the device, in list order (sft list "
                         "augmentations); null: the dataset's default (shapes and cifar: crop and flip)"),
     "<stage>.augment_chunk": ("integer or auto", f"1 to {MAX_CHUNK}, or auto", "training batches augmented as one "
-                              "(the same draws whatever the device); auto: as many as hold 2^19 pixels, at most 4; "
+                              "(set by the config, never by the device); auto: as many as hold 2^19 pixels, at most 4; "
                               "always 1 without float augmentations (crop, flip alone) and under torch.distributed"),
     "<stage>.dataset.labels_per_class": ("integer or null", ">= 1; not with fraction", "keep N training "
                                          "examples per class (stratified, seeded); null: all"),

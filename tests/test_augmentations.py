@@ -204,6 +204,43 @@ def test_trivial_augment_posterize_solarize_equalize_autocontrast_match_torchvis
     assert torch.allclose(TrivialAugment._colour("autocontrast", x.clone(), torch.zeros(3)), TF.autocontrast(x))
 
 
+def test_trivial_augment_sorts_the_batch_by_op_and_each_op_is_torchvisions(monkeypatch):
+    """The whole __call__ (sorted slices, the shared ImageEnhance blend, images put back in place), with
+    each image's op and strength fixed, against torchvision image by image."""
+    from sftcore_plugins.augmentations import trivial
+
+    refs = {"identity": lambda x, m: x, "brightness": lambda x, m: TF.adjust_brightness(x, 1 + m),
+            "color": lambda x, m: TF.adjust_saturation(x, 1 + m), "contrast": lambda x, m: TF.adjust_contrast(x, 1 + m),
+            "sharpness": lambda x, m: TF.adjust_sharpness(x, 1 + m),
+            "posterize": lambda x, m: TF.posterize((x * 255).round().to(torch.uint8), int(m)).float() / 255,
+            "solarize": lambda x, m: TF.solarize(x, m), "autocontrast": lambda x, m: TF.autocontrast(x),
+            "equalize": lambda x, m: TF.equalize(x)}
+    plan = [(name, m) for m in (0.5, -0.4) for name in refs]
+    plan = [(n, {"posterize": 3.0 if m > 0 else 6.0, "solarize": 0.3 if m > 0 else 0.7}.get(n, m)) for n, m in plan]
+    plan = plan[::2] + plan[1::2]  # the ops interleaved, so sorting moves images
+    u8 = torch.randint(0, 256, (len(plan), 3, 9, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    x = u8.float() / 255
+    ta = build("trivial_augment")
+    ops = torch.tensor([trivial.OPS.index(n) for n, _ in plan])
+    monkeypatch.setattr(ta, "strengths", lambda batch: (ops, torch.tensor([m for _, m in plan])))
+    b = batch_of(x.clone())
+    ta(b)
+    for i, (name, m) in enumerate(plan):
+        assert torch.allclose(b.images[i], refs[name](x[i], m), atol=1e-5), (i, name, m)
+
+
+def test_equalize_after_an_augmentation_that_leaves_0_to_1():
+    """random_erasing's noise is outside [0, 1]; equalize reads such pixels as 0 or 255, not as an index."""
+    from sftcore_plugins.augmentations.color import equalize
+
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.5
+    assert torch.equal(equalize(x), TF.equalize(x.clamp(0, 1)))
+    b = batch_of(torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1)), 2)
+    build("random_erasing", p=1.0)(b)
+    build("trivial_augment")(b)
+    assert torch.isfinite(b.images).all()
+
+
 def test_trivial_augment_geometric_ops_move_pixels_as_defined():
     from sftcore_plugins.augmentations import trivial
 

@@ -104,7 +104,7 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     """PIL's ImageOps.equalize of each image and channel, as torchvision's kernel computes it (from
     ``x * 255.999`` truncated to 8 bits, result in k/255), with one bincount for the whole batch."""
     n, c, h, w = x.shape
-    v = x.mul(255.999).long().view(n * c, h * w)
+    v = x.mul(255.999).clamp_(0, 255).long().view(n * c, h * w)  # (an earlier augmentation may leave [0, 1])
     offsets = torch.arange(0, n * c * 256, 256, device=x.device).view(-1, 1)
     hist = torch.bincount((v + offsets).view(-1), minlength=n * c * 256).view(n * c, 256)
     step = (h * w - hist.gather(1, v.amax(1, keepdim=True))) // 255  # PIL: pixels below the top value / 255
