@@ -464,6 +464,18 @@ def test_bad_augmentations_are_one_line_exit_2(tmp_path, value, message):
     assert message in line, line
 
 
+@pytest.mark.parametrize("value, message", [
+    ("0", "config: finetune.augment_chunk must be >= 1, got 0"),
+    ("65", "config: finetune.augment_chunk must be <= 64, got 65"),
+    ("fast", "config: finetune.augment_chunk must be an integer or auto, got 'fast'"),
+])
+def test_a_bad_augment_chunk_is_one_line_exit_2(tmp_path, value, message):
+    cfg = tiny.write_yaml(tmp_path / "c.yaml", tiny.config())
+    result = tiny.invoke("config", "show", cfg, "--set", f"finetune.augment_chunk={value}")
+    assert result.exit_code == 2
+    assert tiny.one_error_line(result) == f"sft: error: {message}"
+
+
 def test_a_factory_that_returns_no_augmentation_is_one_line(plugin):
     from sftcore.errors import PluginError
 
