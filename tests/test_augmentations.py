@@ -457,11 +457,16 @@ def test_ctrl_c_inside_an_augmentation_chunk_resumes_exactly(tmp_path, monkeypat
     ("flip", "config: finetune.augment must be a list"),
 ])
 def test_bad_augmentations_are_one_line_exit_2(tmp_path, value, message):
-    cfg = tiny.write_yaml(tmp_path / "c.yaml", tiny.config())
-    result = tiny.invoke("config", "show", cfg, "--set", f"finetune.augment={value}")
-    assert result.exit_code == 2
-    line = tiny.one_error_line(result)
+    line = _refused(tmp_path, f"finetune.augment={value}")
     assert message in line, line
+
+
+def _refused(tmp_path, setting: str) -> str:
+    """The one error line of ``sft config show`` on the tiny config with ``--set setting``; exit code 2."""
+    cfg = tiny.write_yaml(tmp_path / "c.yaml", tiny.config())
+    result = tiny.invoke("config", "show", cfg, "--set", setting)
+    assert result.exit_code == 2
+    return tiny.one_error_line(result)
 
 
 @pytest.mark.parametrize("value, message", [
@@ -470,10 +475,7 @@ def test_bad_augmentations_are_one_line_exit_2(tmp_path, value, message):
     ("fast", "config: finetune.augment_chunk must be an integer or auto, got 'fast'"),
 ])
 def test_a_bad_augment_chunk_is_one_line_exit_2(tmp_path, value, message):
-    cfg = tiny.write_yaml(tmp_path / "c.yaml", tiny.config())
-    result = tiny.invoke("config", "show", cfg, "--set", f"finetune.augment_chunk={value}")
-    assert result.exit_code == 2
-    assert tiny.one_error_line(result) == f"sft: error: {message}"
+    assert _refused(tmp_path, f"finetune.augment_chunk={value}") == f"sft: error: {message}"
 
 
 def test_a_factory_that_returns_no_augmentation_is_one_line(plugin):
