@@ -28,9 +28,9 @@ sys.path.insert(0, str(HERE))
 
 from _common import build_model  # noqa: E402
 
-from sftcore import _components as components  # noqa: E402
-from sftcore._data import BatchTransform, augment_together  # noqa: E402
-from sftcore._plugins import get_registry  # noqa: E402
+from sftcore._plugins import components  # noqa: E402
+from sftcore._data.batches import BatchTransform, augment_together  # noqa: E402
+from sftcore._plugins.manager import get_registry  # noqa: E402
 
 AUGMENT = [{"name": "random_resized_crop", "scale": [0.35, 1.0]}, {"name": "trivial_augment"}, {"name": "mixup"}]
 

@@ -3,7 +3,7 @@
 For lenet (one epoch of the 50k CIFAR-format images) and timm resnet18 (one epoch over 5,000
 of them), it times channels_last off/on x precision fp32/bf16 (and torch.compile once for lenet),
 alternating in rounds, and prints medians relative to the plain fp32 contiguous run. The
-`auto` defaults in sftcore._device.resolve_performance follow these numbers.
+`auto` defaults in sftcore._runtime.device.resolve_performance follow these numbers.
 
     python benchmarks/options.py [--rounds 2] [--device cpu]
 """

@@ -76,14 +76,14 @@ def ensure_data(train: int, test: int) -> tuple[Path, dict]:
 
 
 def train_examples(info: dict, fraction: float | None) -> int:
-    """How many training images sft keeps: sftcore._data.few_label_index's per-class rounding."""
+    """How many training images sft keeps: sftcore._data.batches.few_label_index's per-class rounding."""
     if fraction is None:
         return info["train"]
     return sum(max(1, round(n * fraction)) for n in info["class_counts"] if n)
 
 
 def optimizer_steps(n: int, epochs: int) -> int:
-    if n % BATCH == 1 and n > 1:  # sftcore._data.Batches drops a final batch of one (batch norm)
+    if n % BATCH == 1 and n > 1:  # sftcore._data.batches.Batches drops a final batch of one (batch norm)
         n -= 1
     return epochs * math.ceil(n / BATCH)
 

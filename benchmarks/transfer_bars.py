@@ -29,7 +29,7 @@ REGULARIZERS = {"none": [], "l2": [{"name": "l2"}], "l2_sp": [{"name": "l2_sp"}]
 
 
 def interval(diffs: list[float]) -> tuple[float, float]:
-    from sftcore._report import t975
+    from sftcore._analysis.report import t975
 
     n = len(diffs)
     sd = statistics.stdev(diffs) if n > 1 else float("nan")

@@ -180,7 +180,8 @@ class SftData:
         self.cfg, self.registry, self.full = cfg, registry, {}
 
     def stage(self, stage: str, backbone, seed: int):
-        from sftcore import _components as components, _stage_data as runner
+        from sftcore._plugins import components
+        from sftcore._data import stage as runner
 
         ds_cfg = self.cfg[stage]["dataset"]
         if hasattr(runner, "load_splits") and hasattr(runner, "subset_stage_data"):
@@ -297,8 +298,9 @@ def plain_case(cfg: dict, case: str, args, sft: dict | None, run_dir: Path | Non
     import torch
     from torch import nn
 
-    from sftcore import _components as components, _stage_data as runner
-    from sftcore._plugins import get_registry
+    from sftcore._plugins import components
+    from sftcore._data import stage as runner
+    from sftcore._plugins.manager import get_registry
 
     registry = get_registry()
     data = SftData(cfg, registry)
@@ -306,7 +308,7 @@ def plain_case(cfg: dict, case: str, args, sft: dict | None, run_dir: Path | Non
     t0 = time.perf_counter()
 
     # ---- pretrain once, from the backbone sft builds (same architecture, same initial weights)
-    backbone = components.build_backbone(cfg, registry)
+    backbone = components.build_backbone(cfg["backbone"], registry, cfg["seed"])
     pre = data.stage("pretrain", backbone, cfg["seed"])
     channels, height, width = backbone.input_size
     mean = backbone.mean if backbone.mean is not None else pre.mean  # as sft: the weights' own, else the data's
@@ -353,7 +355,7 @@ def plain_case(cfg: dict, case: str, args, sft: dict | None, run_dir: Path | Non
                     torch.manual_seed(seed + 1)
                     prep = ft_prep
                 else:
-                    features = components.build_backbone(cfg, registry, random_init=True, seed=seed).features
+                    features = components.build_backbone(cfg["backbone"], registry, seed, random_init=True).features
                     torch.manual_seed(seed + 2)
                     prep = sc_prep
                 net = nn.Sequential(features, nn.Linear(backbone.num_features, len(target.classes)))
@@ -394,7 +396,7 @@ def plain_case(cfg: dict, case: str, args, sft: dict | None, run_dir: Path | Non
 
 
 def cfg_seeds(cfg: dict) -> list[int]:
-    from sftcore import _config as cfgmod
+    from sftcore._config import resolve as cfgmod
 
     if hasattr(cfgmod, "seed_list"):
         return cfgmod.seed_list(cfg)
@@ -517,8 +519,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from sftcore import _config as cfgmod
-    from sftcore._plugins import get_registry
+    from sftcore._config import resolve as cfgmod
+    from sftcore._plugins.manager import get_registry
 
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="verdict_check-"))

@@ -4,9 +4,9 @@ Plugins implement the hooks in :mod:`sftcore.hookspecs` with :data:`hookimpl` an
 objects described in :mod:`sftcore.api`.
 """
 
+from ._version import __version__
 from .hookspecs import hookimpl
 
-__version__ = "0.1.0"
 __all__ = ["hookimpl", "run", "load", "__version__"]
 
 
@@ -14,13 +14,23 @@ def load(path, stage=None, device="cpu"):
     """A trained stage's model from a run directory (``stage``: default finetune, else baseline, else pretrain;
     ``finetune-seed1`` for another seed) or a model file ``checkpoints/<stage>.pt``, needing only the
     backbone's plugin: ``.module``, ``.classes``, ``.transform(images)``, ``.predict(images, top_k=5)``."""
-    from ._load import load as _load
+    from ._inference.load import load as _load
 
     return _load(path, stage, device)
 
 
-def run(config=None, *, out=None, overrides=(), progress=None, resume=None, force=False, allow_config_change=False,
-        echo=None, callbacks=()):
+def run(
+    config=None,
+    *,
+    out=None,
+    overrides=(),
+    progress=None,
+    resume=None,
+    force=False,
+    allow_config_change=False,
+    echo=None,
+    callbacks=(),
+):
     """Run the pipeline a config describes (a dict, a YAML path, or None for the default); returns the summary.
 
     ``resume=RUN_DIR`` continues an interrupted run with its own config.yaml (edited since the run started:
@@ -29,7 +39,17 @@ def run(config=None, *, out=None, overrides=(), progress=None, resume=None, forc
     per epoch included (``progress=True`` adds tqdm bars). ``callbacks`` are ``sftcore.api.Callback``
     objects told of every event after those of the config's ``callbacks:``.
     """
-    from ._runner import run as _run
+    from ._run.runner import run as _run
 
-    return _run(config, out=out, overrides=overrides, progress=progress, resume=resume, force=force,
-                allow_config_change=allow_config_change, echo=echo, epoch_echo=echo, callbacks=callbacks)
+    return _run(
+        config,
+        out=out,
+        overrides=overrides,
+        progress=progress,
+        resume=resume,
+        force=force,
+        allow_config_change=allow_config_change,
+        echo=echo,
+        epoch_echo=echo,
+        callbacks=callbacks,
+    )

@@ -8,8 +8,8 @@ import sys
 
 import click
 
+from ._plugins.kinds import ALIASES, KINDS
 from .errors import SftError
-from ._kinds import ALIASES, KINDS
 
 KIND_ALIASES = ALIASES  # what `sft list` accepts for a kind: plural, singular, dashes for underscores
 WILDCARDS = "*?["  # a PATTERN holding one of these is a shell wildcard, otherwise an exact name
@@ -35,15 +35,15 @@ class SftGroup(click.Group):
         """``_plugins.add_commands(self)``: once per process, and again only if plugins were registered or
         unregistered since (``sftcore.testing.registered`` in a test)."""
         if self._plugin_commands_loaded:
-            from . import _plugins
+            from sftcore._plugins import manager as _plugins
 
             if self._plugin_commands_for == frozenset(name for name, _ in _plugins.pm.list_name_plugin()):
                 return
-            self._reset_plugin_commands()
+            self.reset_plugin_commands()
         if not self._builtin_commands:
             self._builtin_commands = frozenset(self.commands)
         self._plugin_commands_loaded = True
-        from . import _plugins
+        from sftcore._plugins import manager as _plugins
 
         try:
             if ctx is not None and ctx.resilient_parsing:  # shell completion: no warnings in the way of TAB
@@ -60,7 +60,7 @@ class SftGroup(click.Group):
         finally:
             self._plugin_commands_for = frozenset(name for name, _ in _plugins.pm.list_name_plugin())
 
-    def _reset_plugin_commands(self) -> None:
+    def reset_plugin_commands(self) -> None:
         """Forget the plugin commands, so that the next lookup asks the plugins again."""
         if self._builtin_commands:
             for name in [n for n in self.commands if n not in self._builtin_commands]:
@@ -99,8 +99,11 @@ class SftGroup(click.Group):
         except Exception as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"sft: internal error: {type(exc).__name__}: {exc} "
-                       "(this is a bug; rerun with `sft --debug ...` for the traceback)", err=True)
+            click.echo(
+                f"sft: internal error: {type(exc).__name__}: {exc} "
+                "(this is a bug; rerun with `sft --debug ...` for the traceback)",
+                err=True,
+            )
             ctx.exit(1)
 
 
@@ -139,7 +142,7 @@ def _complete_names(kind: str | None, incomplete: str) -> list[str]:
     import contextlib
     import io
 
-    from ._plugins import get_registry
+    from ._plugins.manager import get_registry
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):
@@ -184,10 +187,16 @@ def _component_details(component, as_json: bool) -> None:
     _, open_ended = component.option_names()
     doc = component.doc()
     if as_json:
-        click.echo(json.dumps({
-            **component.as_dict(), "doc": doc,
-            "options": [{k: (_jsonable(v) if k == "default" else v) for k, v in o.items()} for o in options],
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    **component.as_dict(),
+                    "doc": doc,
+                    "options": [{k: (_jsonable(v) if k == "default" else v) for k, v in o.items()} for o in options],
+                },
+                indent=2,
+            )
+        )
         return
     click.echo(f"{component.name} ({component.kind}, {component.plugin})")
     click.echo("")
@@ -197,8 +206,8 @@ def _component_details(component, as_json: bool) -> None:
         click.echo("options: (none)" + ("; it takes any keyword (**kwargs)" if open_ended else ""))
         return
     rows = [("option", "default", "type")] + [
-        (o["name"], _show_default(o["default"]) if "default" in o else "required", o.get("type", ""))
-        for o in options]
+        (o["name"], _show_default(o["default"]) if "default" in o else "required", o.get("type", "")) for o in options
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     click.echo("options:")
     for row in rows:
@@ -221,8 +230,8 @@ LIST_HELP = f"""List the components of each kind, or show one.
 @click.argument("pattern", required=False, shell_complete=_complete_pattern)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON keyed by kind (one component: its details).")
 def list_cmd(kind, pattern, as_json):
-    from ._plugins import get_registry
-    from ._registry import suggest
+    from ._plugins.manager import get_registry
+    from ._plugins.registry import suggest
 
     if kind is not None and kind.lower() not in KIND_ALIASES:
         if pattern is None:  # `sft list 'l2*'`: a pattern over every kind
@@ -255,7 +264,7 @@ def plugins_cmd(as_json):
     For each plugin: its distribution and version, the hooks it implements, its components,
     and the error if it failed to load.
     """
-    from ._plugins import plugin_infos
+    from ._plugins.manager import plugin_infos
 
     infos = plugin_infos()
     if as_json:
@@ -280,8 +289,14 @@ def plugin_group():
 
 @plugin_group.command("new")
 @click.argument("name")
-@click.option("--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False),
-              help="Folder to create the package folder NAME in.")
+@click.option(
+    "--dir",
+    "directory",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder to create the package folder NAME in.",
+)
 @click.option("--force", is_flag=True, help="Write into an existing, non-empty DIR/NAME (overwriting its files).")
 def plugin_new(name, directory, force):
     """Write a plugin package skeleton to DIR/NAME, with its tests.
@@ -290,7 +305,7 @@ def plugin_new(name, directory, force):
     package registers one example regularizer and one example callback through the sftcore entry
     point, and its tests use sftcore.testing. Install it with `pip install -e DIR/NAME`.
     """
-    from ._scaffold import write_plugin
+    from ._tools.scaffold import write_plugin
 
     result = write_plugin(name, directory, force=force)
     click.echo(f"wrote the plugin package {result.package} ({result.name}) to {result.root}:")
@@ -303,22 +318,46 @@ def plugin_new(name, directory, force):
 
 @cli.command("run")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-              help="Override a config value (YAML syntax), e.g. --set finetune.epochs=5. Repeatable.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a config value (YAML syntax), e.g. --set finetune.epochs=5. Repeatable.",
+)
 @click.option("--out", metavar="DIR", help="Run directory (default runs/<name>-<timestamp>).")
-@click.option("--resume", metavar="RUN_DIR",
-              help="Continue an interrupted run from its checkpoints (uses the run's own config).")
-@click.option("--allow-config-change", is_flag=True,
-              help="With --resume: continue although config.yaml was edited since the run started (recorded).")
+@click.option(
+    "--resume", metavar="RUN_DIR", help="Continue an interrupted run from its checkpoints (uses the run's own config)."
+)
+@click.option(
+    "--allow-config-change",
+    is_flag=True,
+    help="With --resume: continue although config.yaml was edited since the run started (recorded).",
+)
 @click.option("--force", is_flag=True, help="Replace an earlier run (one sftcore wrote) in the --out directory.")
-@click.option("--nproc", type=click.IntRange(min=1), metavar="N",
-              help="Train data-parallel in N processes on this machine (runs torchrun: one process per GPU, "
-                   "or CPU processes with gloo).")
-@click.option("--seeds", metavar="N",  # checked with the config, so a bad value is one line
-              help="Repeat finetune and baseline for N seeds (seed, seed+1, ...); same as --set seeds=N.")
-@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal); one line per epoch goes to stderr either way.")
-@click.option("--no-cache", is_flag=True, help="Pretrain even if the pretrain cache holds this pretraining; "
-              "same as --set pretrain_cache=false (docs/cache.md).")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Train data-parallel in N processes on this machine (runs torchrun: one process per GPU, "
+    "or CPU processes with gloo).",
+)
+@click.option(
+    "--seeds",
+    metavar="N",  # checked with the config, so a bad value is one line
+    help="Repeat finetune and baseline for N seeds (seed, seed+1, ...); same as --set seeds=N.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bars (default: when stderr is a terminal); one line per epoch goes to stderr either way.",
+)
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Pretrain even if the pretrain cache holds this pretraining; "
+    "same as --set pretrain_cache=false (docs/cache.md).",
+)
 def run_cmd(config, overrides, out, resume, allow_config_change, force, nproc, seeds, progress, no_cache):
     """Run pretrain -> finetune -> baseline; say if transfer helped.
 
@@ -328,7 +367,7 @@ def run_cmd(config, overrides, out, resume, allow_config_change, force, nproc, s
     """
     from pathlib import Path
 
-    from ._runner import run
+    from ._run.runner import run
 
     for option, value in (("--out", out), ("--resume", resume)):
         if value is not None and Path(value).exists() and not Path(value).is_dir():
@@ -338,11 +377,20 @@ def run_cmd(config, overrides, out, resume, allow_config_change, force, nproc, s
     if no_cache:
         overrides = (*overrides, "pretrain_cache=false")
     if nproc is not None and nproc > 1:
-        from ._launch import launch
+        from ._run.launch import launch
 
         sys.exit(launch(nproc, config, overrides, out, resume, force, progress, allow_config_change))
-    run(config, out=out, overrides=overrides, progress=progress, echo=click.echo, resume=resume, force=force,
-        allow_config_change=allow_config_change, epoch_echo=lambda line: click.echo(line, err=True))
+    run(
+        config,
+        out=out,
+        overrides=overrides,
+        progress=progress,
+        echo=click.echo,
+        resume=resume,
+        force=force,
+        allow_config_change=allow_config_change,
+        epoch_echo=lambda line: click.echo(line, err=True),
+    )
 
 
 def _lr_find_number(option: str, value: str, kind=float):
@@ -355,15 +403,26 @@ def _lr_find_number(option: str, value: str, kind=float):
 
 @cli.command("lr-find")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("--stage", default="finetune", show_default=True,
-              help="The stage to test: pretrain, finetune or baseline.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-              help="Override a config value (YAML syntax), as for `sft run`. Repeatable.")
+@click.option(
+    "--stage", default="finetune", show_default=True, help="The stage to test: pretrain, finetune or baseline."
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a config value (YAML syntax), as for `sft run`. Repeatable.",
+)
 @click.option("--start-lr", default="1e-7", show_default=True, metavar="LR", help="The first step's lr.")
 @click.option("--end-lr", default="10", show_default=True, metavar="LR", help="The last step's lr.")
 @click.option("--steps", default="100", show_default=True, metavar="N", help="Optimizer steps (at least 5).")
-@click.option("--epoch", default="0", show_default=True, metavar="N",
-              help="Test the head strategy's freeze state of this epoch (lp_ft: 0 is the linear probe).")
+@click.option(
+    "--epoch",
+    default="0",
+    show_default=True,
+    metavar="N",
+    help="Test the head strategy's freeze state of this epoch (lp_ft: 0 is the linear probe).",
+)
 @click.option("--out", metavar="FILE", help="The loss-vs-lr PNG (default lr-find-<stage>.png here).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out FILE.")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON: lrs, losses, suggestion.")
@@ -376,18 +435,31 @@ def lr_find_cmd(config, stage, overrides, start_lr, end_lr, steps, epoch, out, f
     the loss-vs-lr PNG. For finetune, the config's pretrain stage is trained first. No run directory is
     written. See docs/lr-find.md.
     """
-    from ._lr_find import check_out, find, plot, summary_lines
+    from ._tools.lr_find import check_out, find, plot, summary_lines
 
-    numbers = dict(start_lr=_lr_find_number("--start-lr", start_lr), end_lr=_lr_find_number("--end-lr", end_lr),
-                   steps=_lr_find_number("--steps", steps, int), epoch=_lr_find_number("--epoch", epoch, int))
+    numbers = dict(
+        start_lr=_lr_find_number("--start-lr", start_lr),
+        end_lr=_lr_find_number("--end-lr", end_lr),
+        steps=_lr_find_number("--steps", steps, int),
+        epoch=_lr_find_number("--epoch", epoch, int),
+    )
     target = check_out(out, stage, force)
     say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
-    finding = find(config, stage=stage, overrides=overrides, echo=say,
-                   epoch_echo=lambda line: click.echo(line, err=True), **numbers)
+    finding = find(
+        config,
+        stage=stage,
+        overrides=overrides,
+        echo=say,
+        epoch_echo=lambda line: click.echo(line, err=True),
+        **numbers,
+    )
     skipped = plot(finding, target) if finding.lrs else "no step was taken"
     if as_json:
-        click.echo(json.dumps({**finding.as_dict(), "plot": None if skipped else str(target), "plot_skipped": skipped},
-                              indent=2))
+        click.echo(
+            json.dumps(
+                {**finding.as_dict(), "plot": None if skipped else str(target), "plot_skipped": skipped}, indent=2
+            )
+        )
         return
     for line in summary_lines(finding, config):
         click.echo(line)
@@ -401,16 +473,22 @@ def config_group():
 
 @config_group.command("show")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
-              help="Override a config value (YAML syntax), e.g. --set finetune.epochs=5. Repeatable.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a config value (YAML syntax), e.g. --set finetune.epochs=5. Repeatable.",
+)
 def config_show(config, overrides):
     """Print a config with every default filled in, and check it.
 
     Every key, component name and option is checked against the registry. Without CONFIG, the
     embedded shapes demo is shown. A mistake prints one line and exits with code 2.
     """
-    from . import _config as cfgmod
-    from ._plugins import get_registry
+    from sftcore._config import resolve as cfgmod
+
+    from ._plugins.manager import get_registry
 
     click.echo(cfgmod.dump(cfgmod.resolve(cfgmod.load(config, overrides), get_registry())), nl=False)
 
@@ -426,7 +504,7 @@ def config_init(path, force):
     """
     from pathlib import Path
 
-    from ._config import DEFAULT_CONFIG
+    from ._config.resolve import DEFAULT_CONFIG
 
     target = Path(path)
     if target.exists() and not force:
@@ -451,7 +529,7 @@ def plot_cmd(run_dir, out):
     transfer gain per cell with its 95% interval over seeds, each seed a dot, the numbers in
     sweep-gain.csv. Needs matplotlib: pip install 'sftcore[plot]'.
     """
-    from ._plots import plot
+    from ._analysis.plots import plot
 
     for path in plot(run_dir, out):
         click.echo(str(path))
@@ -461,17 +539,30 @@ def plot_cmd(run_dir, out):
 @click.argument("run_dir", metavar="RUN_OR_MODEL_FILE")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--top-k", default=5, show_default=True, help="How many classes to give per image.")
-@click.option("--stage", default=None,
-              help="A run directory's stage: finetune (default; a run without it: baseline, then pretrain), "
-                   "pretrain, baseline, or e.g. finetune-seed1 for another seed's model.")
-@click.option("--format", "fmt", metavar="text|json|csv", default=None,
-              help="text (default): each image, then its classes; json: a list of {image, top: [{class, "
-                   "probability}]}; csv: columns image,rank,class,probability, one row per image per rank.")
+@click.option(
+    "--stage",
+    default=None,
+    help="A run directory's stage: finetune (default; a run without it: baseline, then pretrain), "
+    "pretrain, baseline, or e.g. finetune-seed1 for another seed's model.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    metavar="text|json|csv",
+    default=None,
+    help="text (default): each image, then its classes; json: a list of {image, top: [{class, "
+    "probability}]}; csv: columns image,rank,class,probability, one row per image per rank.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--out", metavar="FILE", default=None, help="Write to FILE instead of stdout (refused if it exists).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out FILE.")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
-              help="Where to run the model; auto: cuda when torch sees one, else cpu.")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda", "auto"]),
+    default="cpu",
+    show_default=True,
+    help="Where to run the model; auto: cuda when torch sees one, else cpu.",
+)
 def predict_cmd(run_dir, images, top_k, stage, fmt, as_json, out, force, device):
     """Classify images with a run's trained model (sftcore.load).
 
@@ -499,8 +590,8 @@ def predict_cmd(run_dir, images, top_k, stage, fmt, as_json, out, force, device)
         if not target.parent.is_dir():
             raise SftError(f"--out '{target}': folder '{target.parent}' not found; create it first")
 
-    from ._load import load
-    from ._predict import expand_images, render
+    from ._inference.load import load
+    from ._inference.predict import expand_images, render
 
     files = expand_images(images)  # before the model: a typo costs no loading
     model = load(run_dir, stage, device)
@@ -508,7 +599,7 @@ def predict_cmd(run_dir, images, top_k, stage, fmt, as_json, out, force, device)
     if target is None:
         click.echo(text, nl=False)
         return
-    from . import _storage as storage
+    from sftcore._fileio import storage
 
     storage.write_text(target, text)  # atomic: a failed write leaves no half file
     click.echo(f"{len(files)} image(s) classified: {target}", err=True)
@@ -516,11 +607,20 @@ def predict_cmd(run_dir, images, top_k, stage, fmt, as_json, out, force, device)
 
 @cli.command("export")
 @click.argument("run_dir")
-@click.option("--format", "fmt", metavar="torchscript|onnx|safetensors", default=None,
-              help="torchscript: runs under plain torch.jit.load; onnx: checked with onnxruntime; safetensors: "
-                   "weights with a JSON sidecar (and a timm state dict for a timm backbone).")
-@click.option("--stage", default=None, help="Whose model: finetune (default; a run without it: baseline, then "
-                                            "pretrain), pretrain, baseline, or e.g. finetune-seed1.")
+@click.option(
+    "--format",
+    "fmt",
+    metavar="torchscript|onnx|safetensors",
+    default=None,
+    help="torchscript: runs under plain torch.jit.load; onnx: checked with onnxruntime; safetensors: "
+    "weights with a JSON sidecar (and a timm state dict for a timm backbone).",
+)
+@click.option(
+    "--stage",
+    default=None,
+    help="Whose model: finetune (default; a run without it: baseline, then "
+    "pretrain), pretrain, baseline, or e.g. finetune-seed1.",
+)
 @click.option("--out", metavar="FILE", default=None, help="Where to write (default: RUN_DIR/export/<stage>.<ext>).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 def export_cmd(run_dir, fmt, stage, out, force):
@@ -529,7 +629,7 @@ def export_cmd(run_dir, fmt, stage, out, force):
     The exported model takes normalised float images of the run's input shape and returns logits;
     the classes, input shape and normalisation go into a JSON sidecar (docs/use-your-model.md).
     """
-    from ._export import FORMATS, export
+    from ._inference.export import FORMATS, export
 
     if fmt is None:  # checked here, not by click: one line, exit 2
         raise SftError(f"--format is required: one of {', '.join(FORMATS)}")
@@ -539,11 +639,19 @@ def export_cmd(run_dir, fmt, stage, out, force):
 
 @cli.command("compare")
 @click.argument("run_dirs", nargs=-1, required=True)
-@click.option("--json", "as_json", is_flag=True,
-              help="Print JSON: differing_keys, one entry per run, and groups (the table's rows and numbers).")
-@click.option("--reference", multiple=True, metavar="KEY=VALUE",
-              help="The row the others are paired against, by seed, as --set takes keys, e.g. "
-                   "'finetune.regularizers=[]'; several KEY=VALUE (space-separated or repeated) pick one row.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON: differing_keys, one entry per run, and groups (the table's rows and numbers).",
+)
+@click.option(
+    "--reference",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="The row the others are paired against, by seed, as --set takes keys, e.g. "
+    "'finetune.regularizers=[]'; several KEY=VALUE (space-separated or repeated) pick one row.",
+)
 @click.option("--all", "show_all", is_flag=True, help="Also list the failed and unfinished runs (hidden by default).")
 def compare_cmd(run_dirs, as_json, reference, show_all):
     """Compare runs grouped by the config keys they vary, over seeds.
@@ -554,8 +662,8 @@ def compare_cmd(run_dirs, as_json, reference, show_all):
     over seeds, the gain's 95% interval, and with --reference the finetune difference to that row.
     One sweep directory alone is grouped by its grid keys, against its reference.
     """
-    from ._aggregate import aggregate, expand_sweeps, sweep_of, sweep_settings, table
-    from ._compare import compare
+    from ._analysis.aggregate import aggregate, expand_sweeps, sweep_of, sweep_settings, table
+    from ._analysis.compare import compare
 
     paths, sweep = expand_sweeps(run_dirs), sweep_settings(run_dirs)
     groups = aggregate(paths, reference=list(reference) or sweep["reference"], varied=sweep["varied"])
@@ -581,23 +689,47 @@ def _number(option: str, value, kind=int, low=0):
 
 @cli.command("sweep")
 @click.argument("sweep_file", required=False, type=click.Path(dir_okay=False))
-@click.option("--out", metavar="DIR", help="Sweep directory (default runs/sweeps/<name>-<timestamp>); the "
-                                           "directory of an earlier run of the same sweep continues it.")
-@click.option("--resume", metavar="SWEEP_DIR", help="Continue a sweep with its own sweep.yaml: finished cells are "
-                                                    "skipped, interrupted ones continue from their checkpoints.")
-@click.option("--retry-failed", is_flag=True, help="With a sweep directory: run the failed cells again, from the start.")
-@click.option("--jobs", metavar="N", default="1", show_default=True,
-              help="Cells at a time (local); each gets cores/N torch threads.")
-@click.option("--executor", metavar="local|ray", default="local", show_default=True,
-              help="local: subprocesses on this machine; ray: one Ray task per cell (pip install 'sftcore[ray]').")
+@click.option(
+    "--out",
+    metavar="DIR",
+    help="Sweep directory (default runs/sweeps/<name>-<timestamp>); the "
+    "directory of an earlier run of the same sweep continues it.",
+)
+@click.option(
+    "--resume",
+    metavar="SWEEP_DIR",
+    help="Continue a sweep with its own sweep.yaml: finished cells are "
+    "skipped, interrupted ones continue from their checkpoints.",
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="With a sweep directory: run the failed cells again, from the start."
+)
+@click.option(
+    "--jobs",
+    metavar="N",
+    default="1",
+    show_default=True,
+    help="Cells at a time (local); each gets cores/N torch threads.",
+)
+@click.option(
+    "--executor",
+    metavar="local|ray",
+    default="local",
+    show_default=True,
+    help="local: subprocesses on this machine; ray: one Ray task per cell (pip install 'sftcore[ray]').",
+)
 @click.option("--address", metavar="HOST:PORT", help="Ray: the cluster to use (default: start a local instance).")
 @click.option("--gpus-per-cell", metavar="N", help="Ray: GPUs each cell's task asks for (default 0).")
 @click.option("--cpus-per-cell", metavar="N", help="CPUs (torch threads) per cell (default cores/--jobs).")
-@click.option("--reference", metavar="KEY=VALUE", help="The cell(s) the others are compared with, paired by "
-                                                       "seed, e.g. 'finetune.regularizers=[]'.")
+@click.option(
+    "--reference",
+    metavar="KEY=VALUE",
+    help="The cell(s) the others are compared with, paired by seed, e.g. 'finetune.regularizers=[]'.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the cells and their overrides; run and write nothing.")
-def sweep_cmd(sweep_file, out, resume, retry_failed, jobs, executor, address, gpus_per_cell, cpus_per_cell,
-              reference, dry_run):
+def sweep_cmd(
+    sweep_file, out, resume, retry_failed, jobs, executor, address, gpus_per_cell, cpus_per_cell, reference, dry_run
+):
     """Run a grid of config overrides x seeds: one run directory per cell (docs/sweeps.md).
 
     SWEEP_FILE has base: (a config, inline or a path), grid: (--set keys to lists of values) and
@@ -605,12 +737,20 @@ def sweep_cmd(sweep_file, out, resume, retry_failed, jobs, executor, address, gp
     Writes sweep.json, sweep.csv and cells/<cell>/; prints one line per cell and the results table.
     Ctrl-C or SIGTERM stops every cell cleanly; `sft sweep --resume SWEEP_DIR` continues.
     """
-    from ._sweep import Options, sweep
+    from ._sweep.run import Options, sweep
 
-    opts = Options(out=out, resume=resume, jobs=_number("--jobs", jobs, low=1), executor=executor, address=address,
-                   gpus_per_cell=_number("--gpus-per-cell", gpus_per_cell, float) or 0,
-                   cpus_per_cell=_number("--cpus-per-cell", cpus_per_cell, low=1), retry_failed=retry_failed,
-                   dry_run=dry_run, reference=reference)
+    opts = Options(
+        out=out,
+        resume=resume,
+        jobs=_number("--jobs", jobs, low=1),
+        executor=executor,
+        address=address,
+        gpus_per_cell=_number("--gpus-per-cell", gpus_per_cell, float) or 0,
+        cpus_per_cell=_number("--cpus-per-cell", cpus_per_cell, low=1),
+        retry_failed=retry_failed,
+        dry_run=dry_run,
+        reference=reference,
+    )
     sweep(sweep_file, opts, echo=click.echo)
 
 

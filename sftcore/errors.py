@@ -48,4 +48,4 @@ def show(value, limit: int = SHOW_LIMIT) -> str:
         text = short.repr(value)
     except ValueError:  # an int too long for str() (Python's 4300-digit limit)
         text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else "<unprintable>"
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -9,10 +9,11 @@ with ``from sftcore.testing import sft_plugin  # noqa: F401``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import PluginError
 
@@ -20,21 +21,36 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
+    from ._plugins.manager import PluginInfo
+    from ._train.model import TransferModel
     from .api import AugmentBatch, Backbone, Step, TrainContext
-    from ._plugins import PluginInfo
 
 try:
     import pytest
 except ImportError:  # pragma: no cover - the helpers below work without pytest
-    pytest = None
+    pytest = None  # type: ignore[assignment]  # optional: the fixture below is defined only with it
 
-__all__ = ["registered", "sft_plugin", "create", "rejects", "tiny_backbone", "train_context", "make_step", "tiny_config",
-           "run_tiny", "EpochState", "strategy_epochs", "reset_commands", "registry", "augment_batch"]
+__all__ = [
+    "registered",
+    "sft_plugin",
+    "create",
+    "rejects",
+    "tiny_backbone",
+    "train_context",
+    "make_step",
+    "tiny_config",
+    "run_tiny",
+    "EpochState",
+    "strategy_epochs",
+    "reset_commands",
+    "registry",
+    "augment_batch",
+]
 
 
 # --------------------------------------------------------------------------- registration
 @contextmanager
-def registered(plugin: Any, name: str | None = None, *, check: bool = True) -> Iterator["PluginInfo"]:
+def registered(plugin: Any, name: str | None = None, *, check: bool = True) -> Iterator[PluginInfo]:
     """Register ``plugin`` (a module or object with ``@hookimpl`` functions) for the ``with`` block.
 
     ``check=True`` runs its hooks at once and raises ``PluginError`` with every problem sftcore
@@ -42,11 +58,12 @@ def registered(plugin: Any, name: str | None = None, *, check: bool = True) -> I
     miss. A plugin that its entry point already loaded (it is pip-installed) is used as it is and
     stays registered afterwards.
     """
-    from . import _plugins as plugins
+    from sftcore._plugins import manager as plugins
 
     plugins.load_plugins()  # installed plugins first, so that a clash shows up now
     if plugins.pm.is_registered(plugin):
         name = plugins.pm.get_name(plugin)
+        assert name is not None  # registered, so pluggy has its name
         info = plugins.plugin_info(name) or plugins.PluginInfo(name)
         _check(info, check)
         yield info
@@ -61,8 +78,8 @@ def registered(plugin: Any, name: str | None = None, *, check: bool = True) -> I
             plugins.unregister_plugin(name)
 
 
-def _check(info: "PluginInfo", check: bool) -> None:
-    from . import _plugins as plugins
+def _check(info: PluginInfo, check: bool) -> None:
+    from sftcore._plugins import manager as plugins
 
     if check:
         plugins.get_registry()  # runs the hooks: problems land in info.errors
@@ -71,6 +88,7 @@ def _check(info: "PluginInfo", check: bool) -> None:
 
 
 if pytest is not None:
+
     @pytest.fixture
     def sft_plugin():
         """``sft_plugin(obj, name=None, check=True)`` registers a plugin until the test ends; returns its info."""
@@ -82,7 +100,7 @@ else:  # pragma: no cover
 
 def registry():
     """Every registered component, as ``sft list`` sees them (``.get(kind, name)``, ``.list(kind)``)."""
-    from . import _plugins as plugins
+    from sftcore._plugins import manager as plugins
 
     return plugins.get_registry()
 
@@ -93,7 +111,7 @@ def create(kind: str, name: str, *args: Any, **options: Any) -> Any:
     ``kind`` is datasets, backbones, regularizers or heads; ``args`` are the factory's positional
     arguments (the ``DatasetContext`` or ``BackboneContext``).
     """
-    from . import _plugins as plugins
+    from sftcore._plugins import manager as plugins
 
     return plugins.get_registry().get(kind, name).create(*args, **options)
 
@@ -106,7 +124,8 @@ def rejects(kind: str, name: str, *args: Any, **options: Any) -> str:
     ``DatasetContext``). A value that slips through would fail later inside torch with a traceback,
     or train on nonsense, so every option deserves a test of its bad values.
     """
-    from . import _plugins as plugins
+    from sftcore._plugins import manager as plugins
+
     from .errors import ConfigError
 
     comp = plugins.get_registry().get(kind, name)
@@ -125,8 +144,9 @@ def rejects(kind: str, name: str, *args: Any, **options: Any) -> str:
 
 
 # --------------------------------------------------------------------------- a tiny model and context
-def tiny_backbone(*, width: int = 4, in_chans: int = 3, size: int = 8, batchnorm: bool = False,
-                  seed: int = 0) -> "Backbone":
+def tiny_backbone(
+    *, width: int = 4, in_chans: int = 3, size: int = 8, batchnorm: bool = False, seed: int = 0
+) -> Backbone:
     """Two conv stages and global pooling; declares ``blocks`` and ``feature_maps`` (``stage1``, ``stage2``).
 
     No BatchNorm by default, so the model computes the same in train and eval mode and a
@@ -148,13 +168,27 @@ def tiny_backbone(*, width: int = 4, in_chans: int = 3, size: int = 8, batchnorm
         features.add_module("stage2", stage(width, 2 * width))
     features.add_module("pool", nn.AdaptiveAvgPool2d(1))
     features.add_module("flatten", nn.Flatten())
-    return Backbone(features=features, num_features=2 * width, input_size=(in_chans, size, size),
-                    blocks=["stage1", "stage2"], feature_maps=["stage1", "stage2"])
+    return Backbone(
+        features=features,
+        num_features=2 * width,
+        input_size=(in_chans, size, size),
+        blocks=["stage1", "stage2"],
+        feature_maps=["stage1", "stage2"],
+    )
 
 
-def train_context(backbone: "Backbone | None" = None, *, classes: int | Sequence[str] = 3, per_class: int = 4,
-                  batch_size: int = 8, head: "nn.Module | None" = None, seed: int = 0, stage: str = "finetune",
-                  epochs: int = 1, snapshot: bool = True) -> "TrainContext":
+def train_context(
+    backbone: Backbone | None = None,
+    *,
+    classes: int | Sequence[str] = 3,
+    per_class: int = 4,
+    batch_size: int = 8,
+    head: nn.Module | None = None,
+    seed: int = 0,
+    stage: str = "finetune",
+    epochs: int = 1,
+    snapshot: bool = True,
+) -> TrainContext:
     """A ``TrainContext`` with its model built, over random data: what ``Regularizer.setup`` sees.
 
     The data are ``per_class`` standard-normal inputs per class (already "normalised"), labels in
@@ -165,8 +199,8 @@ def train_context(backbone: "Backbone | None" = None, *, classes: int | Sequence
     import torch
     from torch import nn
 
+    from ._train.model import TransferModel
     from .api import TrainContext
-    from ._model import TransferModel
 
     backbone = backbone if backbone is not None else tiny_backbone(seed=seed)
     names = [f"c{i}" for i in range(classes)] if isinstance(classes, int) else list(classes)
@@ -176,10 +210,17 @@ def train_context(backbone: "Backbone | None" = None, *, classes: int | Sequence
 
     def train_batches():
         for i in range(0, len(labels), batch_size):
-            yield inputs[i:i + batch_size], labels[i:i + batch_size]
+            yield inputs[i : i + batch_size], labels[i : i + batch_size]
 
-    ctx = TrainContext(stage=stage, backbone=backbone, classes=names, epochs=epochs, device=torch.device("cpu"),
-                       seed=seed, train_batches=train_batches)
+    ctx = TrainContext(
+        stage=stage,
+        backbone=backbone,
+        classes=names,
+        epochs=epochs,
+        device=torch.device("cpu"),
+        seed=seed,
+        train_batches=train_batches,
+    )
     if head is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
@@ -190,8 +231,9 @@ def train_context(backbone: "Backbone | None" = None, *, classes: int | Sequence
     return ctx
 
 
-def make_step(ctx: "TrainContext", inputs: "torch.Tensor | None" = None, targets: "torch.Tensor | None" = None,
-              *, epoch: int = 0) -> "Step":
+def make_step(
+    ctx: TrainContext, inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None, *, epoch: int = 0
+) -> Step:
     """One batch through ``ctx.model`` with feature maps recorded, as the loop hands it to ``penalty``.
 
     Without ``inputs``, the first batch of ``ctx.train_batches()``.
@@ -205,7 +247,8 @@ def make_step(ctx: "TrainContext", inputs: "torch.Tensor | None" = None, targets
         targets = first if targets is None else targets
     if targets is None:
         targets = torch.zeros(len(inputs), dtype=torch.long, device=inputs.device)
-    logits, features, maps = ctx.model.forward_all(inputs, feature_maps=True)
+    model = cast("TransferModel", ctx.model)  # a context with its model built, as train_context makes
+    logits, features, maps = model.forward_all(inputs, feature_maps=True)
     return Step(ctx, epoch, inputs, targets, logits, features, maps)
 
 
@@ -215,7 +258,7 @@ def reset_commands() -> None:
     command calls this before invoking ``sftcore.cli.cli`` (and after, to leave nothing behind)."""
     from .cli import cli
 
-    cli._reset_plugin_commands()
+    cli.reset_plugin_commands()
 
 
 # --------------------------------------------------------------------------- a head strategy through the loop
@@ -230,9 +273,17 @@ class EpochState:
     changed: set[str]
 
 
-def strategy_epochs(strategy: Any, *, epochs: int = 3, ctx: "TrainContext | None" = None,
-                    param_groups: Any = None, lr: float = 0.1, backbone_lr_mult: float = 1.0,
-                    optimizer: dict | None = None, step: bool = True) -> list[EpochState]:
+def strategy_epochs(
+    strategy: Any,
+    *,
+    epochs: int = 3,
+    ctx: TrainContext | None = None,
+    param_groups: Any = None,
+    lr: float = 0.1,
+    backbone_lr_mult: float = 1.0,
+    optimizer: dict | None = None,
+    step: bool = True,
+) -> list[EpochState]:
     """Run a head strategy (and optionally a ``ParamGroups``) through the loop's own sequence: build
     the head on ``ctx`` (default ``train_context(head=...)`` with the built head), make the optimizer
     groups (checked as the loop checks them), then per epoch unfreeze everything, let the strategy
@@ -242,24 +293,26 @@ def strategy_epochs(strategy: Any, *, epochs: int = 3, ctx: "TrainContext | None
     import torch
     import torch.nn.functional as F
 
-    from ._model import TransferModel
-    from ._optim import make_optimizer, parameter_groups
-    from ._training import _freeze_frozen_norms, begin_epoch
+    from ._train.loop import start_epoch
+    from ._train.model import TransferModel
+    from ._train.optim import make_optimizer, parameter_groups
 
     ctx = ctx if ctx is not None else train_context(epochs=epochs, snapshot=False)
     ctx.epochs = epochs
-    model, ctx.model = ctx.model, None  # build_head runs before the model exists, as in a run
+    # build_head runs before the model exists, as in a run (ctx: one with its model built)
+    model, ctx.model = cast(TransferModel, ctx.model), None
     ctx.model = TransferModel(model.spec, strategy.build_head(ctx))
     plain_sgd = {"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False}
-    chosen = plain_sgd | (optimizer or {}) if (optimizer or {}).get("name", "sgd") == "sgd" else {"lr": lr, **optimizer}
-    cfg = {"optimizer": chosen, "backbone_lr_mult": backbone_lr_mult}
-    groups = parameter_groups(ctx, cfg, strategy, param_groups, ctx.stage)
-    opt = make_optimizer(groups, cfg["optimizer"])
+    chosen = (
+        plain_sgd | (optimizer or {})
+        if (optimizer or {}).get("name", "sgd") == "sgd"
+        else {"lr": lr, **(optimizer or {})}
+    )
+    groups = parameter_groups(ctx, chosen["lr"], backbone_lr_mult, strategy, param_groups, ctx.stage)
+    opt = make_optimizer(groups, chosen)
     out = []
     for epoch in range(epochs):
-        begin_epoch(strategy, epoch, ctx)
-        ctx.model.train()
-        _freeze_frozen_norms(ctx.model)
+        start_epoch(strategy, epoch, ctx)
         trainable = {n for n, p in ctx.model.named_parameters() if p.requires_grad}
         lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(opt.param_groups)}
         before = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
@@ -279,9 +332,18 @@ TINY_SOURCE = {"name": "shapes", "task": "source", "train_per_class": 8, "test_p
 TINY_BACKBONE = {"name": "lenet", "img_size": 16}
 
 
-def augment_batch(images: "torch.Tensor | None" = None, targets: "torch.Tensor | None" = None, *,
-                  classes: int = 3, size: int = 8, batch: int = 4, uint8: bool = False, seed: int = 0,
-                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25)) -> "AugmentBatch":
+def augment_batch(
+    images: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+    *,
+    classes: int = 3,
+    size: int = 8,
+    batch: int = 4,
+    uint8: bool = False,
+    seed: int = 0,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.25, 0.25, 0.25),
+) -> AugmentBatch:
     """A training batch as an augmentation's ``__call__`` gets it: ``images`` (default: random RGB
     ``[batch, 3, size, size]``, float in [0, 1], or uint8 with ``uint8=True``), int64 ``targets`` and a
     generator seeded with ``seed``, so two batches made alike draw alike."""
@@ -295,13 +357,29 @@ def augment_batch(images: "torch.Tensor | None" = None, targets: "torch.Tensor |
         images = images if uint8 else images.float() / 255.0
     if targets is None:
         targets = torch.arange(len(images)) % classes
-    return AugmentBatch(images, targets, classes, tuple(images.shape[-2:]), list(mean), list(std),
-                        torch.Generator(device=images.device).manual_seed(seed), (0, len(images), len(images)))
+    return AugmentBatch(
+        images,
+        targets,
+        classes,
+        cast("tuple[int, int]", tuple(images.shape[-2:])),
+        list(mean),
+        list(std),
+        torch.Generator(device=images.device).manual_seed(seed),
+        (0, len(images), len(images)),
+    )
 
 
-def tiny_config(*, backbone: str | dict | None = None, dataset: str | dict | None = None,
-                head: str | dict | None = None, regularizers: Sequence[str | dict] = (), epochs: int = 1,
-                pretrain: bool | dict = False, baseline: bool = False, **finetune) -> dict:
+def tiny_config(
+    *,
+    backbone: str | dict | None = None,
+    dataset: str | dict | None = None,
+    head: str | dict | None = None,
+    regularizers: Sequence[str | dict] = (),
+    epochs: int = 1,
+    pretrain: bool | dict = False,
+    baseline: bool = False,
+    **finetune,
+) -> dict:
     """A config that runs in about a second on a CPU: the built-in shapes at 16x16 and LeNet by default.
 
     Name your component in ``backbone``, ``dataset``, ``head`` or ``regularizers``; other keywords
@@ -309,18 +387,33 @@ def tiny_config(*, backbone: str | dict | None = None, dataset: str | dict | Non
     ``baseline=True`` the scratch baseline (with ``epochs`` epochs). One seed. The pretrain cache is off
     (``pretrain_cache: false``): a test pretrains every time, whatever ran before it.
     """
-    stage: dict = {"dataset": copy.deepcopy(dataset or TINY_DATASET), "epochs": epochs, "batch_size": 8,
-                   "eval_batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.01},
-                   "regularizers": copy.deepcopy(list(regularizers))}
+    stage: dict = {
+        "dataset": copy.deepcopy(dataset or TINY_DATASET),
+        "epochs": epochs,
+        "batch_size": 8,
+        "eval_batch_size": 64,
+        "optimizer": {"name": "sgd", "lr": 0.01},
+        "regularizers": copy.deepcopy(list(regularizers)),
+    }
     if head is not None:
         stage["head"] = copy.deepcopy(head)
     stage.update(copy.deepcopy(finetune))
-    cfg: dict = {"name": "tiny", "seed": 0, "seeds": 1, "device": "cpu", "pretrain_cache": False,
-                 "backbone": copy.deepcopy(backbone or TINY_BACKBONE),
-                 "finetune": stage}
+    cfg: dict = {
+        "name": "tiny",
+        "seed": 0,
+        "seeds": 1,
+        "device": "cpu",
+        "pretrain_cache": False,
+        "backbone": copy.deepcopy(backbone or TINY_BACKBONE),
+        "finetune": stage,
+    }
     if pretrain:
-        cfg["pretrain"] = {"dataset": dict(TINY_SOURCE), "epochs": 1, "batch_size": 16,
-                           **(copy.deepcopy(pretrain) if isinstance(pretrain, dict) else {})}
+        cfg["pretrain"] = {
+            "dataset": dict(TINY_SOURCE),
+            "epochs": 1,
+            "batch_size": 16,
+            **(copy.deepcopy(pretrain) if isinstance(pretrain, dict) else {}),
+        }
     if baseline:
         cfg["baseline"] = {"name": "scratch", "epochs": epochs}  # fixed, not the default epochs: auto
     return cfg

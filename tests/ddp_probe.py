@@ -8,14 +8,14 @@ import sys
 
 import torch
 
-from sftcore import _distributed as distributed
+from sftcore._runtime import distributed
 from sftcore.api import Augment, ImageSet, TrainContext
-from sftcore._data import Batches, BatchTransform
+from sftcore._data.batches import Batches, BatchTransform
 
 import tiny
-from sftcore._model import TransferModel
-from sftcore._plugins import get_registry
-from sftcore._training import MetricsLog, Performance, Stage, evaluate
+from sftcore._train.model import TransferModel
+from sftcore._plugins.manager import get_registry
+from sftcore._train.loop import MetricsLog, Performance, Stage, StageParts, evaluate
 
 CPU = torch.device("cpu")
 
@@ -76,10 +76,10 @@ def main(out: str) -> None:
            "schedule": {"name": "none", "warmup_epochs": 0}, "epochs": 3, "backbone_lr_mult": 0.1,
            "label_smoothing": 0.0, "select": "last"}
     plain = BatchTransform((0.5,) * 3, (0.25,) * 3, None, (3, 16, 16), (3, 16, 16), CPU)
-    stage = Stage(name="finetune", cfg=cfg, model=model, ctx=ctx, strategy=strategy, regularizers=[l2sp],
+    stage = Stage(StageParts(name="finetune", cfg=cfg, model=model, ctx=ctx, strategy=strategy, regularizers=[l2sp],
                   train=Batches(train, 6, CPU, shuffle=True, seed=2, sharded=True),
                   val=Batches(train, 5, CPU, shuffle=False, sharded=True), train_transform=plain,
-                  eval_transform=plain, perf=Performance(CPU), log=MetricsLog(None))
+                  eval_transform=plain, perf=Performance(CPU), log=MetricsLog(None)))
     stage.run()
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     start = torch.cat([v.flatten() for v in ctx.start_state().values()])
@@ -110,11 +110,11 @@ def main(out: str) -> None:
     bn_ctx = TrainContext(stage="finetune", backbone=bn_backbone, classes=classes, epochs=2, device=CPU, seed=1,
                           extract_features=lambda: (None, None), train_batches=lambda: iter(()))
     bn_model = TransferModel(bn_backbone, nn.Linear(8, 3))
-    bn_stage = Stage(name="finetune", cfg={**cfg, "epochs": 2}, model=bn_model, ctx=bn_ctx,
+    bn_stage = Stage(StageParts(name="finetune", cfg={**cfg, "epochs": 2}, model=bn_model, ctx=bn_ctx,
                      strategy=reg.get("heads", "reinit").create(), regularizers=[],
                      train=Batches(train, 6, CPU, shuffle=True, seed=2, sharded=True),
                      val=Batches(train, 5, CPU, shuffle=False, sharded=True), train_transform=plain,
-                     eval_transform=plain, perf=Performance(CPU), log=MetricsLog(None))
+                     eval_transform=plain, perf=Performance(CPU), log=MetricsLog(None)))
     bn_stage.run()
     report["bn_state"] = distributed.all_gather_objects(
         [float(v.double().sum()) for v in bn_model.state_dict().values()])

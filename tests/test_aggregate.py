@@ -16,8 +16,8 @@ import sys
 import pytest
 import yaml
 
-from sftcore._aggregate import aggregate, csv_rows, short_names, table
-from sftcore._report import t975
+from sftcore._analysis.aggregate import aggregate, csv_rows, short_names, table
+from sftcore._analysis.report import t975
 from sftcore.errors import ConfigError, SftError
 from tiny import invoke, ok, one_error_line
 
@@ -324,7 +324,7 @@ def test_plot_a_sweep_with_no_finished_cell_is_one_line(tmp_path):
 
 
 def test_aggregating_imports_no_torch(grid):
-    code = ("import sys; from sftcore._aggregate import aggregate, table; "
+    code = ("import sys; from sftcore._analysis.aggregate import aggregate, table; "
             f"print(table(aggregate({[str(p) for p in grid]!r}, reference='alpha=0.1')).count('worse')); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

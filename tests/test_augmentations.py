@@ -11,9 +11,9 @@ from torchvision.transforms.v2 import functional as TF
 
 import sftcore
 import tiny
-from sftcore import _components as components
-from sftcore._data import BatchTransform
-from sftcore._plugins import get_registry
+from sftcore._plugins import components
+from sftcore._data.batches import BatchTransform
+from sftcore._plugins.manager import get_registry
 from sftcore.api import Augment, AugmentBatch
 
 CPU = torch.device("cpu")
@@ -329,13 +329,13 @@ def test_transform_runs_pixel_moves_on_uint8_then_float_ops_then_normalises():
 
 
 def test_the_stage_config_overrides_the_dataset_default(tmp_path):
-    from sftcore import _config as cfgmod
-    from sftcore._pipeline import Pipeline
+    from sftcore._config import resolve as cfgmod
+    from sftcore._run.pipeline import Pipeline
 
     cfg = cfgmod.resolve(tiny.config(finetune={"augment": ["flip"]}, pretrain={"augment": []}), get_registry())
     pipe = Pipeline(cfg, None, progress=False, echo=None)
-    data = pipe._data("finetune", pipe.build_backbone(), 0)
-    names = lambda stage: [type(a).__name__ for a in pipe._augmentations(data, cfg[stage], stage)]  # noqa: E731
+    data = pipe.stage_data("finetune", pipe.build_backbone(), 0)
+    names = lambda stage: [type(a).__name__ for a in pipe._augmentations(data, pipe.config.stage(stage), stage)]  # noqa: E731
     assert names("finetune") == ["Flip"]
     assert names("baseline") == ["Flip"]  # the baseline trains as finetune does
     assert names("pretrain") == []
@@ -370,7 +370,7 @@ def test_train_accuracy_under_mixup_counts_the_larger_share():
 def test_ctrl_c_mid_epoch_with_strong_augmentation_resumes_exactly(tmp_path, monkeypatch):
     from test_resume import CFG, StopAfter, assert_same_weights
 
-    from sftcore import _runner as runner
+    from sftcore._run import runner
     from sftcore.errors import Interrupted
 
     cfg = {**CFG, "finetune": {**CFG["finetune"], "augment": [
@@ -389,7 +389,7 @@ def test_ctrl_c_mid_epoch_with_strong_augmentation_resumes_exactly(tmp_path, mon
 
 
 def test_augment_chunk_auto_takes_small_batches_together_and_nothing_else():
-    from sftcore._data import augment_chunk
+    from sftcore._data.batches import augment_chunk
 
     def tf(augs, hw=32):
         return BatchTransform((0.5,) * 3, (0.25,) * 3, augs, (3, hw, hw), (3, hw, hw), CPU)
@@ -404,7 +404,7 @@ def test_augment_chunk_auto_takes_small_batches_together_and_nothing_else():
 
 
 def test_batches_augmented_together_are_the_rows_of_their_concatenation():
-    from sftcore._data import augment_together
+    from sftcore._data.batches import augment_together
 
     tf = BatchTransform((0.5,) * 3, (0.25,) * 3, [build("random_resized_crop"), build("trivial_augment")],
                         (3, 12, 12), (3, 12, 12), CPU, num_classes=5)
@@ -427,7 +427,7 @@ def test_ctrl_c_inside_an_augmentation_chunk_resumes_exactly(tmp_path, monkeypat
     and skips the batches that ran."""
     from test_resume import StopAfter, assert_same_weights
 
-    from sftcore import _runner as runner
+    from sftcore._run import runner
     from sftcore.errors import Interrupted
 
     cfg = tiny.config(pretrain=False, baseline=False, finetune={

@@ -17,7 +17,7 @@ from torch import nn
 
 from sftcore.api import BackboneContext
 from sftcore.errors import ConfigError
-from sftcore._model import TransferModel
+from sftcore._train.model import TransferModel
 from sftcore_plugins.backbones.timm_backbone import timm_backbone
 
 # (model, model_args, fixed input size): a CNN, a ViT at 32 px, and a CNN whose pre-logits

@@ -399,7 +399,7 @@ def test_nan_loss_stops_names_the_step_and_keeps_the_good_checkpoint(plugin, tmp
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
-    from sftcore import _storage as storage
+    from sftcore._fileio import storage
 
     saves = {"n": 0}
     real_fsync = os.fsync

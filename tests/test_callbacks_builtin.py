@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from sftcore._plugins import get_registry
+from sftcore._plugins.manager import get_registry
 from sftcore.api import Callback, RunInfo, StageInfo
 from sftcore.errors import ConfigError
 from sftcore.testing import rejects

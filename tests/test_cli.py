@@ -14,9 +14,9 @@ import yaml
 from click.testing import CliRunner
 
 import tiny
-from sftcore import _config as cfgmod
+from sftcore._config import resolve as cfgmod
 from sftcore.cli import cli
-from sftcore._plugins import get_registry
+from sftcore._plugins.manager import get_registry
 
 
 def invoke(*args, **kwargs):

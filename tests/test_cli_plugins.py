@@ -2,7 +2,7 @@
 component, and `sft plugin new` writing a plugin package that passes its own tests.
 
 Plugin commands are loaded once per process; the ``commands`` fixture forgets them before and after a
-test (``cli._reset_plugin_commands()``), so a plugin registered for one test adds its commands there only.
+test (``cli.reset_plugin_commands()``), so a plugin registered for one test adds its commands there only.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from sftcore import hookimpl
-from sftcore._kinds import KINDS
+from sftcore._plugins.kinds import KINDS
 from sftcore.cli import cli
 from sftcore.errors import ConfigError
 from sftcore.testing import registered
@@ -56,12 +56,12 @@ def clean_env(pythonpath=(), **extra) -> dict:
 @pytest.fixture
 def commands():
     """``commands(obj, name)`` registers a plugin for this test; plugin commands load afresh."""
-    cli._reset_plugin_commands()
+    cli.reset_plugin_commands()
     try:
         with ExitStack() as stack:
             yield lambda obj, name: stack.enter_context(registered(obj, name, check=False))
     finally:
-        cli._reset_plugin_commands()
+        cli.reset_plugin_commands()
 
 
 class Greeter:

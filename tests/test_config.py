@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 import tiny
-from sftcore import _config as cfgmod
+from sftcore._config import resolve as cfgmod
 from sftcore.errors import ConfigError, SftError
-from sftcore._plugins import get_registry
+from sftcore._plugins.manager import get_registry
 
 DS = {"name": "shapes", "task": "target"}
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from sftcore.api import Augment, FileSet, ImageSet
 import tiny
-from sftcore._data import Batches, BatchTransform, few_label_index, holdout_index
+from sftcore._data.batches import Batches, BatchTransform, few_label_index, holdout_index
 
 CPU = torch.device("cpu")
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
@@ -360,8 +360,8 @@ def test_cosine_schedule_ends_at_zero_when_a_batch_of_one_is_dropped():
     from torch import nn
 
     from sftcore.api import Backbone, HeadStrategy, TrainContext
-    from sftcore._model import TransferModel
-    from sftcore._training import MetricsLog, Performance, Stage
+    from sftcore._train.model import TransferModel
+    from sftcore._train.loop import MetricsLog, Performance, Stage, StageParts
 
     torch.manual_seed(0)
     backbone = Backbone(features=nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), num_features=2, input_size=(1, 2, 2))
@@ -372,8 +372,8 @@ def test_cosine_schedule_ends_at_zero_when_a_batch_of_one_is_dropped():
     cfg = {"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False},
            "schedule": {"name": "cosine", "warmup_epochs": 0}, "epochs": 2, "backbone_lr_mult": 1.0,
            "label_smoothing": 0.0, "select": "last"}
-    stage = Stage(name="finetune", cfg=cfg, model=model, ctx=ctx, strategy=HeadStrategy(), regularizers=[],
+    stage = Stage(StageParts(name="finetune", cfg=cfg, model=model, ctx=ctx, strategy=HeadStrategy(), regularizers=[],
                   train=Batches(image_set(9), 4, CPU, shuffle=True), val=None, train_transform=tf,
-                  eval_transform=tf, perf=Performance(CPU), log=MetricsLog(None))
+                  eval_transform=tf, perf=Performance(CPU), log=MetricsLog(None)))
     stage.run()
     assert stage.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)

@@ -15,7 +15,7 @@ import torch
 
 import tiny
 from sftcore.api import ImageSet
-from sftcore._data import Batches
+from sftcore._data.batches import Batches
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent

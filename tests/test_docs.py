@@ -19,9 +19,9 @@ import yaml
 
 import sftcore
 from sftcore import api, hookspecs
-from sftcore import _config as cfgmod
-from sftcore._plugins import get_registry, plugin_infos
-from sftcore._registry import KINDS
+from sftcore._config import resolve as cfgmod
+from sftcore._plugins.manager import get_registry, plugin_infos
+from sftcore._plugins.registry import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -70,7 +70,7 @@ def sections(text: str) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- plugins.md
 def test_there_are_hooks_to_document():
-    from sftcore._kinds import KINDS
+    from sftcore._plugins.kinds import KINDS
 
     assert sorted(hook_specs()) == sorted([f"register_{k}" for k in KINDS] + ["register_commands"])
 
@@ -94,7 +94,7 @@ def test_register_callback_signature_is_documented():
 def test_plugin_environment_variables_are_documented():
     text = read(DOCS / "plugins.md")
     for var in ("SFTCORE_STRICT_PLUGINS", "SFTCORE_LOAD_PLUGINS"):
-        assert var in read(ROOT / "sftcore" / "_plugins.py")
+        assert var in read(ROOT / "sftcore" / "_plugins" / "manager.py")
         assert f"{var}=" in text
 
 
@@ -225,10 +225,10 @@ def test_schema_defaults_come_from_the_tables():
 
 
 def test_config_reference_is_the_generated_text():
-    from sftcore import _config_reference as config_reference
+    from sftcore._config import reference as config_reference
 
     assert read(DOCS / "config-reference.md") == config_reference.markdown(), \
-        "docs/config-reference.md is stale: python -m sftcore._config_reference > docs/config-reference.md"
+        "docs/config-reference.md is stale: python -m sftcore._config.reference > docs/config-reference.md"
 
 
 def test_config_reference_lists_every_key_and_default():

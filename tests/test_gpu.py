@@ -39,7 +39,7 @@ def test_imprint_on_the_gpu(tmp_path):
 
 
 def test_resume_on_the_gpu_after_an_interrupted_baseline(tmp_path, monkeypatch):
-    from sftcore import _training as training
+    from sftcore._train import loop as training
 
     original = training.Stage.run
 
@@ -65,7 +65,7 @@ def test_resume_on_the_gpu_after_ctrl_c_is_exact(tmp_path, monkeypatch, looks):
     onto the GPU and continuing must reproduce the uninterrupted run (fp32, deterministic here)."""
     from test_resume import StopAfter, assert_same_weights
 
-    from sftcore import _runner as runner
+    from sftcore._run import runner
     from sftcore.errors import Interrupted
 
     cfg = _config("fp32")

@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from sftcore.api import Backbone, BackboneContext, HeadStrategy, ImageSet, TrainContext, freeze, unfreeze
-from sftcore._data import Batches, BatchTransform
+from sftcore._data.batches import Batches, BatchTransform
 from sftcore.errors import ConfigError, PluginError
-from sftcore._model import TransferModel
-from sftcore._plugins import get_registry
-from sftcore._training import MetricsLog, Performance, Stage, _freeze_frozen_norms, begin_epoch, make_optimizer
+from sftcore._train.model import TransferModel
+from sftcore._plugins.manager import get_registry
+from sftcore._train.loop import MetricsLog, Performance, Stage, StageParts, _freeze_frozen_norms, begin_epoch, make_optimizer
 
 CPU = torch.device("cpu")
 LENET_BLOCKS = ["stage1", "stage2", "fc1", "fc2"]
@@ -87,9 +87,9 @@ def make_stage(model: TransferModel, ctx: TrainContext, strat: HeadStrategy, cfg
     data = ImageSet(torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g),
                     torch.arange(n) % ctx.num_classes)
     tf = BatchTransform((0.5,) * 3, (0.25,) * 3, None, shape, shape, CPU)
-    return Stage(name="finetune", cfg=cfg, model=model, ctx=ctx, strategy=strat, regularizers=list(regs),
+    return Stage(StageParts(name="finetune", cfg=cfg, model=model, ctx=ctx, strategy=strat, regularizers=list(regs),
                  train=Batches(data, 4, CPU, shuffle=True, seed=1), val=None, train_transform=tf,
-                 eval_transform=tf, perf=Performance(CPU), log=log or MetricsLog(None), checkpoint=checkpoint)
+                 eval_transform=tf, perf=Performance(CPU), log=log or MetricsLog(None), checkpoint=checkpoint))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

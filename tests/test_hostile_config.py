@@ -65,7 +65,7 @@ def test_duplicate_key_in_set(tmp_path, capsys):
 
 
 def test_yaml_merge_keys_still_override(tmp_path):
-    from sftcore import _config as config
+    from sftcore._config import resolve as config
 
     path = tmp_path / "cfg.yaml"
     path.write_text("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\n")

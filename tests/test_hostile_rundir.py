@@ -16,7 +16,8 @@ import pytest
 
 import sftcore
 import tiny
-from sftcore import _ownership as ownership, _storage as storage
+from sftcore._run import ownership
+from sftcore._fileio import storage
 from sftcore.errors import ConfigError
 from test_bad_input import cli, one_line_error
 
@@ -251,7 +252,7 @@ def test_finetune_data_is_checked_before_pretraining(tmp_path):
 
 
 def test_a_failure_after_a_checkpoint_keeps_the_run(tmp_path, monkeypatch):
-    from sftcore import _runner as runner
+    from sftcore._run import runner
 
     def fail(self, *args):
         raise ConfigError("config: something went wrong after pretraining")

@@ -135,7 +135,7 @@ def test_sigterm_is_handled_like_ctrl_c(reference, tmp_path):
 
 def test_a_signal_the_parent_blocked_still_reaches_the_handler():
     """A Ray worker starts its processes with SIGINT blocked; a cell must still stop on Ctrl-C."""
-    from sftcore._interrupt import StopSignals
+    from sftcore._runtime.interrupt import StopSignals
 
     before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:

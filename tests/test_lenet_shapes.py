@@ -8,8 +8,8 @@ from torch import nn
 
 from sftcore.api import Backbone, BackboneContext, DatasetContext, DataSplits, ImageSet
 from sftcore.errors import ConfigError
-from sftcore._model import TransferModel
-from sftcore._plugins import get_registry
+from sftcore._train.model import TransferModel
+from sftcore._plugins.manager import get_registry
 
 
 def lenet(random_init: bool = False, **options) -> Backbone:

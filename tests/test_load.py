@@ -197,7 +197,7 @@ def test_pil_uint8_and_paths_agree_with_sft_predict(run_dir, images):
 
 
 def test_predict_batches(run_dir, images, monkeypatch):
-    from sftcore import _load
+    from sftcore._inference import load as _load
 
     _, paths = images
     m = sftcore.load(run_dir)
@@ -225,7 +225,7 @@ def test_bad_python_inputs_are_one_line(run_dir):
 
 # --------------------------------------------------------------------------- plugins
 def test_trained_with_plugins_not_installed_here(run_dir, images, sft):
-    from sftcore._plugins import get_registry
+    from sftcore._plugins.manager import get_registry
 
     _, paths = images
     registry = get_registry()

@@ -8,7 +8,7 @@ import torch
 
 import sftcore
 import tiny
-from sftcore import _training as training
+from sftcore._train import loop as training
 from sftcore.api import Callback, HeadStrategy
 from sftcore.errors import ConfigError
 from sftcore.testing import strategy_epochs, tiny_config
@@ -75,7 +75,7 @@ def test_step_events_reach_only_callbacks_that_define_them(tmp_path):
     assert len(steps.starts) == len(steps.losses) == 2 * per_epoch
     assert steps.starts[0] == ("finetune", 1, 0) and steps.starts[-1][1] == 2
     assert all(loss == loss for loss in steps.losses)  # finite numbers
-    from sftcore._events import Events
+    from sftcore._train.events import Events
 
     assert Events([("r", Recorder())]).per_step is False and Events([("s", Steps())]).per_step is True
 
@@ -215,8 +215,8 @@ def test_default_param_groups_are_the_head_strategys(tmp_path):
 
 
 def test_resolved_config_fills_optimizer_and_schedule_options_from_the_factories():
-    from sftcore import _config as cfgmod
-    from sftcore._plugins import get_registry
+    from sftcore._config import resolve as cfgmod
+    from sftcore._plugins.manager import get_registry
 
     ft = cfgmod.resolve(tiny_config(optimizer={"name": "adam"}, schedule="one_cycle"), get_registry())["finetune"]
     assert ft["optimizer"]["name"] == "adam" and ft["optimizer"]["betas"] == [0.9, 0.999] and "lr" in ft["optimizer"]
@@ -228,8 +228,9 @@ def test_resolved_config_fills_optimizer_and_schedule_options_from_the_factories
 
 
 def test_a_plugins_config_error_gets_the_config_path_in_front(plugin):
-    from sftcore import _config as cfgmod, hookimpl
-    from sftcore._plugins import get_registry
+    from sftcore import hookimpl
+    from sftcore._config import resolve as cfgmod
+    from sftcore._plugins.manager import get_registry
 
     def picky(alpha: float = 1.0):
         """Refuses negative alpha without knowing where it was configured."""
@@ -388,7 +389,7 @@ def test_a_run_started_by_the_previous_version_resumes_without_a_config_change(t
     optimizer option a plugin added since would be missing too): it is the same config."""
     import json
 
-    from sftcore import _ownership as ownership
+    from sftcore._run import ownership
 
     original = training.Stage._save
 

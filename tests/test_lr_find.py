@@ -9,7 +9,7 @@ import random
 import pytest
 
 import tiny
-from sftcore import _lr_find as lrf
+from sftcore._tools import lr_find as lrf
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,16 +110,16 @@ def test_divergence_stops_early_and_the_suggestion_is_in_range(tmp_path, monkeyp
 
 
 def test_groups_keep_their_lr_ratio_and_the_head_follows_the_schedule(tmp_path, monkeypatch):
-    from sftcore._training import Stage
+    from sftcore._train.loop import Stage
 
     seen = []
-    step = Stage._step
+    step = Stage.step
 
     def spy(self, epoch, k, x, y, sums):
         seen.append({g["name"]: g["lr"] for g in self.optimizer.param_groups})
         return step(self, epoch, k, x, y, sums)
 
-    monkeypatch.setattr(Stage, "_step", spy)
+    monkeypatch.setattr(Stage, "step", spy)
     monkeypatch.chdir(tmp_path)
     cfg = tiny.config(pretrain=False, baseline=False, finetune={"backbone_lr_mult": 0.1, "schedule": "cosine"})
     finding = lrf.find(tiny.write_yaml(tmp_path / "t.yaml", cfg), steps=8, start_lr=1e-4, end_lr=1e-1)
@@ -130,16 +130,16 @@ def test_groups_keep_their_lr_ratio_and_the_head_follows_the_schedule(tmp_path, 
 
 
 def test_the_head_strategy_state_of_the_chosen_epoch(tmp_path, monkeypatch):
-    from sftcore._training import Stage
+    from sftcore._train.loop import Stage
 
     trains_backbone = []
-    step = Stage._step
+    step = Stage.step
 
     def spy(self, epoch, k, x, y, sums):
         trains_backbone.append(any(p.requires_grad for p in self.model.backbone.parameters()))
         return step(self, epoch, k, x, y, sums)
 
-    monkeypatch.setattr(Stage, "_step", spy)
+    monkeypatch.setattr(Stage, "step", spy)
     cfg = tiny.write_yaml(tmp_path / "t.yaml", tiny.config(
         pretrain=False, baseline=False, finetune={"head": {"name": "lp_ft", "probe_epochs": 1}}))
     lrf.find(cfg, steps=6, end_lr=1e-3)
@@ -152,7 +152,7 @@ def test_the_head_strategy_state_of_the_chosen_epoch(tmp_path, monkeypatch):
 def test_no_model_weights_are_saved(tmp_path, monkeypatch):
     import torch
 
-    from sftcore import _checkpoints
+    from sftcore._rundir import checkpoints as _checkpoints
 
     saved = []
     monkeypatch.setattr(torch, "save", lambda *a, **k: saved.append(a[1] if len(a) > 1 else k))

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import sftcore
-from sftcore import _config as cfgmod, _metrics as metrics, _report as report
-from sftcore._evaluate import TTA, evaluate
+from sftcore._config import resolve as cfgmod
+from sftcore._analysis import metrics
+from sftcore._analysis import report
+from sftcore._train.evaluate import TTA, evaluate
 from sftcore.errors import ConfigError
 from sftcore.testing import tiny_config
 
@@ -131,7 +133,7 @@ def test_a_run_records_the_scores_per_seed_and_in_the_summary(tiny_run):
 
 
 def test_a_stage_without_test_examples_has_null_scores():
-    from sftcore._pipeline import Pipeline
+    from sftcore._run.pipeline import Pipeline
 
     result = {}
     data = SimpleNamespace(test=None)
@@ -143,7 +145,7 @@ def test_a_stage_without_test_examples_has_null_scores():
 # --------------------------------------------------------------------------- sft plot
 def test_plot_writes_per_class_scores_beside_the_confusion_matrix(tiny_run, tmp_path):
     pytest.importorskip("matplotlib")
-    from sftcore._plots import plot
+    from sftcore._analysis.plots import plot
 
     run_dir, _ = tiny_run
     written = plot(run_dir, tmp_path)
@@ -165,7 +167,7 @@ def test_plot_writes_per_class_scores_beside_the_confusion_matrix(tiny_run, tmp_
 
 
 def test_per_class_csv_leaves_undefined_scores_empty(tmp_path):
-    from sftcore._plots import _save_per_class_csv
+    from sftcore._analysis.plots import _save_per_class_csv
 
     path = _save_per_class_csv(["a", "b", "c"], {"targets": [0, 0, 1, 1], "predicted": [0, 0, 2, 0]},
                                tmp_path / "x.csv")

@@ -35,7 +35,7 @@ def builtins():
 
 
 def registry():
-    from sftcore._plugins import get_registry
+    from sftcore._plugins.manager import get_registry
 
     return get_registry()
 
@@ -66,7 +66,7 @@ def test_defaults_are_plain_yaml_values():
 
 
 def test_registering_imports_no_torch(tmp_path):
-    code = ("import sys; from sftcore._plugins import get_registry; r = get_registry(); "
+    code = ("import sys; from sftcore._plugins.manager import get_registry; r = get_registry(); "
             "[r.get(k, n) for k, n in (('optimizers', 'sgd'), ('schedules', 'one_cycle'), "
             "('param_groups', 'layer_decay'))]; "
             "import sftcore_plugins.optim, sftcore_plugins.param_groups; print('torch' in sys.modules)")
@@ -77,7 +77,7 @@ def test_registering_imports_no_torch(tmp_path):
 
 # --------------------------------------------------------------------------- today's behaviour, bit for bit
 def old_schedule(cfg: dict, epochs: int, steps_per_epoch: int):
-    """sftcore._training._schedule as it was before schedules became components."""
+    """sftcore._train.loop._schedule as it was before schedules became components."""
     total = max(1, epochs * steps_per_epoch)
     warmup = cfg.get("warmup_epochs", 0) * steps_per_epoch
 
@@ -108,7 +108,7 @@ def split_decay(groups: list[dict]) -> list[dict]:
 
 
 def old_optimizer(groups: list[dict], cfg: dict) -> torch.optim.Optimizer:
-    """sftcore._training.make_optimizer as it was (torch directly)."""
+    """sftcore._train.loop.make_optimizer as it was (torch directly)."""
     split = split_decay(groups)
     if cfg["name"] == "sgd":
         return torch.optim.SGD(split, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],

@@ -14,8 +14,8 @@ import yaml
 from torchvision.io import decode_image, encode_jpeg, read_file, write_png
 
 import tiny
-from sftcore import _config as cfgmod
-from sftcore._plugins import get_registry
+from sftcore._config import resolve as cfgmod
+from sftcore._plugins.manager import get_registry
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work (reported, not hidden
 # from users: the CLI never shows DeprecationWarnings)
@@ -27,7 +27,7 @@ from tiny import invoke, ok, one_error_line  # noqa: E402  (shared with test_loa
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from sftcore._runner import run
+    from sftcore._run.runner import run
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -98,7 +98,7 @@ def test_plot_defaults_to_run_dir_plots(run_dir):
 def test_confusion_matrix_names_the_classes_up_to_30_and_stays_readable_at_100():
     import numpy as np
 
-    from sftcore import _plots as plots
+    from sftcore._analysis import plots
 
     small = plots.confusion_figure("finetune", ["star", "moon", "sun"], np.eye(3, dtype=np.int64) * 4)
     ax = small.axes[0]
@@ -267,7 +267,7 @@ def test_predictions_keep_the_top_k_classes_and_probabilities(run_dir, stage, cl
 
 
 def test_predict_needs_only_the_backbones_plugin(run_dir, test_split, tmp_path):
-    from sftcore._predict import Predictor
+    from sftcore._inference.predict import Predictor
 
     def elsewhere(cfg):  # as if trained with plugins not installed here
         cfg["finetune"]["regularizers"] = [{"name": "delta_not_installed"}]
@@ -282,7 +282,7 @@ def test_predict_needs_only_the_backbones_plugin(run_dir, test_split, tmp_path):
 
 def test_predict_without_the_backbones_plugin_is_one_line_naming_it(run_dir, test_split, tmp_path):
     from sftcore.errors import SftError
-    from sftcore._predict import Predictor
+    from sftcore._inference.predict import Predictor
 
     # the model file records its backbone entry and plugin (config.yaml is not read for it)
     run = copy_run(run_dir, tmp_path / "other", files=("config.yaml", "checkpoints/finetune.pt"))
@@ -361,7 +361,7 @@ def test_compare_errors(run_dir, tmp_path):
 
 
 def test_flatten_indexes_lists_like_set():
-    from sftcore._compare import flatten
+    from sftcore._analysis.compare import flatten
 
     assert flatten({"a": {"b": [1, {"c": None}], "d": {}}, "e": []}) == {"a.b.0": 1, "a.b.1.c": None, "a.d": {},
                                                                         "e": []}

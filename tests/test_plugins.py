@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from sftcore import hookimpl, _plugins as plugins
+from sftcore import hookimpl
+from sftcore._plugins import manager as plugins
 from sftcore.errors import ConfigError, PluginError, SftError
-from sftcore._registry import KINDS, Component, Registry
+from sftcore._plugins.registry import KINDS, Component, Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_SRC = ROOT / "examples" / "sft-example-plugin"
@@ -787,7 +788,7 @@ def test_example_options_are_checked_with_suggestions(example):
 
 def _example_model(width=4, classes=3):
     from sftcore.api import BackboneContext, TrainContext
-    from sftcore._model import TransferModel
+    from sftcore._train.model import TransferModel
     from sft_example_plugin.tiny_cnn import tiny_cnn
     from sft_example_plugin.zero_init import ZeroInit
 

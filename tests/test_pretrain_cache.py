@@ -13,7 +13,7 @@ import torch
 
 import sftcore
 import tiny
-from sftcore import _runner as runner
+from sftcore._run import runner
 
 # enough training that the numbers are not all chance: a reused backbone that differed would show
 CFG = tiny.config(pretrain={"epochs": 2}, finetune={"epochs": 3})

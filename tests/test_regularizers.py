@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from sftcore.api import Backbone, BackboneContext, Step, TrainContext, freeze
-from sftcore._data import Batches, BatchTransform
+from sftcore._data.batches import Batches, BatchTransform
 from sftcore.errors import ConfigError
-from sftcore._model import TransferModel
-from sftcore._plugins import get_registry
-from sftcore._training import MetricsLog, Performance, Stage, make_optimizer
+from sftcore._train.model import TransferModel
+from sftcore._plugins.manager import get_registry
+from sftcore._train.loop import MetricsLog, Performance, Stage, StageParts, make_optimizer
 
 CPU = torch.device("cpu")
 LENET_WEIGHTS = ["backbone.stage1.0.weight", "backbone.stage2.0.weight", "backbone.fc1.0.weight",
@@ -376,9 +376,9 @@ def _stage(model: TransferModel, ctx: TrainContext, regs, strategy=None, epochs:
            "schedule": {"name": "none", "warmup_epochs": 0}, "epochs": epochs, "backbone_lr_mult": 1.0,
            "label_smoothing": 0.0, "select": "last"}
     tf = BatchTransform((0.5,) * 3, (0.25,) * 3, None, shape, shape, CPU)
-    return Stage(name="finetune", cfg=cfg, model=model, ctx=ctx, strategy=strategy or HeadStrategy(),
+    return Stage(StageParts(name="finetune", cfg=cfg, model=model, ctx=ctx, strategy=strategy or HeadStrategy(),
                  regularizers=regs, train=Batches(data, 4, CPU, shuffle=True), val=None, train_transform=tf,
-                 eval_transform=tf, perf=Performance(CPU), log=MetricsLog(None))
+                 eval_transform=tf, perf=Performance(CPU), log=MetricsLog(None)))
 
 
 def test_stage_snapshots_the_start_and_l2sp_pulls_towards_it():

@@ -7,7 +7,8 @@ import torch
 
 import sftcore
 import tiny
-from sftcore import _runner as runner, _training as training
+from sftcore._run import runner
+from sftcore._train import loop as training
 from sftcore.errors import ConfigError, Interrupted
 
 CFG = {

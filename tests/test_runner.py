@@ -18,11 +18,12 @@ import yaml
 
 import sftcore
 import tiny
-from sftcore import _config as cfgmod
-from sftcore import _report as report, _training as training
+from sftcore._config import resolve as cfgmod
+from sftcore._analysis import report
+from sftcore._train import loop as training
 from sftcore.api import Augment
 from sftcore.errors import ConfigError, SftError
-from sftcore._plugins import get_registry
+from sftcore._plugins.manager import get_registry
 
 STAGES = ("pretrain", "finetune", "baseline")
 
@@ -207,8 +208,8 @@ def test_validation_is_held_out_of_the_few_label_training_data(subset, per_class
                                 finetune={"dataset": tiny.shapes("target", val_fraction=0.34, **subset)}))
     pipe, backbone, data = tiny.stage_data(cfg, "finetune")
     from sftcore.api import DatasetContext
-    from sftcore._config import DATASET_RUNNER_KEYS
-    from sftcore._plugins import get_registry
+    from sftcore._config.resolve import DATASET_RUNNER_KEYS
+    from sftcore._plugins.manager import get_registry
 
     ds = {k: v for k, v in cfg["finetune"]["dataset"].items() if k != "name" and k not in DATASET_RUNNER_KEYS}
     full_train = get_registry().get("datasets", "shapes").create(
@@ -309,8 +310,8 @@ def test_select_last_keeps_the_last_epoch(tmp_path, monkeypatch):
 def test_evaluate_is_deterministic_and_does_not_augment():
     from torch import nn
 
-    from sftcore._data import Batches
-    from sftcore._model import TransferModel
+    from sftcore._data.batches import Batches
+    from sftcore._train.model import TransferModel
 
     cfg = _resolved(tiny.config(pretrain=False, baseline=False))
     pipe, backbone, data = tiny.stage_data(cfg, "finetune")

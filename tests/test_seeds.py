@@ -9,11 +9,14 @@ import pytest
 import torch
 
 import sftcore
+import sftcore._config.resolve
+from sftcore._config.schema import StageConfig
 import tiny
-from sftcore import _report as report, _training as training
+from sftcore._analysis import report
+from sftcore._train import loop as training
 from sftcore.api import ImageSet
 from sftcore.cli import main
-from sftcore._pipeline import Pipeline
+from sftcore._run.pipeline import Pipeline
 
 
 def two_seeds(**top):
@@ -66,7 +69,7 @@ def test_seeds_differ_in_their_subset_and_the_first_seed_matches_a_one_seed_run(
     for stage in ("finetune", "baseline"):
         assert first[stage]["test_accuracy"] == single[stage]["test_accuracy"]
         assert first[stage]["train_loss"] == single[stage]["train_loss"]
-    subsets = [tiny.stage_data(sftcore._config.resolve(two_seeds(), None), "finetune", seed)[2].train.images
+    subsets = [tiny.stage_data(sftcore._config.resolve.resolve(two_seeds(), None), "finetune", seed)[2].train.images
                for seed in (0, 1)]
     assert subsets[0].shape == subsets[1].shape and not torch.equal(subsets[0], subsets[1])
     assert single["seeds"] == [0] and len(single["per_seed"]) == 1
@@ -150,7 +153,8 @@ def test_auto_epochs_drops_the_lr_on_each_plateau_then_stops():
 
 def test_fixed_epochs_never_stop_early():
     stage = training.Stage.__new__(training.Stage)
-    stage.cfg, stage.history = {"epochs": 5, "patience": 3}, _history([1.0, 0.5, 0.5, 0.5, 0.5])
+    stage.cfg = StageConfig.of({"epochs": 5, "patience": 3})
+    stage.history = _history([1.0, 0.5, 0.5, 0.5, 0.5])
     assert not stage.converged()
 
 
@@ -212,7 +216,7 @@ def test_random_start_is_warned_only_without_pretraining(multi, tmp_path):
 
 
 def test_train_batches_are_shuffled_the_same_way_at_every_call():
-    cfg = sftcore._config.resolve(tiny.config(pretrain=False, baseline=False), None)
+    cfg = sftcore._config.resolve.resolve(tiny.config(pretrain=False, baseline=False), None)
     pipe = Pipeline(cfg, None, False, None)
     labels = torch.arange(4).repeat_interleave(8)  # stored class by class, as image folders are
     images = torch.arange(len(labels), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 4, 4).contiguous()
@@ -229,7 +233,7 @@ def test_train_batches_are_shuffled_the_same_way_at_every_call():
 def test_predict_reads_another_seeds_model(multi, tmp_path):
     from PIL import Image
 
-    from sftcore._predict import Predictor
+    from sftcore._inference.predict import Predictor
 
     out, _ = multi
     path = tmp_path / "x.png"

@@ -7,7 +7,7 @@ import stat
 import pytest
 import torch
 
-from sftcore import _storage as storage
+from sftcore._fileio import storage
 from sftcore.errors import ConfigError
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import sftcore
-from sftcore._plugins import get_registry
+from sftcore._plugins.manager import get_registry
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import tiny
-from sftcore._sweep_spec import cell_points, flow, short_keys, value_text
+from sftcore._sweep.spec import cell_points, flow, short_keys, value_text
 
 GRID = {"finetune.optimizer.lr": [0.01, 0.02], "finetune.head": ["reinit", "lp_ft"]}
 
@@ -127,7 +127,7 @@ def test_a_directory_that_holds_no_sweep_is_refused(here):
 
 
 def test_a_missing_ray_is_one_line(here, monkeypatch):
-    import sftcore._sweep as sweepmod
+    import sftcore._sweep.run as sweepmod
 
     monkeypatch.setattr(sweepmod, "ray_available", lambda: False)
     sweep = write_sweep(here)
@@ -167,7 +167,7 @@ def test_a_closed_pipe_ends_quietly(here):
 
 
 def test_the_cli_imports_no_ray():
-    code = "import sys, sftcore.cli, sftcore._sweep; print('ray' in sys.modules, 'torch' in sys.modules)"
+    code = "import sys, sftcore.cli, sftcore._sweep.run; print('ray' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 

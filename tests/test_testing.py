@@ -9,7 +9,8 @@ import types
 
 import pytest
 
-from sftcore import hookimpl, _plugins as plugins
+from sftcore import hookimpl
+from sftcore._plugins import manager as plugins
 from sftcore.errors import ConfigError, PluginError
 from sftcore.testing import (create, make_step, registered, sft_plugin, tiny_backbone, tiny_config,  # noqa: F401
                              train_context)
@@ -121,7 +122,7 @@ def test_make_step_is_one_batch_with_feature_maps(one_thread):
 
 
 def test_tiny_config_resolves_with_every_component_named():
-    from sftcore import _config as cfgmod
+    from sftcore._config import resolve as cfgmod
 
     cfg = cfgmod.resolve(tiny_config(regularizers=[{"name": "l2_sp", "alpha": 0.1}], head="lp_ft", pretrain=True,
                                      baseline=True, batch_size=4), plugins.get_registry())

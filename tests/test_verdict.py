@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from sftcore import _report as report
+from sftcore._analysis import report
 
 
 # --------------------------------------------------------------------------- statistics

@@ -87,9 +87,9 @@ def expected_selection(records: list[dict]) -> int:
 # --------------------------------------------------------------------------- re-evaluating a saved model
 def stage_data(cfg: dict, stage: str, seed: int | None = None):
     """The StageData the runner builds for ``stage`` of a resolved config."""
-    from sftcore._plugins import get_registry
-    from sftcore._pipeline import Pipeline
-    from sftcore._stage_data import load_stage_data
+    from sftcore._plugins.manager import get_registry
+    from sftcore._run.pipeline import Pipeline
+    from sftcore._data.stage import load_stage_data
 
     pipe = Pipeline(cfg, None, False, None)
     backbone = pipe.build_backbone(random_init=True)
@@ -103,11 +103,11 @@ def evaluate_saved(run_dir, stage: str, split: str = "test") -> dict:
     import torch
     from torch import nn
 
-    from sftcore import _config as cfgmod
-    from sftcore._data import Batches, BatchTransform
-    from sftcore._model import TransferModel
-    from sftcore._plugins import get_registry
-    from sftcore._training import evaluate
+    from sftcore._config import resolve as cfgmod
+    from sftcore._data.batches import Batches, BatchTransform
+    from sftcore._train.model import TransferModel
+    from sftcore._plugins.manager import get_registry
+    from sftcore._train.loop import evaluate
 
     run_dir = Path(run_dir)
     cfg = cfgmod.resolve(cfgmod.load(run_dir / "config.yaml"), get_registry())
@@ -187,8 +187,8 @@ def one_error_line(result) -> str:
 
 def augmentations(entries) -> list:
     """Built augmentations, as a stage builds them, from an ``Augment`` or ``augment:`` list entries."""
-    from sftcore import _components as components
-    from sftcore._plugins import get_registry
+    from sftcore._plugins import components
+    from sftcore._plugins.manager import get_registry
     from sftcore.api import Augment
 
     if isinstance(entries, Augment):

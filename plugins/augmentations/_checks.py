@@ -8,8 +8,9 @@ import math
 from sftcore.errors import ConfigError, show
 
 
-def number(value, name: str, low: float | None = None, high: float | None = None, low_open: bool = False,
-           what: str = "") -> float:
+def number(
+    value, name: str, low: float | None = None, high: float | None = None, low_open: bool = False, what: str = ""
+) -> float:
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
     ok = ok and (low is None or value > low or (value == low and not low_open)) and (high is None or value <= high)
     if not ok:

@@ -19,7 +19,7 @@ def per_image(factor: torch.Tensor) -> torch.Tensor:
     return factor.view(-1, 1, 1, 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _luma(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(_LUMA, device=device, dtype=dtype)
 
@@ -126,8 +126,9 @@ class ColorJitter(Augmentation):
     def __call__(self, batch: AugmentBatch) -> None:
         x = batch.images
         u = batch.rand(4)
-        for k, (strength, op) in enumerate(((self.brightness, brightness), (self.contrast, contrast),
-                                            (self.saturation, saturation))):
+        for k, (strength, op) in enumerate(
+            ((self.brightness, brightness), (self.contrast, contrast), (self.saturation, saturation))
+        ):
             if strength:
                 low = max(0.0, 1.0 - strength)
                 x = op(x, low + (1.0 + strength - low) * u[:, k])

@@ -15,8 +15,12 @@ def box_mask(top, left, height, width, h: int, w: int) -> torch.Tensor:
     """``[B, 1, H, W]`` True inside each image's box."""
     rows = torch.arange(h, device=top.device).view(1, h, 1)
     cols = torch.arange(w, device=top.device).view(1, 1, w)
-    inside = ((rows >= top.view(-1, 1, 1)) & (rows < (top + height).view(-1, 1, 1))
-              & (cols >= left.view(-1, 1, 1)) & (cols < (left + width).view(-1, 1, 1)))
+    inside = (
+        (rows >= top.view(-1, 1, 1))
+        & (rows < (top + height).view(-1, 1, 1))
+        & (cols >= left.view(-1, 1, 1))
+        & (cols < (left + width).view(-1, 1, 1))
+    )
     return inside.unsqueeze(1)
 
 

@@ -104,8 +104,13 @@ class RandomResizedCrop(Augmentation):
             (s0, s1), (lo, hi) = self.scale, (math.log(self.ratio[0]), math.log(self.ratio[1]))
             fallback_w = min(w, round(h * self.ratio[1])) if w / h > self.ratio[1] else w
             fallback_h = min(h, round(w / self.ratio[0])) if w / h < self.ratio[0] else h
-            values = ([[h * w * s0], [lo]], [[h * w * (s1 - s0)], [hi - lo]], [[0.5, -0.5], [0.5, 0.5]],
-                      [[h], [w]], [fallback_h, fallback_w])
+            values = (
+                [[h * w * s0], [lo]],
+                [[h * w * (s1 - s0)], [hi - lo]],
+                [[0.5, -0.5], [0.5, 0.5]],
+                [[h], [w]],
+                [fallback_h, fallback_w],
+            )
             self._cache[key] = tuple(torch.tensor(v, dtype=torch.float32, device=device) for v in values)
         return self._cache[key]
 
@@ -124,16 +129,16 @@ def _source(start: torch.Tensor, length: torch.Tensor, out: int, n: int) -> torc
     return pos.mul_(2.0 / max(n - 1, 1)).sub_(1.0)
 
 
-def resize_boxes(images: torch.Tensor, *box, size: tuple[int, int]) -> torch.Tensor:
+def resize_boxes(images: torch.Tensor, *box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Each image's box, ``[B, 4]`` (top, left, height, width) or those four ``[B]`` tensors, resized to
     ``size`` (bilinear, as torchvision's resized_crop with antialias=False): one separable grid and one
     grid_sample for the batch (cheaper than per-image crops, or batched matmuls of weights, on small images)."""
     b, _, h, w = images.shape
     oh, ow = size
-    box = (box[0] if len(box) == 1 else torch.stack(box, 1)).to(images.dtype)
+    boxes = (box[0] if len(box) == 1 else torch.stack(box, 1)).to(images.dtype)
     if (oh, h) == (ow, w):  # both axes at once
-        gy, gx = _source(box[:, :2], box[:, 2:], oh, h).unbind(1)
+        gy, gx = _source(boxes[:, :2], boxes[:, 2:], oh, h).unbind(1)
     else:
-        gy, gx = _source(box[:, :1], box[:, 2:3], oh, h)[:, 0], _source(box[:, 1:2], box[:, 3:], ow, w)[:, 0]
+        gy, gx = _source(boxes[:, :1], boxes[:, 2:3], oh, h)[:, 0], _source(boxes[:, 1:2], boxes[:, 3:], ow, w)[:, 0]
     grid = torch.stack([gx.view(b, 1, ow).expand(b, oh, ow), gy.view(b, oh, 1).expand(b, oh, ow)], -1)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from typing import cast
 
 import torch
 
@@ -19,21 +20,45 @@ from . import color
 from ._checks import integer
 from .geometric import sample
 
-OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color", "contrast",
-       "sharpness", "posterize", "solarize", "autocontrast", "equalize")
+OPS = (
+    "identity",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "rotate",
+    "brightness",
+    "color",
+    "contrast",
+    "sharpness",
+    "posterize",
+    "solarize",
+    "autocontrast",
+    "equalize",
+)
 GEOMETRIC = OPS[1:6]
-_ENHANCE = {"brightness": color.brightness, "color": color.saturation, "contrast": color.contrast,
-            "sharpness": color.sharpness}
+_ENHANCE = {
+    "brightness": color.brightness,
+    "color": color.saturation,
+    "contrast": color.contrast,
+    "sharpness": color.sharpness,
+}
 
 
 def _magnitudes(bins: int) -> torch.Tensor:
     """``[ops, bins]``: torchvision's TrivialAugmentWide strength of each op per bin (0: no strength)."""
     table = torch.zeros(len(OPS), bins)
     lin = lambda top: torch.linspace(0.0, top, bins)  # noqa: E731
-    for name, row in {"shear_x": lin(0.99), "shear_y": lin(0.99), "translate_x": lin(32.0),
-                      "translate_y": lin(32.0), "rotate": lin(135.0), "solarize": torch.linspace(1.0, 0.0, bins),
-                      "posterize": 8 - (torch.arange(bins) / ((bins - 1) / 6)).round(),
-                      **{name: lin(0.99) for name in _ENHANCE}}.items():
+    for name, row in {
+        "shear_x": lin(0.99),
+        "shear_y": lin(0.99),
+        "translate_x": lin(32.0),
+        "translate_y": lin(32.0),
+        "rotate": lin(135.0),
+        "solarize": torch.linspace(1.0, 0.0, bins),
+        "posterize": 8 - (torch.arange(bins) / ((bins - 1) / 6)).round(),
+        **{name: lin(0.99) for name in _ENHANCE},
+    }.items():
         table[OPS.index(name)] = row
     return table
 
@@ -42,7 +67,7 @@ SIGNED = torch.tensor([name not in ("posterize", "solarize") for name in OPS])
 FIRST_GEOMETRIC, LAST_GEOMETRIC = OPS.index(GEOMETRIC[0]), OPS.index(GEOMETRIC[-1])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _map_table(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``[ops, 4, 6]``: each op's map (output pixel -> input pixel, as ``[B, 2, 3]`` flattened) as a linear
     function of ``(1, m, cos m, sin m)`` (m in degrees for the cosine and sine): shear about the top-left
@@ -52,8 +77,9 @@ def _map_table(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torc
     for name, k in (("shear_x", 1), ("translate_x", 2), ("shear_y", 3), ("translate_y", 5)):
         t[OPS.index(name), 1, k] = -1.0
     cx, cy = (w - 1) / 2, (h - 1) / 2
-    t[OPS.index("rotate")] = torch.tensor([[0, 0, cx, 0, 0, cy], [0.0] * 6, [1, 0, -cx, 0, 1, -cy],
-                                           [0, -1, cy, 1, 0, -cx]])
+    t[OPS.index("rotate")] = torch.tensor(
+        [[0, 0, cx, 0, 0, cy], [0.0] * 6, [1, 0, -cx, 0, 1, -cy], [0, -1, cy, 1, 0, -cx]]
+    )
     return t.to(device, dtype)
 
 
@@ -96,9 +122,9 @@ class TrivialAugment(Augmentation):
         lo, hi = spans[GEOMETRIC[0]][0], spans[GEOMETRIC[-1]][1]
         if hi > lo:
             maps = _inverse_maps(op[lo:hi], m[lo:hi], *x.shape[2:])
-            xs[lo:hi] = sample(xs[lo:hi], maps, tuple(x.shape[2:]), mode="nearest")
+            xs[lo:hi] = sample(xs[lo:hi], maps, cast("tuple[int, int]", tuple(x.shape[2:])), mode="nearest")
         self._enhance(xs, m, spans)
-        for name in OPS[OPS.index("posterize"):]:
+        for name in OPS[OPS.index("posterize") :]:
             lo, hi = spans[name]
             if hi > lo:
                 part = xs[lo:hi]

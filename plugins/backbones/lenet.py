@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any, cast
 
 from torch import nn
 
@@ -28,31 +29,45 @@ def lenet(ctx: BackboneContext, in_chans: int = 3, img_size: int = 32, weights: 
 
     validate_options("config: backbone", in_chans, img_size, weights)
     side = ((img_size - 4) // 2 - 4) // 2
-    features = nn.Sequential(OrderedDict(
-        stage1=nn.Sequential(nn.Conv2d(in_chans, 6, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
-        stage2=nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
-        flatten=nn.Flatten(),
-        fc1=nn.Sequential(nn.Linear(16 * side * side, 120), nn.ReLU(inplace=True)),
-        fc2=nn.Sequential(nn.Linear(120, 84), nn.ReLU(inplace=True)),
-    ))
+    features = nn.Sequential(
+        OrderedDict(
+            stage1=nn.Sequential(nn.Conv2d(in_chans, 6, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
+            stage2=nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
+            flatten=nn.Flatten(),
+            fc1=nn.Sequential(nn.Linear(16 * side * side, 120), nn.ReLU(inplace=True)),
+            fc2=nn.Sequential(nn.Linear(120, 84), nn.ReLU(inplace=True)),
+        )
+    )
     head, classes, mean, std = None, None, None, None
     if weights and not ctx.random_init:
         state = read_checkpoint(weights)
         try:
             features.load_state_dict(state.backbone)
         except RuntimeError as exc:
-            raise ConfigError(f"config: backbone.weights '{weights}' does not fit lenet(in_chans={in_chans}, "
-                              f"img_size={img_size}): {str(exc).splitlines()[0]}") from None
+            raise ConfigError(
+                f"config: backbone.weights '{weights}' does not fit lenet(in_chans={in_chans}, "
+                f"img_size={img_size}): {str(exc).splitlines()[0]}"
+            ) from None
         if state.head:
             if set(state.head) - {"weight", "bias"} or state.head["weight"].ndim != 2:
-                raise ConfigError(f"config: backbone.weights '{weights}': its head is not one linear layer, "
-                                  "which lenet's runner head needs; use a sftcore lenet checkpoint")
+                raise ConfigError(
+                    f"config: backbone.weights '{weights}': its head is not one linear layer, "
+                    "which lenet's runner head needs; use a sftcore lenet checkpoint"
+                )
             head = nn.Linear(84, state.head["weight"].shape[0])
             head.load_state_dict(state.head)
         classes, mean, std = state.classes, state.mean, state.std
-    return Backbone(features=features, num_features=84, input_size=(in_chans, img_size, img_size), head=head,
-                    source_classes=classes, blocks=["stage1", "stage2", "fc1", "fc2"],
-                    feature_maps=["stage1", "stage2"], mean=mean, std=std)
+    return Backbone(
+        features=features,
+        num_features=84,
+        input_size=(in_chans, img_size, img_size),
+        head=head,
+        source_classes=classes,
+        blocks=["stage1", "stage2", "fc1", "fc2"],
+        feature_maps=["stage1", "stage2"],
+        mean=mean,
+        std=std,
+    )
 
 
-lenet.validate_options = validate_options
+cast(Any, lenet).validate_options = validate_options  # a function attribute sftcore reads

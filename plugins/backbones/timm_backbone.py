@@ -17,6 +17,7 @@ import difflib
 import functools
 import math
 from pathlib import Path
+from typing import Any, TypeGuard, cast
 
 import timm
 import torch
@@ -28,14 +29,42 @@ from sftcore.errors import ConfigError, show
 
 WHERE = "config: backbone"
 # create_model arguments this factory sets itself; model_args must not fight over them.
-_RESERVED = {"pretrained": "pretrained", "pretrained_cfg": None, "pretrained_cfg_overlay": "weights",
-             "checkpoint_path": "weights", "num_classes": None, "in_chans": "in_chans", "features_only": None}
+_RESERVED = {
+    "pretrained": "pretrained",
+    "pretrained_cfg": None,
+    "pretrained_cfg_overlay": "weights",
+    "checkpoint_path": "weights",
+    "num_classes": None,
+    "in_chans": "in_chans",
+    "features_only": None,
+}
 
 
-def timm_backbone(ctx: BackboneContext, model: str = "resnet18", pretrained: bool = False,
-                  weights: str | None = None, model_args: dict | None = None, classes: list[str] | None = None,
-                  in_chans: int | None = None, mean: list[float] | None = None,
-                  std: list[float] | None = None, img_size: int | None = None) -> Backbone:
+def _input_geometry(cfg: dict, in_chans, img_size, args: dict) -> tuple[int, tuple[int, int], bool]:
+    """Channels, (height, width) and whether the model needs exactly that size (a ViT, or img_size set)."""
+    channels = in_chans or cfg.get("input_size", (3, 224, 224))[0]
+    size = img_size or args.get("img_size") or cfg.get("input_size", (3, 224, 224))[1:]
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    fixed = img_size is not None or (
+        bool(cfg.get("fixed_input_size", False))
+        and not args.get("dynamic_img_size", False)
+        and args.get("strict_img_size", True)
+    )
+    return channels, size, fixed
+
+
+def timm_backbone(
+    ctx: BackboneContext,
+    model: str = "resnet18",
+    pretrained: bool = False,
+    weights: str | None = None,
+    model_args: dict | None = None,
+    classes: list[str] | None = None,
+    in_chans: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    img_size: int | None = None,
+) -> Backbone:
     """Any timm model (model: resnet18, ...), hub weights or a local weights file.
 
     ``model_args`` go to ``timm.create_model`` (e.g. ``{img_size: 32}`` for a ViT); ``classes``
@@ -56,7 +85,7 @@ def timm_backbone(ctx: BackboneContext, model: str = "resnet18", pretrained: boo
     loaded = not ctx.random_init and (pretrained or weights is not None)
     net, source_classes, norm = _build(name, args, pretrained, weights, loaded)
     head = None
-    if loaded and getattr(net, "num_classes", 0):  # a random classifier is no source head
+    if loaded and bool(getattr(net, "num_classes", 0)):  # a random classifier is no source head
         head = _as_head(copy.deepcopy(net.get_classifier()))
     native = _native(net)  # before the classifier goes: its name and kind
     net.reset_classifier(0)  # forward() now returns pooled pre-logit features
@@ -65,10 +94,7 @@ def timm_backbone(ctx: BackboneContext, model: str = "resnet18", pretrained: boo
     if classes is not None and not ctx.random_init:
         source_classes = _check_classes(classes, head)
 
-    cfg = net.pretrained_cfg
-    channels = in_chans or cfg.get("input_size", (3, 224, 224))[0]
-    size = img_size or args.get("img_size") or cfg.get("input_size", (3, 224, 224))[1:]
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    channels, size, fixed = _input_geometry(net.pretrained_cfg, in_chans, img_size, args)
     weights_mean, weights_std = norm or (None, None)
     return Backbone(
         features=net,
@@ -82,9 +108,7 @@ def timm_backbone(ctx: BackboneContext, model: str = "resnet18", pretrained: boo
         feature_maps=_feature_maps(net),
         mean=_per_channel(mean if mean is not None else weights_mean, channels, "mean"),
         std=_per_channel(std if std is not None else weights_std, channels, "std"),
-        fixed_input_size=img_size is not None or (bool(cfg.get("fixed_input_size", False))
-                                                   and not args.get("dynamic_img_size", False)
-                                                   and args.get("strict_img_size", True)),
+        fixed_input_size=fixed,
         native_state_dict=native,
     )
 
@@ -95,35 +119,45 @@ def _build(name: str, args: dict, pretrained: bool, weights, loaded: bool):
         return _create(name, args), None, None
     if pretrained:
         net = _create(name, args, hub=True)
-        return net, _imagenet_names(net.num_classes), (net.pretrained_cfg.get("mean"), net.pretrained_cfg.get("std"))
+        # timm models' own attributes (nn.Module's __getattr__ would type them as Tensor | Module)
+        cfg = cast(dict, net.pretrained_cfg)
+        return net, _imagenet_names(cast(int, net.num_classes)), (cfg.get("mean"), cfg.get("std"))
     state, rows, source_classes, norm = _read_weights(weights, name)
     args["num_classes"] = rows
     # The file's head loads with its real number of rows (strictly, not dropped as a
     # mismatch); label_offset 0 keeps every row. `file` only records where it came from.
     overlay = dict(file=str(weights), state_dict=state, num_classes=rows, label_offset=0)
     net = _create(name, args, weights=weights, overlay=overlay)
-    net.pretrained_cfg.pop("state_dict", None)  # timm keeps its cfg on the model: drop that copy
+    cast(dict, net.pretrained_cfg).pop("state_dict", None)  # timm keeps its cfg on the model: drop that copy
     return net, source_classes, norm
 
 
 # --------------------------------------------------------------------------- checks
-def validate_options(where: str, model: str = "resnet18", pretrained: bool = False, weights: str | None = None,
-                     model_args: dict | None = None, classes: list[str] | None = None, in_chans: int | None = None,
-                     mean: list[float] | None = None, std: list[float] | None = None,
-                     img_size: int | None = None) -> None:
+def validate_options(
+    where: str,
+    model: str = "resnet18",
+    pretrained: bool = False,
+    weights: str | None = None,
+    model_args: dict | None = None,
+    classes: list[str] | None = None,
+    in_chans: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    img_size: int | None = None,
+) -> None:
     """Types and ranges of the options, checked when the config is resolved (before timm builds
     anything) and again by the factory, which checks what needs timm or the weights."""
     if not isinstance(model, str) or not model:
         raise ConfigError(f"{where}.model must be a timm model name such as resnet18, got {show(model)}")
     check_option("pretrained", pretrained, bool, where=where)
     if pretrained and weights is not None:
-        raise ConfigError(f"{where}: give either pretrained: true (timm hub) or weights: PATH (a local file), "
-                          "not both")
+        raise ConfigError(f"{where}: give either pretrained: true (timm hub) or weights: PATH (a local file), not both")
     if weights is not None and (not isinstance(weights, str) or not weights.strip()):
         raise ConfigError(f"{where}.weights must be the path of a weights file, got {show(weights)}")
     if model_args is not None and (not isinstance(model_args, dict) or not all(isinstance(k, str) for k in model_args)):
-        raise ConfigError(f"{where}.model_args must be a mapping of timm.create_model arguments, "
-                          f"got {show(model_args)}")
+        raise ConfigError(
+            f"{where}.model_args must be a mapping of timm.create_model arguments, got {show(model_args)}"
+        )
     if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
         raise ConfigError(f"{where}.classes must be a list of class names, got {show(classes)}")
     check_option("in_chans", in_chans, int, low=1, high=64, none=True, where=where)
@@ -131,11 +165,12 @@ def validate_options(where: str, model: str = "resnet18", pretrained: bool = Fal
     for what, values in (("mean", mean), ("std", std)):
         items = values if isinstance(values, (list, tuple)) else [values]
         if values is not None and not all(_finite(v) and (what == "mean" or v > 0) for v in items):
-            raise ConfigError(f"{where}.{what} must be a list of finite numbers{' > 0' if what == 'std' else ''}, "
-                              f"got {show(values)}")
+            raise ConfigError(
+                f"{where}.{what} must be a list of finite numbers{' > 0' if what == 'std' else ''}, got {show(values)}"
+            )
 
 
-def _finite(value) -> bool:
+def _finite(value: object) -> TypeGuard[int | float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     try:
@@ -144,7 +179,7 @@ def _finite(value) -> bool:
         return False
 
 
-timm_backbone.validate_options = validate_options
+cast(Any, timm_backbone).validate_options = validate_options  # a function attribute sftcore reads
 
 
 def _check_model(model) -> str:
@@ -154,15 +189,19 @@ def _check_model(model) -> str:
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
         hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-        raise ConfigError(f"{WHERE}: timm has no model '{model}'{hint}; list names with "
-                          f"python -c \"import timm; print(timm.list_models('{arch[:4]}*'))\"")
+        raise ConfigError(
+            f"{WHERE}: timm has no model '{model}'{hint}; list names with "
+            f"python -c \"import timm; print(timm.list_models('{arch[:4]}*'))\""
+        )
     if tag:
         try:
             get_pretrained_cfg(model)
         except RuntimeError:
             tags = [m.partition(".")[2] for m in timm.list_pretrained(f"{arch}.*")]
-            raise ConfigError(f"{WHERE}: timm model '{arch}' has no weights tagged '{tag}'; its tags are: "
-                              f"{', '.join(tags) or '(none)'}") from None
+            raise ConfigError(
+                f"{WHERE}: timm model '{arch}' has no weights tagged '{tag}'; its tags are: "
+                f"{', '.join(tags) or '(none)'}"
+            ) from None
     return model
 
 
@@ -172,8 +211,10 @@ def _check_model_args(model_args) -> dict:
     for key in model_args:
         if key in _RESERVED:
             use = _RESERVED[key]
-            raise ConfigError(f"{WHERE}.model_args: '{key}' is set by the backbone itself; "
-                              + (f"use the backbone option {use}: instead" if use else "remove it"))
+            raise ConfigError(
+                f"{WHERE}.model_args: '{key}' is set by the backbone itself; "
+                + (f"use the backbone option {use}: instead" if use else "remove it")
+            )
     return dict(model_args)
 
 
@@ -181,12 +222,16 @@ def _check_classes(classes, head) -> list[str]:
     if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
         raise ConfigError(f"{WHERE}.classes must be a list of class names, got {classes!r}")
     if head is None:
-        raise ConfigError(f"{WHERE}.classes names the rows of the classifier that comes with the weights, "
-                          "but there is none (no weights, or a file without one); remove classes:")
+        raise ConfigError(
+            f"{WHERE}.classes names the rows of the classifier that comes with the weights, "
+            "but there is none (no weights, or a file without one); remove classes:"
+        )
     rows = _rows(head)
     if rows is not None and rows != len(classes):
-        raise ConfigError(f"{WHERE}.classes has {len(classes)} names but the weights' classifier has {rows} "
-                          "rows; give one name per row")
+        raise ConfigError(
+            f"{WHERE}.classes has {len(classes)} names but the weights' classifier has {rows} "
+            "rows; give one name per row"
+        )
     return list(classes)
 
 
@@ -200,8 +245,10 @@ def _per_channel(values, channels: int, what: str):
         raise ConfigError(f"{WHERE}.{what} must be a list of numbers, got {values!r}") from None
     if len(values) == 1 or len(values) != channels:
         if len(values) not in (1, 3):
-            raise ConfigError(f"{WHERE}.{what} has {len(values)} values for {channels} input channels; "
-                              "give one value or one per channel")
+            raise ConfigError(
+                f"{WHERE}.{what} has {len(values)} values for {channels} input channels; "
+                "give one value or one per channel"
+            )
         values = [sum(values) / len(values)] * channels
     return tuple(values)
 
@@ -213,26 +260,33 @@ def _create(name: str, args: dict, hub: bool = False, weights=None, overlay: dic
     if hub:
         cfg = get_pretrained_cfg(name)
         if cfg is None or not cfg.has_weights:
-            raise ConfigError(f"{WHERE}: timm has no pretrained weights for '{name}'; use pretrained: false, "
-                              "another model, or weights: PATH")
+            raise ConfigError(
+                f"{WHERE}: timm has no pretrained weights for '{name}'; use pretrained: false, "
+                "another model, or weights: PATH"
+            )
     try:
-        return timm.create_model(name, pretrained=hub or overlay is not None, pretrained_cfg_overlay=overlay,
-                                 **args)
+        return timm.create_model(name, pretrained=hub or overlay is not None, pretrained_cfg_overlay=overlay, **args)
     except TypeError as exc:
         if "argument" not in str(exc):
             raise
         raise ConfigError(f"{WHERE}.model_args: timm model '{name}' does not take them: {_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - the hub and file loaders raise many kinds
-        if hub and (isinstance(exc, OSError) or type(exc).__module__.startswith(
-                ("huggingface_hub", "requests", "urllib"))):
+        if hub and (
+            isinstance(exc, OSError) or type(exc).__module__.startswith(("huggingface_hub", "requests", "urllib"))
+        ):
             cfg = get_pretrained_cfg(name)
+            assert cfg is not None  # hub: checked above, before create_model
             where = cfg.hf_hub_id or cfg.url
-            raise ConfigError(f"{WHERE}: could not get pretrained weights for '{name}' from {where} (offline or "
-                              f"not cached? {type(exc).__name__}: {_line(exc, 120)}); download the weights "
-                              "elsewhere and pass weights: PATH") from None
+            raise ConfigError(
+                f"{WHERE}: could not get pretrained weights for '{name}' from {where} (offline or "
+                f"not cached? {type(exc).__name__}: {_line(exc, 120)}); download the weights "
+                "elsewhere and pass weights: PATH"
+            ) from None
         if overlay is not None and isinstance(exc, (RuntimeError, KeyError, ValueError, AssertionError)):
-            raise ConfigError(f"{WHERE}.weights '{weights}' does not fit timm model '{name}' "
-                              f"(check model, in_chans and model_args): {_line(exc)}") from None
+            raise ConfigError(
+                f"{WHERE}.weights '{weights}' does not fit timm model '{name}' "
+                f"(check model, in_chans and model_args): {_line(exc)}"
+            ) from None
         raise
 
 
@@ -249,8 +303,10 @@ def _read_weights(path, name: str):
     """
     p = Path(str(path)).expanduser()
     if not p.is_file():
-        raise ConfigError(f"{WHERE}.weights '{path}' is not a file; give the path of a weights file "
-                          "(.pth/.pt/.safetensors or a sftcore checkpoints/<stage>.pt)")
+        raise ConfigError(
+            f"{WHERE}.weights '{path}' is not a file; give the path of a weights file "
+            "(.pth/.pt/.safetensors or a sftcore checkpoints/<stage>.pt)"
+        )
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -259,8 +315,10 @@ def _read_weights(path, name: str):
         else:
             raw = _torch_load(p)
     except Exception as exc:  # noqa: BLE001 - corrupt files raise anything from pickle to zipfile
-        raise ConfigError(f"{WHERE}.weights '{path}' could not be read ({type(exc).__name__}: {_line(exc)}); "
-                          "is it a torch or safetensors weights file?") from None
+        raise ConfigError(
+            f"{WHERE}.weights '{path}' could not be read ({type(exc).__name__}: {_line(exc)}); "
+            "is it a torch or safetensors weights file?"
+        ) from None
 
     cfg = get_pretrained_cfg(name)
     classifier = cfg.classifier if cfg is not None else None
@@ -277,8 +335,10 @@ def _read_weights(path, name: str):
                     state = raw[key]
                     break
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise ConfigError(f"{WHERE}.weights '{path}' holds no state dict of tensors; save one with "
-                          "torch.save(model.state_dict(), PATH)")
+        raise ConfigError(
+            f"{WHERE}.weights '{path}' holds no state dict of tensors; save one with "
+            "torch.save(model.state_dict(), PATH)"
+        )
     state = clean_state_dict(dict(state))
     weight = state.get(f"{classifier}.weight") if classifier else None
     rows = int(weight.shape[0]) if weight is not None else 0
@@ -312,16 +372,19 @@ def _from_sftcore(raw: dict, classifier: str | None, path):
     """A sftcore checkpoint as a timm state dict: ``backbone.*`` is the timm model without its
     classifier; a linear ``head.*`` becomes that classifier."""
     model = raw["model"]
-    state = {k[len("backbone."):]: v for k, v in model.items() if k.startswith("backbone.")}
-    head = {k[len("head."):]: v for k, v in model.items() if k.startswith("head.")}
+    state = {k[len("backbone.") :]: v for k, v in model.items() if k.startswith("backbone.")}
+    head = {k[len("head.") :]: v for k, v in model.items() if k.startswith("head.")}
     classes = raw.get("classes")
     if classifier and set(head) in ({"weight"}, {"weight", "bias"}) and head["weight"].ndim == 2:
         state.update({f"{classifier}.{k}": v for k, v in head.items()})
     elif head:
         import warnings
 
-        warnings.warn(f"{WHERE}.weights '{path}': its head is not one linear layer, so only the backbone "
-                      "is loaded (no source head)", stacklevel=3)
+        warnings.warn(
+            f"{WHERE}.weights '{path}': its head is not one linear layer, so only the backbone "
+            "is loaded (no source head)",
+            stacklevel=3,
+        )
         classes = None
     norm = (raw["mean"], raw["std"]) if raw.get("mean") is not None and raw.get("std") is not None else None
     classes = list(classes) if isinstance(classes, (list, tuple)) else None
@@ -350,7 +413,7 @@ def _native(net: nn.Module):
     if not isinstance(name, str) or not name:
         return None  # e.g. distilled ViTs: (head, head_dist)
     try:
-        classifier = net.get_classifier()
+        classifier = net.get_classifier()  # type: ignore[operator]  # timm's method, typed by Module.__getattr__
         if net.get_submodule(name) is not classifier:
             return None
     except (AttributeError, NotImplementedError):
@@ -397,7 +460,7 @@ def _blocks(net: nn.Module) -> list[str | list[str]]:
     directly on the model (a ViT's ``cls_token``, ``pos_embed``) have no submodule and are left out.
     """
     try:
-        groups = group_parameters(net, net.group_matcher(coarse=True))
+        groups = group_parameters(net, net.group_matcher(coarse=True))  # type: ignore[operator]  # see _native
     except (AttributeError, NotImplementedError, TypeError):
         return []  # no grouping declared: the runner treats the backbone as one block
     blocks = []

@@ -6,12 +6,24 @@ import csv
 import io
 import os
 from pathlib import Path
+from typing import cast
 
 from sftcore.api import Callback, RunInfo, StageInfo
 from sftcore.errors import ConfigError, show
 
-COLUMNS = ("stage", "seed", "epoch", "train_loss", "train_accuracy", "penalty", "val_loss", "val_accuracy", "lr",
-           "trainable_params", "seconds")
+COLUMNS = (
+    "stage",
+    "seed",
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "penalty",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "trainable_params",
+    "seconds",
+)
 
 
 def _cell(value) -> str:
@@ -72,7 +84,11 @@ class CSVLog(Callback):
             return
         rows = self._read()
         done = len(stage.history)
-        mine = {_epoch(row): _line_of(row) for row in rows if row["stage"] == stage.name and _epoch(row) <= done}
+        mine = {
+            _epoch(row): _line_of(row)
+            for row in rows
+            if row["stage"] == stage.name and cast(int, _epoch(row)) <= done  # _read keeps rows with an epoch
+        }
         lines = [_line_of(row) for row in rows if row["stage"] != stage.name]
         for i, record in enumerate(stage.history, 1):
             lines.append(mine.get(record.get("epoch", i)) or _line(record, stage.name))
@@ -97,13 +113,14 @@ class CSVLog(Callback):
 
     def _read(self) -> list[dict]:
         """The well-formed rows of the file: a row cut short by a kill is dropped."""
+        assert self.path is not None  # read only once _target found the file
         try:
             with self.path.open(newline="") as f:
                 text = f.read()
         except FileNotFoundError:
             return []
         if text and not text.endswith("\n"):  # the last row was cut short
-            text = text[:text.rfind("\n") + 1]
+            text = text[: text.rfind("\n") + 1]
         rows = list(csv.reader(io.StringIO(text)))
         if not rows or tuple(rows[0]) != COLUMNS:
             return []
@@ -112,6 +129,7 @@ class CSVLog(Callback):
 
     def _rewrite(self, lines: list[str]) -> None:
         """Header and ``lines``, written to a temporary file and renamed over the old one."""
+        assert self.path is not None  # written only once on_run_start or _target set the file
         header = io.StringIO()
         csv.writer(header, lineterminator="\n").writerow(COLUMNS)
         tmp = self.path.with_name(f".{self.path.name}.tmp")

@@ -25,8 +25,14 @@ class EarlyStopping(Callback):
     needs validation data in the stage (``dataset.val_fraction`` above 0).
     """
 
-    def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 5, min_delta: float = 0.0,
-                 stages: list[str] | None = None):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        patience: int = 5,
+        min_delta: float = 0.0,
+        stages: list[str] | None = None,
+    ):
         self.validate_options("config: callback early_stopping", monitor, mode, patience, min_delta, stages)
         self.monitor = monitor
         self.minimize = ("loss" in monitor) if mode == "auto" else mode == "min"
@@ -35,16 +41,25 @@ class EarlyStopping(Callback):
         self.stages = None if stages is None else tuple(stages)
 
     @staticmethod
-    def validate_options(where: str, monitor: str = "val_loss", mode: str = "auto", patience: int = 5,
-                         min_delta: float = 0.0, stages: list[str] | None = None) -> None:
+    def validate_options(
+        where: str,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        patience: int = 5,
+        min_delta: float = 0.0,
+        stages: list[str] | None = None,
+    ) -> None:
         check_option("monitor", monitor, str, choices=MONITORS, where=where)
         check_option("mode", mode, str, choices=MODES, where=where)
         check_option("patience", patience, int, low=1, where=where)
         check_option("min_delta", min_delta, float, low=0.0, where=where)
-        if stages is not None and (not isinstance(stages, list) or not stages
-                                   or not all(isinstance(s, str) and s in STAGES for s in stages)):
-            raise ConfigError(f"{where}.stages must be null (every stage) or a non-empty list of "
-                              f"{', '.join(STAGES)}, got {show(stages)}")
+        if stages is not None and (
+            not isinstance(stages, list) or not stages or not all(isinstance(s, str) and s in STAGES for s in stages)
+        ):
+            raise ConfigError(
+                f"{where}.stages must be null (every stage) or a non-empty list of "
+                f"{', '.join(STAGES)}, got {show(stages)}"
+            )
 
     def applies(self, stage: StageInfo) -> bool:
         return self.stages is None or stage.stage in self.stages
@@ -54,7 +69,8 @@ class EarlyStopping(Callback):
             raise ConfigError(
                 f"config: callbacks early_stopping monitors {self.monitor} but stage {stage.stage} has no "
                 f"validation data; set its dataset.val_fraction above 0, or monitor: "
-                f"{self.monitor.replace('val_', 'train_', 1)}")
+                f"{self.monitor.replace('val_', 'train_', 1)}"
+            )
 
     def epochs_without_improvement(self, history: list[dict]) -> int:
         """How many of the last epochs of ``history`` did not improve on the best before them."""
@@ -62,8 +78,9 @@ class EarlyStopping(Callback):
         for record in history:
             value = record.get(self.monitor)
             finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if finite and (best is None or (value < best - self.min_delta if self.minimize
-                                            else value > best + self.min_delta)):
+            if finite and (
+                best is None or (value < best - self.min_delta if self.minimize else value > best + self.min_delta)
+            ):
                 best, since = value, 0
             else:
                 since += 1
@@ -76,5 +93,7 @@ class EarlyStopping(Callback):
         if not history or history[-1].get("epoch") != record.get("epoch"):  # the loop appends it first
             history.append(record)
         if self.epochs_without_improvement(history) >= self.patience:
-            stage.request_stop(f"early_stopping: {self.monitor} did not improve by more than {self.min_delta} "
-                               f"for {self.patience} epochs")
+            stage.request_stop(
+                f"early_stopping: {self.monitor} did not improve by more than {self.min_delta} "
+                f"for {self.patience} epochs"
+            )

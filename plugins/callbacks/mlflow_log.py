@@ -10,9 +10,13 @@ import re
 import time
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeGuard
 
 from sftcore.api import Callback, RunInfo, StageInfo, check_option
 from sftcore.errors import ConfigError, show
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 STATE_FILE = "mlflow-run.json"  # in the run directory: the MLflow run that --resume continues
 PARAM_VALUE_LIMIT = 500
@@ -41,7 +45,7 @@ def flatten(config, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _number(value) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -66,8 +70,13 @@ class MLflowLog(Callback):
     MLflow's global tracking URI and active run alone.
     """
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str = "sftcore", run_name: str | None = None,
-                 artifacts: bool = True):
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment: str = "sftcore",
+        run_name: str | None = None,
+        artifacts: bool = True,
+    ):
         self.validate_options("config: callback mlflow", tracking_uri, experiment, run_name, artifacts)
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -75,14 +84,21 @@ class MLflowLog(Callback):
         self.artifacts = artifacts
         self.run_id: str | None = None
         self.run_dir: Path | None = None
-        self.client = None
+        self.client: MlflowClient | None = None
 
     @staticmethod
-    def validate_options(where: str, tracking_uri: str | None = None, experiment: str = "sftcore",
-                         run_name: str | None = None, artifacts: bool = True) -> None:
+    def validate_options(
+        where: str,
+        tracking_uri: str | None = None,
+        experiment: str = "sftcore",
+        run_name: str | None = None,
+        artifacts: bool = True,
+    ) -> None:
         if tracking_uri is not None and (not isinstance(tracking_uri, str) or not tracking_uri.strip()):
-            raise ConfigError(f"{where}.tracking_uri must be an MLflow tracking URI (file:/path/mlruns, "
-                              f"http://host:5000, ...) or null, got {show(tracking_uri)}")
+            raise ConfigError(
+                f"{where}.tracking_uri must be an MLflow tracking URI (file:/path/mlruns, "
+                f"http://host:5000, ...) or null, got {show(tracking_uri)}"
+            )
         if not isinstance(experiment, str) or not experiment.strip():
             raise ConfigError(f"{where}.experiment must be an MLflow experiment name, got {show(experiment)}")
         check_option("run_name", run_name, str, none=True, where=where)
@@ -92,8 +108,7 @@ class MLflowLog(Callback):
 
     def resolved_uri(self) -> str:
         """The tracking URI in use: the option, MLFLOW_TRACKING_URI, or ``./mlruns`` as a file: URI."""
-        return (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                or Path("mlruns").absolute().as_uri())
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or Path("mlruns").absolute().as_uri()
 
     # ------------------------------------------------------------------ events
     def on_run_start(self, run: RunInfo) -> None:
@@ -131,8 +146,9 @@ class MLflowLog(Callback):
 
         from mlflow.entities import Param
 
-        new = [Param(k, v) for k, v in flatten(run.config or {}).items()
-               if k not in logged]  # MLflow refuses to change a param a resumed run logged
+        new = [
+            Param(k, v) for k, v in flatten(run.config or {}).items() if k not in logged
+        ]  # MLflow refuses to change a param a resumed run logged
         if new:
             client.log_batch(self.run_id, params=new)
 
@@ -154,20 +170,22 @@ class MLflowLog(Callback):
     def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        # called while a run is open: on_run_start made the client, then the run id
+        assert self.client is not None and self.run_id is not None
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
     def on_epoch_end(self, stage: StageInfo, record: dict) -> None:
         if self.run_id is None:
             return
-        metrics = {f"{stage.name}/{k}": float(v) for k, v in record.items()
-                   if _number(v) and k not in SKIPPED_METRICS}
+        metrics = {f"{stage.name}/{k}": float(v) for k, v in record.items() if _number(v) and k not in SKIPPED_METRICS}
         if metrics:
             self._log_metrics(metrics, int(record.get("epoch", len(stage.history))))
 
     def on_run_end(self, run: RunInfo, summary: dict) -> None:
         if self.run_id is None:
             return
+        assert self.client is not None  # on_run_start made it before the run id
         try:
             numbers = summary_metrics(summary)
             if numbers:
@@ -193,6 +211,7 @@ class MLflowLog(Callback):
         return state["run_id"]
 
     def _write_state(self, state: dict) -> None:
+        assert self.run_dir is not None  # written only for a run with a run directory
         path = self.run_dir / STATE_FILE
         tmp = path.with_name(f".{STATE_FILE}.tmp")
         tmp.write_text(json.dumps(state, indent=2) + "\n")

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeGuard
 
 from sftcore.api import Callback, RunInfo, StageInfo
 from sftcore.errors import ConfigError, show
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
 # record key -> scalar tag
-SCALARS = (("train_loss", "train/loss"), ("train_accuracy", "train/accuracy"), ("val_loss", "val/loss"),
-           ("val_accuracy", "val/accuracy"), ("lr", "lr"), ("penalty", "penalty"))
+SCALARS = (
+    ("train_loss", "train/loss"),
+    ("train_accuracy", "train/accuracy"),
+    ("val_loss", "val/loss"),
+    ("val_accuracy", "val/accuracy"),
+    ("lr", "lr"),
+    ("penalty", "penalty"),
+)
 
 
-def _number(value) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -33,7 +43,7 @@ class TensorBoardLog(Callback):
     def __init__(self, log_dir: str | None = None):
         self.validate_options("config: callback tensorboard", log_dir)
         self.log_dir = log_dir
-        self.writers: dict[str, object] = {}
+        self.writers: dict[str, SummaryWriter] = {}
 
     @staticmethod
     def validate_options(where: str, log_dir: str | None = None) -> None:

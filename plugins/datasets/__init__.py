@@ -5,11 +5,23 @@ from sftcore import hookimpl
 
 @hookimpl
 def register_datasets(register):
-    register("cifar10", "sftcore_plugins.datasets.cifar:cifar10",
-             "CIFAR-10 in torchvision's on-disk format under root (download: true fetches it)")
-    register("cifar100", "sftcore_plugins.datasets.cifar:cifar100",
-             "CIFAR-100 in torchvision's on-disk format under root (download: true fetches it)")
-    register("image_folder", "sftcore_plugins.datasets.image_folder:image_folder",
-             "Your own images: one sub-folder per class, any size, resized to the backbone's input")
-    register("shapes", "sftcore_plugins.datasets.shapes:shapes",
-             "Embedded procedural shapes, generated from a seed: task source or target, no files")
+    register(
+        "cifar10",
+        "sftcore_plugins.datasets.cifar:cifar10",
+        "CIFAR-10 in torchvision's on-disk format under root (download: true fetches it)",
+    )
+    register(
+        "cifar100",
+        "sftcore_plugins.datasets.cifar:cifar100",
+        "CIFAR-100 in torchvision's on-disk format under root (download: true fetches it)",
+    )
+    register(
+        "image_folder",
+        "sftcore_plugins.datasets.image_folder:image_folder",
+        "Your own images: one sub-folder per class, any size, resized to the backbone's input",
+    )
+    register(
+        "shapes",
+        "sftcore_plugins.datasets.shapes:shapes",
+        "Embedded procedural shapes, generated from a seed: task source or target, no files",
+    )

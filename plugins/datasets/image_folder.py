@@ -11,18 +11,28 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any, cast
 
 from sftcore.api import Augment, DatasetContext, DataSplits, FileSet, ImageSet, check_option
 from sftcore.errors import ConfigError, SftError, show
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 _SKIP = {"__MACOSX"}  # archive debris, not a class
-_LAYOUT = ("one sub-folder per class (root/<class>/*.jpg), or root/train/<class>/* with optional "
-           "root/val/<class>/* and root/test/<class>/*")
+_LAYOUT = (
+    "one sub-folder per class (root/<class>/*.jpg), or root/train/<class>/* with optional "
+    "root/val/<class>/* and root/test/<class>/*"
+)
 
 
-def validate_options(where: str, root: str | None = None, test_ratio: float = 0.2, in_memory: bool | str = "auto",
-                     crop_padding: int | None = None, flip: bool = False, extensions: list[str] | None = None) -> None:
+def validate_options(
+    where: str,
+    root: str | None = None,
+    test_ratio: float = 0.2,
+    in_memory: bool | str = "auto",
+    crop_padding: int | None = None,
+    flip: bool = False,
+    extensions: list[str] | None = None,
+) -> None:
     """Every option's type and range, checked when the config is resolved (before anything is built,
     and before pretraining when this is the finetune dataset) and again by the factory."""
     if root is None:
@@ -38,34 +48,51 @@ def validate_options(where: str, root: str | None = None, test_ratio: float = 0.
     _extensions(extensions, where)
 
 
-def image_folder(ctx: DatasetContext, root: str | None = None, test_ratio: float = 0.2,
-                 in_memory: bool | str = "auto", crop_padding: int | None = None, flip: bool = False,
-                 extensions: list[str] | None = None) -> DataSplits:
+def image_folder(
+    ctx: DatasetContext,
+    root: str | None = None,
+    test_ratio: float = 0.2,
+    in_memory: bool | str = "auto",
+    crop_padding: int | None = None,
+    flip: bool = False,
+    extensions: list[str] | None = None,
+) -> DataSplits:
     """Images in class sub-folders; layout root/train|val|test/<class>/ or root/<class>/ split by test_ratio."""
     where = f"config: {ctx.stage}.dataset"
     validate_options(where, root, test_ratio, in_memory, crop_padding, flip, extensions)
     channels, height, width = ctx.input_size
     if channels not in (1, 3):
-        raise SftError(f"{where} image_folder makes 1- or 3-channel images, but the backbone takes {channels}; "
-                       "choose a backbone with 1 or 3 input channels")
+        raise SftError(
+            f"{where} image_folder makes 1- or 3-channel images, but the backbone takes {channels}; "
+            "choose a backbone with 1 or 3 input channels"
+        )
     if crop_padding is None:
         crop_padding = round(height / 8)
     exts = _extensions(extensions, where)
     root_path = Path(os.path.expanduser(str(root)))
     if not root_path.is_dir():
-        raise SftError(f"dataset image_folder: root {root_path.resolve()} is not a folder; point root at "
-                       "the folder holding your images, " + _LAYOUT)
+        raise SftError(
+            f"dataset image_folder: root {root_path.resolve()} is not a folder; point root at "
+            "the folder holding your images, " + _LAYOUT
+        )
     classes, splits = _scan(root_path, exts, test_ratio, ctx.seed)
     shape = (channels, height, width)
     total = sum(len(items) for items in splits.values() if items) * channels * height * width
     memory = total <= ctx.max_memory_bytes if in_memory == "auto" else in_memory
     make = _decode_all if memory else _file_set
     sets = {name: make(items, shape) if items else None for name, items in splits.items()}
-    return DataSplits(classes=classes, train=sets["train"], val=sets["val"], test=sets["test"],
-                      augment=Augment(crop_padding=crop_padding, flip=flip))
+    train = sets["train"]
+    assert train is not None  # _scan gives every class at least one training image
+    return DataSplits(
+        classes=classes,
+        train=train,
+        val=sets["val"],
+        test=sets["test"],
+        augment=Augment(crop_padding=crop_padding, flip=flip),
+    )
 
 
-image_folder.validate_options = validate_options
+cast(Any, image_folder).validate_options = validate_options  # a function attribute sftcore reads
 
 
 # --------------------------------------------------------------------------- finding files
@@ -74,8 +101,11 @@ def _extensions(extensions, where: str) -> tuple[str, ...]:
         return EXTENSIONS
     if isinstance(extensions, str):
         extensions = [extensions]
-    if not isinstance(extensions, (list, tuple)) or not extensions or not all(
-            isinstance(e, str) and e.strip(".") for e in extensions):
+    if (
+        not isinstance(extensions, (list, tuple))
+        or not extensions
+        or not all(isinstance(e, str) and e.strip(".") for e in extensions)
+    ):
         raise ConfigError(f"{where}.extensions must be a list like [.jpg, .png], got {show(extensions)}")
     return tuple("." + e.lower().lstrip(".") for e in extensions)
 
@@ -92,13 +122,16 @@ def _real_dir(path: Path, root: Path) -> bool:
     target = path.resolve()
     if target == root or root in target.parents:
         return False
-    raise SftError(f"dataset image_folder: {path} links to {target}, outside the root {root}; image_folder "
-                   "does not follow folder links out of its root: move or copy that folder into the root")
+    raise SftError(
+        f"dataset image_folder: {path} links to {target}, outside the root {root}; image_folder "
+        "does not follow folder links out of its root: move or copy that folder into the root"
+    )
 
 
 def _visible_dirs(folder: Path, root: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if not p.name.startswith(".") and p.name not in _SKIP and _real_dir(p, root))
+    return sorted(
+        p for p in folder.iterdir() if not p.name.startswith(".") and p.name not in _SKIP and _real_dir(p, root)
+    )
 
 
 def _regular_file(path: str) -> bool:
@@ -112,11 +145,18 @@ def _regular_file(path: str) -> bool:
 def _images(folder: Path, exts: tuple[str, ...], root: Path) -> list[str]:
     """Image files under a class folder (recursively, sorted, hidden files skipped); folder links are
     not followed (see _real_dir) and only regular files are taken."""
-    out = []
+    out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and _real_dir(Path(dirpath, d), root))
-        out.extend(path for path in (os.path.join(dirpath, f) for f in sorted(filenames)
-                                     if not f.startswith(".") and f.lower().endswith(exts)) if _regular_file(path))
+        out.extend(
+            path
+            for path in (
+                os.path.join(dirpath, f)
+                for f in sorted(filenames)
+                if not f.startswith(".") and f.lower().endswith(exts)
+            )
+            if _regular_file(path)
+        )
     return out
 
 
@@ -124,8 +164,10 @@ def _class_files(folder: Path, exts, root: Path) -> dict[str, list[str]]:
     found = {d.name: _images(d, exts, root) for d in _visible_dirs(folder, root)}
     empty = [name for name, files in found.items() if not files]
     if empty:
-        raise SftError(f"dataset image_folder: class folder(s) {', '.join(empty)} in {folder.resolve()} hold no "
-                       f"images ({' '.join(exts)}); add images, remove the folder(s), or set extensions")
+        raise SftError(
+            f"dataset image_folder: class folder(s) {', '.join(empty)} in {folder.resolve()} hold no "
+            f"images ({' '.join(exts)}); add images, remove the folder(s), or set extensions"
+        )
     return found
 
 
@@ -138,9 +180,11 @@ def _scan(root: Path, exts, test_ratio: float, seed: int):
     if not found:
         raise SftError(f"dataset image_folder: found no class folders in {root.resolve()}; expected " + _LAYOUT)
     if len(found) < 2:  # one class: every prediction is right, and the run would report 100% accuracy
-        raise SftError(f"dataset image_folder: {(train_dir if layout_a else root).resolve()} holds one class "
-                       f"folder ({show(next(iter(found)))}); a classifier needs at least 2 classes: add a folder "
-                       "per class")
+        raise SftError(
+            f"dataset image_folder: {(train_dir if layout_a else root).resolve()} holds one class "
+            f"folder ({show(next(iter(found)))}); a classifier needs at least 2 classes: add a folder "
+            "per class"
+        )
     classes = sorted(found)
     index = {c: i for i, c in enumerate(classes)}
     if not layout_a:
@@ -154,9 +198,11 @@ def _scan(root: Path, exts, test_ratio: float, seed: int):
         other = _class_files(folder, exts, real)
         unknown = sorted(set(other) - set(classes))
         if unknown:
-            raise SftError(f"dataset image_folder: {folder.resolve()} has class folder(s) {', '.join(unknown)} "
-                           f"that {train_dir.resolve()} lacks; every {name} class needs training images; "
-                           "add them to train or remove those folders")
+            raise SftError(
+                f"dataset image_folder: {folder.resolve()} has class folder(s) {', '.join(unknown)} "
+                f"that {train_dir.resolve()} lacks; every {name} class needs training images; "
+                "add them to train or remove those folders"
+            )
         splits[name] = [(p, index[c]) for c in sorted(other) for p in other[c]] or None
     return classes, splits
 
@@ -166,7 +212,8 @@ def _stratified_split(found: dict[str, list[str]], index: dict[str, int], test_r
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    train, test = [], []
+    train: list[tuple[str, int]] = []
+    test: list[tuple[str, int]] = []
     for c in sorted(found):
         files = found[c]
         order = torch.randperm(len(files), generator=g).tolist()
@@ -184,6 +231,7 @@ def decode(path: str, shape: tuple[int, int, int]):
     from PIL import Image, ImageOps
 
     channels, height, width = shape
+    img: Image.Image
     try:
         with Image.open(path) as img:
             # JPEG can decode at 1/2, 1/4, 1/8 scale, never below the requested size: far faster for
@@ -249,7 +297,7 @@ class ImageLoader:
     """``load(i)`` for a FileSet; a plain class so DataLoader workers can pickle it."""
 
     def __init__(self, paths: list[str], shape: tuple[int, int, int]):
-        self.paths, self.shape = paths, tuple(shape)
+        self.paths, self.shape = paths, cast("tuple[int, int, int]", tuple(shape))
 
     def __call__(self, i: int):
         return decode(self.paths[i], self.shape)
@@ -258,5 +306,8 @@ class ImageLoader:
 def _file_set(items: list[tuple[str, int]], shape) -> FileSet:
     import torch
 
-    return FileSet(load=ImageLoader([p for p, _ in items], shape),
-                   labels=torch.tensor([y for _, y in items], dtype=torch.int64), image_shape=tuple(shape))
+    return FileSet(
+        load=ImageLoader([p for p, _ in items], shape),
+        labels=torch.tensor([y for _, y in items], dtype=torch.int64),
+        image_shape=tuple(shape),
+    )

@@ -8,6 +8,7 @@ colour and background noise, so that features learned on the source really help 
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 
@@ -91,8 +92,15 @@ def classes(task: str) -> list[tuple[str, str, str | None]]:
 
 
 # --------------------------------------------------------------------------- rendering
-def render(shape_fns, labels: torch.Tensor, styles: torch.Tensor, size: int, g: torch.Generator,
-           noise: float = 0.03, rotation: float = 360.0) -> torch.Tensor:
+def render(
+    shape_fns,
+    labels: torch.Tensor,
+    styles: torch.Tensor,
+    size: int,
+    g: torch.Generator,
+    noise: float = 0.03,
+    rotation: float = 360.0,
+) -> torch.Tensor:
     """uint8 [N, 3, size, size] images; styles: 0 filled, 1 outline."""
     n = len(labels)
     u = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
@@ -125,8 +133,7 @@ def render(shape_fns, labels: torch.Tensor, styles: torch.Tensor, size: int, g: 
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def generate(task: str, split: str, per_class: int, seed: int, size: int, noise: float,
-             rotation: float) -> ImageSet:
+def generate(task: str, split: str, per_class: int, seed: int, size: int, noise: float, rotation: float) -> ImageSet:
     table = classes(task)
     fns = [(SOURCE_SHAPES if task == "source" else TARGET_SHAPES)[shape] for _, shape, _ in table]
     stream = ["source-train", "source-test", "target-train", "target-test"].index(f"{task}-{split}")
@@ -137,8 +144,12 @@ def generate(task: str, split: str, per_class: int, seed: int, size: int, noise:
         styles = torch.tensor([0 if st == "filled" else 1 for _, _, st in table])[labels]
     else:
         styles = (torch.rand(len(labels), generator=g) < 0.5).long()
-    images = torch.cat([render(fns, labels[i:i + 4096], styles[i:i + 4096], size, g, noise, rotation)
-                        for i in range(0, len(labels), 4096)])
+    images = torch.cat(
+        [
+            render(fns, labels[i : i + 4096], styles[i : i + 4096], size, g, noise, rotation)
+            for i in range(0, len(labels), 4096)
+        ]
+    )
     return ImageSet(images, labels)
 
 
@@ -146,8 +157,16 @@ MAX_PER_CLASS = 100_000
 MAX_BYTES = 4 << 30  # the rendered images, train and test, are held in memory
 
 
-def validate_options(where: str, task: str = "source", train_per_class: int = 1000, test_per_class: int = 300,
-                     seed: int = 0, size: int = 32, noise: float = 0.03, rotation: float = 360.0) -> None:
+def validate_options(
+    where: str,
+    task: str = "source",
+    train_per_class: int = 1000,
+    test_per_class: int = 300,
+    seed: int = 0,
+    size: int = 32,
+    noise: float = 0.03,
+    rotation: float = 360.0,
+) -> None:
     """Every option's type and range, called when the config is resolved and again by the factory: a
     bad value names itself in one line instead of failing in torch (``size: big``) or allocating far
     more memory than exists (``size: 1000000`` asks for 160 TB)."""
@@ -161,20 +180,35 @@ def validate_options(where: str, task: str = "source", train_per_class: int = 10
     check_option("rotation", rotation, float, low=0.0, high=360.0, where=where)
     total = (train_per_class + test_per_class) * len(classes(task)) * 3 * size * size
     if total > MAX_BYTES:
-        raise ConfigError(f"{where}: shapes with size {size} and {train_per_class} + {test_per_class} images per "
-                          f"class need {total / 2**30:.1f} GiB; at most {MAX_BYTES >> 30} GiB: lower size or the "
-                          "per-class counts")
+        raise ConfigError(
+            f"{where}: shapes with size {size} and {train_per_class} + {test_per_class} images per "
+            f"class need {total / 2**30:.1f} GiB; at most {MAX_BYTES >> 30} GiB: lower size or the "
+            "per-class counts"
+        )
 
 
-def shapes(ctx: DatasetContext, task: str = "source", train_per_class: int = 1000, test_per_class: int = 300,
-           seed: int = 0, size: int = 32, noise: float = 0.03, rotation: float = 360.0) -> DataSplits:
+def shapes(
+    ctx: DatasetContext,
+    task: str = "source",
+    train_per_class: int = 1000,
+    test_per_class: int = 300,
+    seed: int = 0,
+    size: int = 32,
+    noise: float = 0.03,
+    rotation: float = 360.0,
+) -> DataSplits:
     """Procedural shapes; ``task: source`` (10 classes) or ``task: target`` (5 other classes)."""
-    validate_options(f"config: {ctx.stage}.dataset", task, train_per_class, test_per_class, seed, size, noise,
-                     rotation)
+    validate_options(f"config: {ctx.stage}.dataset", task, train_per_class, test_per_class, seed, size, noise, rotation)
     train = generate(task, "train", train_per_class, seed, size, noise, rotation)
     test = generate(task, "test", test_per_class, seed, size, noise, rotation) if test_per_class else None
-    return DataSplits(classes=[name for name, _, _ in classes(task)], train=train, test=test,
-                      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment=Augment(crop_padding=2, flip=True))
+    return DataSplits(
+        classes=[name for name, _, _ in classes(task)],
+        train=train,
+        test=test,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        augment=Augment(crop_padding=2, flip=True),
+    )
 
 
-shapes.validate_options = validate_options
+cast(Any, shapes).validate_options = validate_options  # a function attribute sftcore reads

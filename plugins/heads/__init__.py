@@ -10,8 +10,14 @@ _STRATEGIES = {
     "match_classes": "Copy source head rows for target classes with matching names; new rows for the rest",
     "imprint": "Head rows from the normalised mean feature of each class (Qi et al., CVPR 2018), then train",
 }
-_CLASSES = {"reinit": "Reinit", "linear_probe": "LinearProbe", "lp_ft": "LPFT",
-            "gradual_unfreeze": "GradualUnfreeze", "match_classes": "MatchClasses", "imprint": "Imprint"}
+_CLASSES = {
+    "reinit": "Reinit",
+    "linear_probe": "LinearProbe",
+    "lp_ft": "LPFT",
+    "gradual_unfreeze": "GradualUnfreeze",
+    "match_classes": "MatchClasses",
+    "imprint": "Imprint",
+}
 
 
 @hookimpl

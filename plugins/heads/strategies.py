@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import cast
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ class LinearProbe(HeadStrategy):
     """Backbone frozen (its norm layers keep their statistics); only the head trains."""
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
+        assert ctx.model is not None  # on_epoch_start runs once the model is built
         freeze(ctx.model.backbone)
         unfreeze(ctx.model.head)
 
@@ -39,14 +41,16 @@ class LPFT(HeadStrategy):
 
     def __init__(self, probe_epochs: int | None = None):
         if probe_epochs is not None and (not _is_int(probe_epochs) or probe_epochs < 0):
-            raise ConfigError("config: head lp_ft: probe_epochs must be a non-negative integer, "
-                              f"got {show(probe_epochs)}")
+            raise ConfigError(
+                f"config: head lp_ft: probe_epochs must be a non-negative integer, got {show(probe_epochs)}"
+            )
         self.probe_epochs = probe_epochs
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
         default = AUTO_PROBE_EPOCHS if getattr(ctx, "epochs_auto", False) else ctx.epochs // 2
         probe = self.probe_epochs if self.probe_epochs is not None else default
         if epoch < probe:
+            assert ctx.model is not None  # on_epoch_start runs once the model is built
             freeze(ctx.model.backbone)
             unfreeze(ctx.model.head)
         # after the probe the loop's default applies: everything trains
@@ -66,11 +70,12 @@ class GradualUnfreeze(HeadStrategy):
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
         model = ctx.model
+        assert model is not None  # on_epoch_start runs once the model is built
         freeze(model.backbone)
         unfreeze(model.head)
         blocks = model.blocks()
         k = min(len(blocks), self.unfrozen_blocks(epoch))
-        for _, block in blocks[len(blocks) - k:]:
+        for _, block in blocks[len(blocks) - k :]:
             unfreeze(block)
         if k == len(blocks):  # parameters outside any declared block go with the last step
             unfreeze(model.backbone)
@@ -89,22 +94,30 @@ class MatchClasses(HeadStrategy):
     usable_untrained = True
 
     def __init__(self, aliases: dict | None = None):
-        if aliases is not None and (not isinstance(aliases, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
-            raise ConfigError("config: head match_classes: aliases must map target class names to source class "
-                              f"names, e.g. {{kitty: cat}}; got {show(aliases)}")
+        if aliases is not None and (
+            not isinstance(aliases, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())
+        ):
+            raise ConfigError(
+                "config: head match_classes: aliases must map target class names to source class "
+                f"names, e.g. {{kitty: cat}}; got {show(aliases)}"
+            )
         self.aliases = {_norm_name(k): _norm_name(v) for k, v in (aliases or {}).items()}
         self.matched: dict[str, str] = {}
 
     def build_head(self, ctx: TrainContext) -> nn.Module:
-        head = super().build_head(ctx)
+        head = cast(nn.Linear, super().build_head(ctx))  # HeadStrategy's default head
         src = ctx.source_head
         if not isinstance(src, nn.Linear) or not ctx.source_classes:
-            raise ConfigError("config: head match_classes needs a source head with class names: add a pretrain "
-                              "stage, or backbone weights that come with classes; or use head: reinit")
+            raise ConfigError(
+                "config: head match_classes needs a source head with class names: add a pretrain "
+                "stage, or backbone weights that come with classes; or use head: reinit"
+            )
         if src.in_features != head.in_features:
-            raise ConfigError(f"config: head match_classes: the source head takes {src.in_features} features, "
-                              f"the backbone gives {head.in_features}")
+            raise ConfigError(
+                f"config: head match_classes: the source head takes {src.in_features} features, "
+                f"the backbone gives {head.in_features}"
+            )
         source: dict[str, int] = {}
         for i, c in enumerate(ctx.source_classes):  # "tench, Tinca tinca": every synonym names the row
             for synonym in [c, *str(c).split(",")]:
@@ -143,7 +156,7 @@ class Imprint(HeadStrategy):
         self.scale = float(scale)
 
     def build_head(self, ctx: TrainContext) -> nn.Module:
-        head = super().build_head(ctx)
+        head = cast(nn.Linear, super().build_head(ctx))  # HeadStrategy's default head
         features, labels = ctx.extract_features()
         features = features.float().cpu()
         labels = labels.cpu()

@@ -8,8 +8,16 @@ from sftcore.api import check_option
 from sftcore.errors import ConfigError, show
 
 
-def number(where: str, name: str, value: Any, *, low: float | None = None, high: float | None = None,
-           low_open: bool = False, high_open: bool = False) -> float:
+def number(
+    where: str,
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
     """A finite float in range (``check_option``); ``high_open`` makes the upper bound exclusive."""
     if not high_open or high is None:
         return check_option(name, value, float, low=low, high=high, low_open=low_open, where=where)

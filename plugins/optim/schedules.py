@@ -8,7 +8,8 @@ A warmup of ``warmup_epochs`` epochs (W steps) ramps linearly: ``factor(step) = 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 from sftcore.api import ScheduleContext, check_option
 
@@ -29,23 +30,30 @@ def validate_warmup(where: str, warmup_epochs: int = 0) -> dict:
 
 def validate_step(where: str, step_size: int = 10, gamma: float = 0.1, warmup_epochs: int = 0) -> dict:
     """step_size an integer from 1 to 1000000, gamma from 0 to 1, warmup_epochs an integer >= 0."""
-    return {"step_size": check_option("step_size", step_size, int, low=1, high=MAX_STEP_SIZE, where=where),
-            "gamma": _number(where, "gamma", gamma, low=0.0, high=1.0),
-            "warmup_epochs": _warmup_epochs(where, warmup_epochs)}
+    return {
+        "step_size": check_option("step_size", step_size, int, low=1, high=MAX_STEP_SIZE, where=where),
+        "gamma": _number(where, "gamma", gamma, low=0.0, high=1.0),
+        "warmup_epochs": _warmup_epochs(where, warmup_epochs),
+    }
 
 
-def validate_one_cycle(where: str, pct_start: float = 0.25, div_factor: float = 25.0,
-                       final_div_factor: float = 1e4) -> dict:
+def validate_one_cycle(
+    where: str, pct_start: float = 0.25, div_factor: float = 25.0, final_div_factor: float = 1e4
+) -> dict:
     """pct_start in (0, 1), div_factor and final_div_factor finite numbers > 0."""
-    return {"pct_start": _number(where, "pct_start", pct_start, low=0.0, low_open=True, high=1.0, high_open=True),
-            "div_factor": _number(where, "div_factor", div_factor, low=0.0, low_open=True),
-            "final_div_factor": _number(where, "final_div_factor", final_div_factor, low=0.0, low_open=True)}
+    return {
+        "pct_start": _number(where, "pct_start", pct_start, low=0.0, low_open=True, high=1.0, high_open=True),
+        "div_factor": _number(where, "div_factor", div_factor, low=0.0, low_open=True),
+        "final_div_factor": _number(where, "final_div_factor", final_div_factor, low=0.0, low_open=True),
+    }
 
 
 def validate_warmup_cosine(where: str, warmup_epochs: int = 1, min_factor: float = 0.0) -> dict:
     """warmup_epochs an integer >= 0, min_factor in [0, 1)."""
-    return {"warmup_epochs": _warmup_epochs(where, warmup_epochs),
-            "min_factor": _number(where, "min_factor", min_factor, low=0.0, high=1.0, high_open=True)}
+    return {
+        "warmup_epochs": _warmup_epochs(where, warmup_epochs),
+        "min_factor": _number(where, "min_factor", min_factor, low=0.0, high=1.0, high_open=True),
+    }
 
 
 def _warmed(ctx: ScheduleContext, warmup_epochs: int, after: Callable[[int], float]) -> Callable[[int], float]:
@@ -77,8 +85,9 @@ def cosine(ctx: ScheduleContext, warmup_epochs: int = 0) -> Callable[[int], floa
     return _warmed(ctx, o["warmup_epochs"], after)
 
 
-def step(ctx: ScheduleContext, step_size: int = 10, gamma: float = 0.1,
-         warmup_epochs: int = 0) -> Callable[[int], float]:
+def step(
+    ctx: ScheduleContext, step_size: int = 10, gamma: float = 0.1, warmup_epochs: int = 0
+) -> Callable[[int], float]:
     """The lr times ``gamma`` every ``step_size`` epochs: ``gamma ** (epoch // step_size)``, after the
     linear warmup (the epoch counts from the stage's start, warmup included)."""
     o = validate_step(WHERE, step_size, gamma, warmup_epochs)
@@ -96,8 +105,9 @@ def none(ctx: ScheduleContext, warmup_epochs: int = 0) -> Callable[[int], float]
     return _warmed(ctx, o["warmup_epochs"], lambda step: 1.0)
 
 
-def one_cycle(ctx: ScheduleContext, pct_start: float = 0.25, div_factor: float = 25.0,
-              final_div_factor: float = 1e4) -> Callable[[int], float]:
+def one_cycle(
+    ctx: ScheduleContext, pct_start: float = 0.25, div_factor: float = 25.0, final_div_factor: float = 1e4
+) -> Callable[[int], float]:
     """The 1cycle policy (Smith & Topin 2018) as fastai's fit_one_cycle and torch's OneCycleLR with
     ``anneal_strategy="cos"``, ``three_phase=False`` (no momentum cycling): the optimizer's lr is the peak.
 
@@ -115,7 +125,7 @@ def one_cycle(ctx: ScheduleContext, pct_start: float = 0.25, div_factor: float =
     phases = ((float(o["pct_start"] * total) - 1, initial, 1.0), (total - 1, 1.0, final))
 
     def factor(step: int) -> float:
-        start_step = 0
+        start_step: float = 0
         for i, (end_step, start, end) in enumerate(phases):
             if step <= end_step or i == len(phases) - 1:
                 span = end_step - start_step
@@ -147,7 +157,8 @@ def warmup_cosine(ctx: ScheduleContext, warmup_epochs: int = 1, min_factor: floa
     return _warmed(ctx, o["warmup_epochs"], after)
 
 
-cosine.validate_options = none.validate_options = validate_warmup
-step.validate_options = validate_step
-one_cycle.validate_options = validate_one_cycle
-warmup_cosine.validate_options = validate_warmup_cosine
+# validate_options: a function attribute that sftcore reads (Any: mypy has no attributes on functions)
+cast(Any, cosine).validate_options = cast(Any, none).validate_options = validate_warmup
+cast(Any, step).validate_options = validate_step
+cast(Any, one_cycle).validate_options = validate_one_cycle
+cast(Any, warmup_cosine).validate_options = validate_warmup_cosine

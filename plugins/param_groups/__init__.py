@@ -4,8 +4,10 @@ from sftcore import hookimpl
 
 _GROUPS = {
     "backbone_head": ("BackboneHead", "Two groups: the backbone at lr * backbone_lr_mult, the head at lr"),
-    "layer_decay": ("LayerDecay", "Layer-wise lr decay over the backbone's blocks: lr * decay ** depth from the top "
-                                  "(BEiT, timm)"),
+    "layer_decay": (
+        "LayerDecay",
+        "Layer-wise lr decay over the backbone's blocks: lr * decay ** depth from the top (BEiT, timm)",
+    ),
 }
 
 

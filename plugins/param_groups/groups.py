@@ -21,11 +21,15 @@ class BackboneHead(ParamGroups):
     @staticmethod
     def validate_options(where: str, backbone_lr_mult: float | None = None) -> dict:
         """backbone_lr_mult a finite number >= 0, or null."""
-        return {"backbone_lr_mult": check_option("backbone_lr_mult", backbone_lr_mult, float, low=0.0, none=True,
-                                                 where=where)}
+        return {
+            "backbone_lr_mult": check_option(
+                "backbone_lr_mult", backbone_lr_mult, float, low=0.0, none=True, where=where
+            )
+        }
 
     def groups(self, ctx: TrainContext, lr: float, backbone_lr_mult: float) -> list[dict]:
         mult = self.backbone_lr_mult if self.backbone_lr_mult is not None else backbone_lr_mult
+        assert ctx.model is not None  # groups are made once the model is built
         return [
             {"name": "backbone", "params": list(ctx.model.backbone.parameters()), "lr": lr * mult},
             {"name": "head", "params": list(ctx.model.head.parameters()), "lr": lr},
@@ -56,12 +60,15 @@ class LayerDecay(ParamGroups):
     @staticmethod
     def validate_options(where: str, decay: float = 0.75, min_scale: float = 0.0) -> dict:
         """decay in (0, 1], min_scale from 0 to 1."""
-        return {"decay": check_option("decay", decay, float, low=0.0, low_open=True, high=1.0, where=where),
-                "min_scale": check_option("min_scale", min_scale, float, low=0.0, high=1.0, where=where)}
+        return {
+            "decay": check_option("decay", decay, float, low=0.0, low_open=True, high=1.0, where=where),
+            "min_scale": check_option("min_scale", min_scale, float, low=0.0, high=1.0, where=where),
+        }
 
     def layers(self, ctx: TrainContext) -> tuple[int, list[list]]:
         """``(B, params per layer)``: the parameters of layers 0..B+1 in ``named_parameters`` order."""
         model = ctx.model
+        assert model is not None  # groups are made once the model is built
         blocks = model.blocks()
         count = len(blocks)
         block_of: dict[int, int] = {}

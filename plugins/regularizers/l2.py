@@ -18,6 +18,7 @@ class L2(Regularizer):
         self.alpha, self.params, self.match = strength(alpha, "alpha", "l2"), params, match
 
     def setup(self, ctx: TrainContext) -> None:
+        assert ctx.model is not None  # setup runs once the model is built
         self.weights = [p for _, p in selected(ctx.model.named_parameters(), self.params, self.match)]
 
     def penalty(self, step: Step) -> torch.Tensor:

@@ -24,6 +24,7 @@ class L2SP(Regularizer):
     def setup(self, ctx: TrainContext) -> None:
         self.ctx = ctx
         model = ctx.model
+        assert model is not None  # setup runs once the model is built
         named = [(f"backbone.{n}", p) for n, p in model.backbone.named_parameters()]
         self.transferred = list(selected(named, self.params, self.match))
         self.new = [p for _, p in selected(model.head.named_parameters(), self.params, None)]

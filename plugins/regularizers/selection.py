@@ -20,11 +20,15 @@ def strength(value, key: str, name: str) -> float:
 def check(params: str, name: str, match: str | None = None) -> None:
     """``params`` and ``match``, checked when the config is resolved (the regularizer is built then)."""
     if params not in CHOICES:
-        raise ConfigError(f"config: regularizer {name}: params must be 'weights' (conv/linear kernels, "
-                          f"no norm layers or biases) or 'all', got {show(params)}")
+        raise ConfigError(
+            f"config: regularizer {name}: params must be 'weights' (conv/linear kernels, "
+            f"no norm layers or biases) or 'all', got {show(params)}"
+        )
     if match is not None and not isinstance(match, str):
-        raise ConfigError(f"config: regularizer {name}: match must be a glob of parameter names such as "
-                          f"'backbone.*', got {show(match)}")
+        raise ConfigError(
+            f"config: regularizer {name}: match must be a glob of parameter names such as "
+            f"'backbone.*', got {show(match)}"
+        )
 
 
 def selected(named_parameters, params: str, match: str | None):

@@ -1,0 +1,276 @@
+"""The pretrain cache: a finished pretraining stored once per distinct pretraining and reused by every
+later run that shares it (docs/cache.md).
+
+An entry is ``<root>/pretrain/<key>/`` with ``model.pt`` (the stage's model file, as
+``checkpoints/pretrain.pt`` holds it), ``metrics.jsonl`` (its epoch records), ``predictions.json`` (when
+it had a test split), ``key.json`` (what the key hashes, for people) and ``done``. It is built in a
+temporary folder and renamed into place, so a reader never sees half an entry; ``<key>.lock`` (flock)
+lets one process compute while the others wait, then read what it stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sftcore._config.schema import RunConfig
+from sftcore._fileio import storage
+from sftcore._plugins.contracts import FileSet, ImageSet
+from sftcore._plugins.kinds import KIND_TABLE
+from sftcore._rundir.checkpoints import MODEL_KEYS
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the atomic rename alone keeps entries whole
+    fcntl = None  # type: ignore[assignment]
+
+ENV = "SFT_CACHE_DIR"
+DONE = "done"
+
+
+def cache_root() -> Path:
+    """``$SFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/sftcore``, else ``~/.cache/sftcore``."""
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "sftcore"
+
+
+# --------------------------------------------------------------------------- the key
+def _update_tensor(h, tensor: torch.Tensor) -> None:
+    t = tensor.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def set_fingerprint(data: ImageSet | FileSet | None) -> str | None:
+    """The content of one split: an ImageSet's uint8 bytes and labels; a FileSet's labels and, when its
+    loader lists ``paths`` (the built-in image folders), each used file's path, size and mtime, else the
+    decoded images themselves."""
+    if data is None:
+        return None
+    h = hashlib.sha256()
+    _update_tensor(h, data.labels)
+    if isinstance(data, ImageSet):
+        _update_tensor(h, data.images)
+        return h.hexdigest()
+    h.update(repr(tuple(data.image_shape)).encode())
+    paths = getattr(data.load, "paths", None)
+    for i in range(len(data)):
+        j = int(i if data.index is None else data.index[i])
+        if paths is not None:
+            stat = os.stat(paths[j])
+            h.update(f"{os.path.abspath(paths[j])}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        else:
+            _update_tensor(h, data.item(i))
+    return h.hexdigest()
+
+
+def weights_fingerprint(*modules: torch.nn.Module | None) -> str:
+    """The starting weights: a backbone that loads a file or a hub download is keyed by what it loaded."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items() if module is not None else ():
+            h.update(name.encode())
+            _update_tensor(h, tensor)
+    return h.hexdigest()
+
+
+def component_plugins(config: RunConfig, registry) -> dict:
+    """``{kind/name: [distribution, version]}`` of every component the backbone and pretrain stage name."""
+    from sftcore._plugins.manager import plugin_info
+
+    out = {}
+    for kind in KIND_TABLE:
+        if kind.config == "backbone":
+            value = config.backbone
+        elif kind.config.startswith("<stage>."):
+            value = getattr(config.stage("pretrain"), kind.config.split(".", 1)[1])
+        else:
+            continue
+        for entry in value if isinstance(value, list) else [value]:
+            name = getattr(entry, "name", None)  # a Component or the DatasetConfig; None: nothing configured
+            if not isinstance(name, str):
+                continue
+            try:
+                info = plugin_info(registry.get(kind.name, name).plugin)
+            except Exception:  # an unknown name failed the config already; nothing to key here
+                continue
+            out[f"{kind.name}/{name}"] = [info.distribution, info.version] if info else None
+    return out
+
+
+def key_fields(config: RunConfig, registry, perf, world: int, seed: int, run_seed: int, data, backbone) -> dict:
+    """Everything that decides the pretrained weights, and nothing else (run name, callbacks, finetune,
+    baseline, checkpoints and the output folder are not in it): docs/cache.md lists it."""
+    from sftcore._version import __version__
+
+    splits = {what: set_fingerprint(getattr(data, what)) for what in ("train", "val", "test")}
+    return {
+        "format": 1,
+        "sftcore": __version__,
+        "torch": torch.__version__,
+        "backbone": config.backbone.entry(),
+        "pretrain": config.stage("pretrain").raw,
+        "seed": seed,
+        "run_seed": run_seed,
+        "pretrain_per_seed": config.pretrain_per_seed,
+        "plugins": component_plugins(config, registry),
+        "data": {
+            "name": data.name,
+            "classes": list(data.classes),
+            "mean": list(map(float, data.mean)),
+            "std": list(map(float, data.std)),
+            "augment": repr(data.augment),
+            **splits,
+        },
+        "start": {
+            "weights": weights_fingerprint(backbone.features, backbone.head),
+            "source_classes": backbone.source_classes,
+            "mean": backbone.mean,
+            "std": backbone.std,
+        },
+        "performance": {
+            "device": perf.device.type,
+            "device_name": _device_name(perf.device),
+            "precision": perf.describe()["precision"],
+            "channels_last": perf.channels_last,
+            "compile": perf.compile,
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "world_size": world,
+        },
+    }
+
+
+def _device_name(device: torch.device) -> str | None:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+def key_of(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- entries
+class Corrupt(Exception):
+    """An entry that cannot be read: ignored, removed and recomputed."""
+
+
+@dataclass
+class Cached:
+    state: dict  # the model file
+    records: list[dict]
+    predictions: dict | None
+
+
+class Entry:
+    """One key's folder in the cache."""
+
+    def __init__(self, key: str, fields: dict, root: Path | None = None):
+        self.key, self.fields = key, fields
+        self.root = (root or cache_root()) / "pretrain"
+        self.folder = self.root / key
+
+    def problem(self) -> str | None:
+        """Why this cache folder cannot be used (not writable, say), or None."""
+        try:
+            storage.make_dir(self.root)
+            os.close(os.open(self.root / f"{self.key}.lock", os.O_RDWR | os.O_CREAT, 0o666))
+        except (OSError, storage.StorageError) as exc:
+            return (
+                str(exc)
+                if isinstance(exc, storage.StorageError)
+                else f"cannot write '{self.root}': {exc.strerror or exc}"
+            )
+        return None
+
+    @contextlib.contextmanager
+    def locked(self, say: Callable[[str], None]) -> Iterator[None]:
+        """Hold ``<key>.lock`` while looking up and, on a miss, computing: concurrent runs wait, then hit."""
+        storage.make_dir(self.root)
+        fd = os.open(self.root / f"{self.key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if fcntl is not None:
+                _flock(fd, say, self.key)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def read(self) -> Cached | None:
+        """The entry, None when there is none; Corrupt when it is there but unreadable."""
+        if not self.folder.exists():
+            return None
+        if not (self.folder / DONE).is_file():
+            raise Corrupt("it has no 'done' marker")
+        try:
+            state = storage.load(self.folder / "model.pt", "cache entry", "it is recomputed")
+        except storage.StorageError as exc:
+            raise Corrupt(str(exc)) from None
+        if (
+            not isinstance(state, dict)
+            or any(k not in state for k in MODEL_KEYS)
+            or not isinstance(state.get("model"), dict)
+            or not isinstance(state.get("result"), dict)
+        ):
+            raise Corrupt("model.pt is not a sftcore model file")
+        try:
+            records = [
+                json.loads(line) for line in (self.folder / "metrics.jsonl").read_text().splitlines() if line.strip()
+            ]
+            pred = self.folder / "predictions.json"
+            predictions = json.loads(pred.read_text()) if pred.exists() else None
+        except (OSError, ValueError) as exc:
+            raise Corrupt(f"{type(exc).__name__}: {str(exc)[:120]}") from None
+        if not all(isinstance(r, dict) for r in records):
+            raise Corrupt("metrics.jsonl holds something other than records")
+        return Cached(state, records, predictions)
+
+    def discard(self) -> None:
+        """Move the entry aside (one rename), then delete it: a reader never sees it half deleted."""
+        trash = self.root / f".trash-{self.key}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.replace(self.folder, trash)
+        except OSError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def store(self, cached: Cached) -> None:
+        """Build the entry in a temporary folder, then rename it into place; StorageError if it cannot."""
+        storage.make_dir(self.root)
+        tmp = self.root / f".tmp-{self.key}-{uuid.uuid4().hex[:8]}"
+        try:
+            storage.make_dir(tmp)
+            storage.save(cached.state, tmp / "model.pt")
+            storage.write_text(tmp / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in cached.records))
+            if cached.predictions is not None:
+                storage.write_json(tmp / "predictions.json", cached.predictions, indent=None)
+            storage.write_json(tmp / "key.json", {"key": self.key, **self.fields})
+            storage.write_text(tmp / DONE, "")
+            try:
+                os.rename(tmp, self.folder)
+            except OSError as exc:  # another process (no flock here) stored it first: theirs is as good
+                if not self.folder.is_dir():
+                    raise storage.StorageError(f"cannot write '{self.folder}': {exc.strerror or exc}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _flock(fd: int, say: Callable[[str], None], key: str) -> None:
+    import errno
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # no locks on this file system
+            return
+    say(f"pretrain: another run is computing cache entry {key[:12]}; waiting for it")
+    fcntl.flock(fd, fcntl.LOCK_EX)

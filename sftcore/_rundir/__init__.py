@@ -1,0 +1,4 @@
+"""The run directory: its layout (file names, stage names, what makes a folder a run), the checkpoint
+format, and the files a run writes as it trains (metrics.jsonl, predictions/).
+
+May import: sftcore._config, sftcore._plugins, sftcore._fileio, sftcore.errors."""

@@ -1,0 +1,93 @@
+"""The checkpoint files of a run, written and parsed here only.
+
+``checkpoints/<tag>-last.pt`` is a stage's progress: the state ``Stage.state_dict`` returns (model,
+optimizer, schedule, RNGs, position, history, callbacks), rewritten after every epoch and on a stop.
+``checkpoints/<tag>.pt`` is a finished stage's model file: MODEL_KEYS below, read by ``--resume``, by
+``sft predict`` and by ``sftcore.api.read_checkpoint`` (a backbone starting from an earlier run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sftcore._fileio import storage
+from sftcore.errors import ConfigError
+
+# what a finished stage's model file holds; the backbone entry, the run's seed and the backbone's plugin
+# (name, distribution) let sftcore.load rebuild the model from the file alone (older files lack them)
+MODEL_KEYS = (
+    "stage",
+    "tag",
+    "seed",
+    "model",
+    "classes",
+    "mean",
+    "std",
+    "image_shape",
+    "input_shape",
+    "config",
+    "result",
+    "backbone",
+    "run_seed",
+    "backbone_plugin",
+)
+
+
+def paths(run_dir: Path | None, tag: str, enabled: bool = True) -> tuple[Path | None, Path | None]:
+    """``(progress, model file)`` of stage ``tag``; ``(None, None)`` without a run directory or checkpoints."""
+    if run_dir is None or not enabled:
+        return None, None
+    return run_dir / "checkpoints" / f"{tag}-last.pt", run_dir / "checkpoints" / f"{tag}.pt"
+
+
+def save_progress(state: dict, path: Path) -> None:
+    storage.save(state, path)
+
+
+def save_model_file(path: Path, **parts) -> None:
+    """A finished stage: every key of MODEL_KEYS, nothing else."""
+    missing = [k for k in MODEL_KEYS if k not in parts]
+    if missing or len(parts) != len(MODEL_KEYS):
+        raise ValueError(f"model file parts: missing {missing}, unknown {sorted(set(parts) - set(MODEL_KEYS))}")
+    storage.save(parts, path)
+
+
+def load_run_file(path: Path, map_location) -> dict:
+    """A progress or model file of this run, for ``--resume``; a damaged one is one line."""
+    state = storage.load(
+        path, "checkpoint", "delete it to redo that part of the run, or start a new run", map_location=map_location
+    )
+    if not isinstance(state, dict) or "model" not in state:
+        raise ConfigError(
+            f"checkpoint '{path}' is not a sftcore stage checkpoint; delete it to redo that part "
+            "of the run, or start a new run"
+        )
+    return state
+
+
+def load_model(model, state: dict, path: Path, fix: str | None = None) -> None:
+    """The file's weights into ``model``; weights of another architecture are one line naming the difference."""
+    fix = fix or "resume only with the run's own config.yaml, or start a new run"
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else "")
+        raise ConfigError(
+            f"checkpoint '{path}' is for another model than the run's config builds ({detail[:160]}); {fix}"
+        ) from None
+
+
+def read_model_file(path, what: str, fix: str) -> dict:
+    """A finished stage's model file, checked for what a reader of it needs (model, classes, mean, std)."""
+    state = storage.load(path, what, fix)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ConfigError(f"{what} '{path}' is not a sftcore model file (no 'model' state dict); {fix}")
+    return state
+
+
+def split_model(state: dict) -> tuple[dict, dict]:
+    """``(backbone, head)`` weights of a model file, without their ``backbone.``/``head.`` prefixes."""
+    model = state["model"]
+    part = lambda prefix: {k[len(prefix) :]: v for k, v in model.items() if k.startswith(prefix)}  # noqa: E731
+    return part("backbone."), part("head.")

@@ -1,0 +1,520 @@
+"""The one training loop. Stages, head strategies, regularizers, parameter groups, optimizers,
+schedules and callbacks plug into it; nothing copies it."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sftcore._config.schema import AUTO_SELECT_MIN_VAL, StageConfig
+from sftcore._data.batches import Batches, BatchTransform, augment_chunk, augment_together
+from sftcore._plugins.contracts import (
+    HeadStrategy,
+    ParamGroups,
+    Regularizer,
+    RunInfo,
+    StageInfo,
+    Step,
+    TrainContext,
+    unfreeze,
+)
+from sftcore._rundir import checkpoints
+from sftcore._rundir.outputs import MetricsLog
+from sftcore._runtime import distributed
+from sftcore._runtime.device import Performance
+from sftcore._runtime.interrupt import StopSignals
+from sftcore._runtime.rng import rng_state, set_rng_state
+from sftcore.errors import Interrupted, TrainingError
+
+from .evaluate import evaluate
+from .events import NO_EVENTS, Events
+from .model import TransferModel
+from .optim import make_optimizer, make_scheduler, parameter_groups
+
+__all__ = ["Stage", "auto_epochs", "begin_epoch", "evaluate", "make_optimizer", "MetricsLog", "Performance"]
+
+
+# epochs: auto (docs/config.md): what "the training loss stopped improving" means, and what is tried
+# before giving up: on each plateau the learning rate drops tenfold, at most AUTO_LR_DROPS times
+CONVERGED_RELATIVE, CONVERGED_ABSOLUTE, CONVERGED_TRAIN_ACCURACY = 0.01, 1e-3, 0.9
+AUTO_LR_DROP, AUTO_LR_DROPS = 0.1, 2
+
+
+def _plateau(losses: list[float], patience: int) -> bool:
+    """The last ``patience`` epochs did not beat the best before them by 1% (and by 0.001)."""
+    before, recent = min(losses[:-patience]), min(losses[-patience:])
+    return recent >= before - max(CONVERGED_RELATIVE * before, CONVERGED_ABSOLUTE)
+
+
+def auto_epochs(history: list[dict], patience: int) -> tuple[int, bool]:
+    """``epochs: auto`` replayed over the logged epochs: ``(learning-rate drops so far, converged)``.
+
+    Once the training accuracy is at least 0.9, a plateau of the training loss drops the learning
+    rate tenfold (twice at most) and is judged afresh from there; a plateau at the lowest rate is
+    convergence. Before that, a plateau changes nothing: a scratch model often sits at chance for
+    a while before it learns. Derived from the history alone, so a resumed run drops and stops where
+    the uninterrupted one did, on every rank alike."""
+    drops, start = 0, 0
+    for end in range(1, len(history) + 1):
+        losses = [h["train_loss"] for h in history[start:end]]
+        fitted = history[end - 1]["train_accuracy"] >= CONVERGED_TRAIN_ACCURACY
+        if not fitted or len(losses) <= patience or not _plateau(losses, patience):
+            continue  # a flat start (a scratch model at chance) keeps the full learning rate
+        if drops == AUTO_LR_DROPS:
+            return drops, True
+        drops, start = drops + 1, end
+    return drops, False
+
+
+def begin_epoch(strategy: HeadStrategy, epoch: int, ctx: TrainContext) -> None:
+    """Everything trainable, then the strategy freezes what it wants for this epoch: nothing stays
+    frozen from an earlier stage or epoch by accident, and the state follows from the epoch alone."""
+    unfreeze(ctx.model)
+    strategy.on_epoch_start(epoch, ctx)
+
+
+def start_epoch(strategy: HeadStrategy, epoch: int, ctx: TrainContext) -> None:
+    """The model as epoch ``epoch`` trains it: the strategy's freezing, train mode, and norm layers whose
+    parameters are all frozen kept in eval mode (the loop, `sft lr-find` and sftcore.testing share this)."""
+    begin_epoch(strategy, epoch, ctx)
+    ctx.model.train()
+    _freeze_frozen_norms(ctx.model)
+
+
+def _freeze_frozen_norms(model: torch.nn.Module) -> None:
+    """A norm layer whose parameters are all frozen keeps its running statistics too."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+
+
+@dataclass(kw_only=True)
+class StageParts:
+    """What one stage is made of, assembled by the pipeline (``Pipeline.build_stage``) and handed to
+    :class:`Stage` whole: its model and context, the components that plug into the loop, its data and
+    the run's services (precision, metrics log, checkpoint file, signals, callbacks)."""
+
+    name: str
+    cfg: StageConfig | dict  # a mapping (a resolved stage, or a test's few keys) is read as StageConfig.of
+    model: TransferModel
+    ctx: TrainContext
+    strategy: HeadStrategy
+    regularizers: list[Regularizer]
+    train: Batches
+    val: Batches | None
+    train_transform: BatchTransform
+    eval_transform: BatchTransform
+    perf: Performance
+    log: MetricsLog
+    checkpoint: Path | None = None
+    progress: bool = False
+    stop: StopSignals | None = None
+    seed: int | None = None
+    param_groups: ParamGroups | None = None
+    events: Events = NO_EVENTS
+    info: StageInfo | None = None
+    registry: Any = None  # the component registry (None: the installed plugins)
+
+
+class Stage:
+    """Trains ``model`` for one stage; everything else plugs in: the head strategy (freezing), parameter
+    groups, optimizer, schedule, regularizers (the loss) and callbacks (events, early stopping).
+
+    The loop can stop and continue anywhere between two steps: a checkpoint holds the position
+    (epoch and batch), every RNG, the running epoch sums and the callbacks' states, so a resumed run
+    takes exactly the steps the uninterrupted one would have taken.
+    """
+
+    def __init__(self, parts: StageParts):
+        name, cfg, model, ctx, seed = parts.name, parts.cfg, parts.model, parts.ctx, parts.seed
+        strategy, regularizers, train, val = parts.strategy, parts.regularizers, parts.train, parts.val
+        train_transform, perf, registry, info = parts.train_transform, parts.perf, parts.registry, parts.info
+        cfg = cfg if isinstance(cfg, StageConfig) else StageConfig.of(cfg)  # a mapping is read as declared
+        self.name, self.cfg, self.model, self.ctx, self.seed = name, cfg, model, ctx, seed
+        self.strategy, self.regularizers = strategy, regularizers
+        self.train, self.val = train, val
+        self.train_transform, self.eval_transform = train_transform, parts.eval_transform
+        self.perf, self.log, self.checkpoint, self.progress = perf, parts.log, parts.checkpoint, parts.progress
+        self.stop, self.events = parts.stop, parts.events
+        ctx.model = model
+        self.budget = cfg.budget
+        self.select = _select(cfg.select, val)
+        groups = parameter_groups(ctx, cfg.lr, cfg.backbone_lr_mult, strategy, parts.param_groups, name)
+        self.optimizer = make_optimizer(groups, cfg.optimizer.entry(), registry, f"{ctx.stage}.optimizer")
+        self.lr_scale = 1.0  # epochs: auto lowers it on a plateau of the training loss
+        self.scheduler = make_scheduler(
+            self.optimizer,
+            cfg.schedule.entry(),
+            self.budget,
+            len(train),
+            lambda: self.lr_scale,
+            registry,
+            f"{ctx.stage}.schedule",
+        )
+        self.scaler = torch.amp.GradScaler(perf.device.type, enabled=perf.amp_dtype is torch.float16)
+        self.needs_maps = any(r.needs_feature_maps for r in regularizers)
+        distributed.broadcast_module_(model)  # one starting point (and one w0) on every rank
+        if regularizers:
+            ctx.snapshot()
+        for r in regularizers:
+            r.setup(ctx)
+        self.generator = torch.Generator(device=perf.device)
+        self.chunk = augment_chunk(cfg.augment_chunk, train_transform, train.batch_size, train.world)
+        self._drawn: tuple = (0, None, 0)  # the chunk being trained: first batch, generator state there, end
+        self.net: torch.nn.Module = model  # what the loop calls: the model, or its DDP wrapper
+        self._trainable: tuple | None = None
+        self.start_epoch = 0
+        self.partial: dict | None = None  # where a mid-epoch checkpoint left off
+        self.best: dict | None = None
+        self.history: list[dict] = []
+        self.info = info or StageInfo(
+            name=name,
+            stage=ctx.stage,
+            seed=ctx.seed if seed is None else seed,
+            epochs=self.budget,
+            config=cfg.raw,
+            run=RunInfo(config={}),
+        )
+        self.info.model, self.info.history, self.info.epochs = model, self.history, self.budget
+        self.info.has_validation = val is not None and len(val.data) > 0
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, epoch: int, batch: int = 0, sums: list | None = None, rng: list | None = None) -> dict:
+        """The stage at the start of batch ``batch`` of epoch ``epoch`` (both counted from 0).
+
+        ``rng`` and ``sums`` hold one entry per rank (one without torch.distributed)."""
+        return {
+            "stage": self.name,
+            "epoch": epoch,
+            "batch": batch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "regularizers": [r.state_dict() for r in self.regularizers],
+            "start_state": self.ctx.start_state_dict(),
+            "best": self.best,
+            "history": self.history,
+            "rng": rng if rng is not None else [rng_state()],
+            **self._generator_state(batch),
+            "sums": sums if batch else None,
+            "callbacks": self.events.state_dict(),
+            "stopped": self.info.stop_reason,
+        }
+
+    def _generator_state(self, batch: int) -> dict:
+        """The augmentation generator for a checkpoint at the start of batch ``batch``: its state where the
+        draws of that batch's chunk began, and that chunk's first batch (resume redraws the chunk)."""
+        if not batch:
+            return {"generator": None}
+        first, state, end = self._drawn
+        if state is None or batch >= end:  # between chunks: the state now
+            return {"generator": self.generator.get_state(), "generator_batch": batch}
+        return {"generator": state, "generator_batch": first}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where ``state`` stopped; the strategy re-derives the freeze state from the epoch."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.strategy.load_state_dict(state["strategy"])
+        for r, s in zip(self.regularizers, state["regularizers"]):
+            r.load_state_dict(s)
+        if state.get("start_state") is not None:
+            self.ctx.snapshot(state["start_state"])
+        self.best = state["best"]
+        self.history[:] = state["history"]  # the same list the callbacks see
+        self.start_epoch = state["epoch"]
+        self.partial = state if state["batch"] else None
+        self.events.load_state_dict(state.get("callbacks"))
+        self.info.stop_reason = state.get("stopped")
+        rngs = state["rng"]
+        same_world = len(rngs) == distributed.world_size()
+        set_rng_state(rngs[distributed.rank()] if same_world else rngs[0])
+
+    def _save(self, epoch: int, batch: int = 0, sums: dict | None = None) -> None:
+        """Rank 0 writes; every rank's RNG states and running sums go into the file (collective)."""
+        rng = distributed.all_gather_objects(rng_state())
+        every = distributed.all_gather_objects({k: v.detach().cpu() for k, v in sums.items()}) if sums else None
+        if self.checkpoint is not None and distributed.is_main():
+            checkpoints.save_progress(self.state_dict(epoch, batch, every, rng), self.checkpoint)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        self.events("on_stage_start", self.info)
+        epoch = self.start_epoch
+        # an epoch a checkpoint left half-done is finished first, whatever was asked during it
+        while epoch < self.budget and (
+            self.partial is not None or (not self.converged() and self.info.stop_reason is None)
+        ):
+            self._epoch(epoch)
+            epoch += 1
+        selected = len(self.history)
+        if self.best is not None:
+            self.model.load_state_dict(self.best["state"])
+            selected = self.best["epoch"]
+        last = self.history[-1] if self.history else {}
+        chosen = next((h for h in self.history if h["epoch"] == selected), {})
+        return {
+            "epochs": len(self.history),
+            "epochs_auto": self.cfg.epochs == "auto",
+            "selected_epoch": selected,
+            "select": self.select,
+            "val_accuracy": chosen.get("val_accuracy"),
+            "train_accuracy": last.get("train_accuracy"),
+            "train_loss": last.get("train_loss"),
+            "stopped_early": self.info.stop_reason,
+        }
+
+    def converged(self) -> bool:
+        """``epochs: auto``: whether the stage has converged; sets this epoch's learning-rate scale."""
+        if self.cfg.epochs != "auto":
+            return False
+        drops, done = auto_epochs(self.history, self.cfg.patience)
+        if AUTO_LR_DROP**drops != self.lr_scale:  # from the next step on, not one step late
+            self.lr_scale = AUTO_LR_DROP**drops
+            step = self.scheduler.last_epoch
+            for group, base, factor in zip(
+                self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas
+            ):
+                group["lr"] = base * factor(step)
+        return done
+
+    def _epoch(self, epoch: int) -> None:
+        t0 = time.perf_counter()
+        start_epoch(self.strategy, epoch, self.ctx)
+        self._wrap()
+        self.train.set_epoch(epoch)
+        first, sums = self.epoch_start(epoch)
+        for k, inputs, targets in self._augmented(epoch, first):
+            self._train_step(epoch, k, inputs, targets, sums)
+            if self._stopping() and k + 1 < len(self.train):
+                self._check_finite(epoch, sums)
+                sums["seconds"] += time.perf_counter() - t0
+                self._save(epoch, k + 1, sums)
+                self._interrupted(epoch, f"up to batch {k + 1} of {len(self.train)}")
+        self._check_finite(epoch, sums)
+        self._epoch_end(epoch, sums, t0)
+
+    def _augmented(self, epoch: int, first: int):
+        """``(k, inputs, targets)`` for batch ``k`` from ``first`` on, ``self.chunk`` batches augmented as
+        one. Chunks start where the epoch's draws (or a checkpoint's) begin; a resumed run redraws the
+        chunk it stopped in and skips the batches already trained."""
+        k = self._drawn[0]
+        batches = iter(self._batches(epoch, k))
+        while group := list(itertools.islice(batches, self.chunk)):
+            self._drawn = (k, self.generator.get_state() if self.chunk > 1 else None, k + len(group))
+            if self.chunk == 1:
+                part = self.train.part(k) if self.train.world > 1 else None
+                done = [self.train_transform.augmented(*group[0], self.generator, part)]
+            else:
+                done = augment_together(self.train_transform, group, self.generator)
+            for i, (inputs, targets) in enumerate(done):
+                if k + i >= first:
+                    yield k + i, inputs, targets
+            k += len(group)
+
+    def _batches(self, epoch: int, first: int):
+        batches = self.train.iter_from(first)
+        if not self.progress:
+            return batches
+        from tqdm import tqdm
+
+        return tqdm(
+            batches,
+            desc=f"{self.name} {epoch + 1}/{self.budget}",
+            leave=False,
+            unit="batch",
+            total=len(self.train),
+            initial=first,
+        )
+
+    def epoch_start(self, epoch: int) -> tuple[int, dict]:
+        """The first batch and the running sums: zero, or where a mid-epoch checkpoint left them."""
+        dev = self.perf.device
+        sums = {
+            "loss": torch.zeros((), device=dev),
+            "penalty": torch.zeros((), device=dev),
+            "correct": torch.zeros((), device=dev, dtype=torch.long),
+            "seen": torch.zeros((), device=dev, dtype=torch.long),
+            "bad_batch": torch.full((), -1, device=dev, dtype=torch.long),  # first non-finite loss
+            "seconds": torch.zeros((), dtype=torch.float64),
+        }
+        if self.partial is None:
+            self.generator.manual_seed(self.ctx.seed * 7919 + epoch)
+            self._drawn = (0, None, 0)
+            self.events("on_epoch_start", self.info, epoch + 1)
+            return 0, sums
+        first = self.partial["batch"]  # resumed mid-epoch
+        self.generator.set_state(self.partial["generator"].cpu())
+        self._drawn = (self.partial.get("generator_batch", first), None, 0)  # where those draws begin
+        sums = _resumed_sums(self.partial["sums"])
+        sums = {k: v.to(dev) if k != "seconds" else v.clone() for k, v in sums.items()}
+        self.partial = None
+        return first, sums
+
+    def step(self, epoch: int, k: int, x: torch.Tensor, y: torch.Tensor, sums: dict) -> None:
+        """One optimizer step on batch ``k`` as it comes from the data (augmented here, on its own)."""
+        part = self.train.part(k) if self.train.world > 1 else None
+        self._train_step(epoch, k, *self.train_transform.augmented(x, y, self.generator, part), sums)
+
+    def _train_step(self, epoch: int, k: int, inputs: torch.Tensor, targets: torch.Tensor, sums: dict) -> None:
+        """One optimizer step on batch ``k``; its loss, hits and first non-finite loss go into ``sums``."""
+        if self.events.per_step:
+            self.events("on_step_start", self.info, epoch + 1, k)
+        soft = targets.is_floating_point()  # mixup/cutmix: class probabilities; y is then each image's larger share
+        y = targets.argmax(1) if soft else targets
+        with self.perf.autocast():
+            logits, features, maps = self.net(inputs, all_outputs=True, feature_maps=self.needs_maps)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.cfg.label_smoothing)
+            if self.regularizers:
+                step = Step(self.ctx, epoch, inputs, y, logits, features, maps, soft_targets=targets if soft else None)
+                penalty = sum(r.penalty(step) for r in self.regularizers)
+                sums["penalty"] += penalty.detach() * len(y)
+                loss = loss + penalty
+        self.optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            # DDP averages gradients over ranks; weigh each rank's mean loss by its share of the
+            # global batch so that the step equals a single process's on the whole batch
+            scaled = loss * (len(y) * self.train.world / self.train.part(k)[2]) if self.train.world > 1 else loss
+            self.scaler.scale(scaled).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+        # no host sync per step: the first bad batch is recorded on the device, checked at the epoch end
+        bad = sums["bad_batch"]
+        sums["bad_batch"] = torch.where((bad < 0) & ~torch.isfinite(loss.detach()), k, bad)
+        sums["loss"] += loss.detach() * len(y)
+        sums["correct"] += (logits.argmax(1) == y).sum()
+        sums["seen"] += len(y)
+        if self.events.per_step:
+            self.events("on_step_end", self.info, epoch + 1, k, loss.detach())
+
+    def _record(self, epoch: int, sums: dict, t0: float) -> dict:
+        """The epoch's line of metrics.jsonl: train sums over ranks, validation, and the best epoch kept."""
+        model = self.model
+        for key in ("loss", "penalty", "correct", "seen"):
+            distributed.all_reduce_(sums[key])
+        seen = max(1, int(sums["seen"].item()))
+        record = {
+            "stage": self.name,
+            "seed": self.seed,
+            "epoch": epoch + 1,
+            "train_loss": sums["loss"].item() / seen,
+            "train_accuracy": sums["correct"].item() / seen,
+            "penalty": sums["penalty"].item() / seen if self.regularizers else None,
+            "lr": self.optimizer.param_groups[-1]["lr"],
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        }
+        # each rank updated batch-norm statistics on its own slice: evaluate and keep rank 0's everywhere
+        distributed.broadcast_buffers_(model)
+        if self.val is not None and len(self.val.data):
+            ev = evaluate(model, self.val, self.eval_transform, self.perf)
+            record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
+            key = (ev["accuracy"], -ev["loss"])
+            if self.select == "best" and (self.best is None or key > tuple(self.best["key"])):
+                self.best = {
+                    "key": list(key),
+                    "epoch": epoch + 1,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                }
+        record["seconds"] = round(float(sums["seconds"]) + time.perf_counter() - t0, 3)
+        return record
+
+    def _epoch_end(self, epoch: int, sums: dict, t0: float) -> None:
+        """Record, log, tell the callbacks (which may stop the stage), checkpoint."""
+        record = self._record(epoch, sums, t0)
+        self.history.append(record)
+        if distributed.is_main():
+            self.log.write(record)
+        self.events("on_epoch_end", self.info, record)
+        if distributed.active():  # a stop asked for on rank 0 stops every rank
+            self.info.stop_reason = distributed.broadcast_object(self.info.stop_reason)
+        self._save(epoch + 1)
+        if self._stopping() and epoch + 1 < self.budget:
+            self._interrupted(epoch, "up to the end of that epoch")
+
+    def _interrupted(self, epoch: int, upto: str) -> None:
+        distributed.barrier()  # no rank exits (and gets the job torn down) while rank 0 still writes
+        saved = f"saved the progress {upto}" if self.checkpoint is not None else "checkpoints are off: nothing saved"
+        raise Interrupted(
+            f"{self.stop.name} during {self.name} epoch {epoch + 1}/{self.budget}; {saved}", self.stop.signum
+        )
+
+    def _stopping(self) -> bool:
+        """A signal came; under torch.distributed, on any rank (all ranks must stop at the same step)."""
+        if self.stop is None:
+            return False
+        flag = self.stop.signum is not None
+        if distributed.active():
+            flag = bool(distributed.all_reduce_(torch.tensor([int(flag)], device=self.perf.device), "max").item())
+            if flag and self.stop.signum is None:
+                self.stop.signum = signal.SIGTERM  # another rank was told to stop
+        return flag
+
+    def _wrap(self) -> None:
+        """DistributedDataParallel over the parameters trainable this epoch, rebuilt when a head
+        strategy freezes or unfreezes parts: DDP fixes its set of synchronised parameters when it is
+        built, and a frozen parameter it still waits for fails the step."""
+        if not distributed.active():
+            return
+        trainable = tuple(p.requires_grad for p in self.model.parameters())
+        if trainable == self._trainable:
+            return
+        self._trainable = trainable
+        if not any(trainable):
+            self.net = self.model
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        dev = self.perf.device
+        self.net = DistributedDataParallel(self.model, device_ids=[dev] if dev.type == "cuda" else None)
+
+    def _check_finite(self, epoch: int, sums: dict) -> None:
+        if distributed.active():  # the first bad batch on any rank
+            never = torch.iinfo(torch.long).max
+            first = torch.where(sums["bad_batch"] < 0, never, sums["bad_batch"]).reshape(1)
+            first = int(distributed.all_reduce_(first, "min").item())
+            sums["bad_batch"] = torch.tensor(-1 if first == never else first)
+        bad = int(sums["bad_batch"].item())
+        if bad >= 0:
+            kept = (
+                f"the last good checkpoint ({self.checkpoint}) is kept"
+                if self.checkpoint is not None and self.checkpoint.exists()
+                else "no checkpoint of this stage was written"
+            )
+            raise TrainingError(
+                f"{self.name}: the loss became NaN or infinite at epoch {epoch + 1}, batch {bad + 1} "
+                f"(lr {self.cfg.lr:g}); lower {self.name}.optimizer.lr, or the regularizer's "
+                f"weight, and start a new run; {kept}"
+            )
+
+
+def _select(select: str, val: Batches | None) -> str:
+    """``select: auto``: a handful of validation examples moves in big steps, so its best epoch is noise."""
+    if select != "auto":
+        return select
+    val_size = len(val.data) if val is not None else 0
+    return "best" if val_size >= AUTO_SELECT_MIN_VAL else "last"
+
+
+def _resumed_sums(saved: list[dict]) -> dict:
+    """This rank's running sums of a mid-epoch checkpoint. With another number of ranks than
+    saved it, rank 0 carries the totals and the others start from zero."""
+    if len(saved) == distributed.world_size():
+        return dict(saved[distributed.rank()])
+    totals = {k: (sum(s[k] for s in saved) if k not in ("seconds", "bad_batch") else saved[0][k]) for k in saved[0]}
+    if distributed.is_main():
+        return totals
+    return {k: torch.zeros_like(v) if k not in ("seconds", "bad_batch") else v for k, v in totals.items()}
