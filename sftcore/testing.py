@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from ._plugins.manager import PluginInfo
-    from ._train.model import TransferModel
     from .api import AugmentBatch, Backbone, Step, TrainContext
 
 try:
@@ -247,7 +246,7 @@ def make_step(
         targets = first if targets is None else targets
     if targets is None:
         targets = torch.zeros(len(inputs), dtype=torch.long, device=inputs.device)
-    model = cast("TransferModel", ctx.model)  # a context with its model built, as train_context makes
+    model = ctx.model  # a context with its model built, as train_context makes
     logits, features, maps = model.forward_all(inputs, feature_maps=True)
     return Step(ctx, epoch, inputs, targets, logits, features, maps)
 
@@ -300,7 +299,7 @@ def strategy_epochs(
     ctx = ctx if ctx is not None else train_context(epochs=epochs, snapshot=False)
     ctx.epochs = epochs
     # build_head runs before the model exists, as in a run (ctx: one with its model built)
-    model, ctx.model = cast(TransferModel, ctx.model), None
+    model, ctx.model = ctx.model, None  # type: ignore[assignment]
     ctx.model = TransferModel(model.spec, strategy.build_head(ctx))
     plain_sgd = {"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0, "nesterov": False}
     chosen = (

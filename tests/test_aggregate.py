@@ -323,6 +323,7 @@ def test_plot_a_sweep_with_no_finished_cell_is_one_line(tmp_path):
     assert "no finished cell" in one_error_line(invoke("plot", sweep))
 
 
+@pytest.mark.slow
 def test_aggregating_imports_no_torch(grid):
     code = ("import sys; from sftcore._analysis.aggregate import aggregate, table; "
             f"print(table(aggregate({[str(p) for p in grid]!r}, reference='alpha=0.1')).count('worse')); "

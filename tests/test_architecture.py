@@ -72,6 +72,7 @@ def test_the_import_contract_covers_every_room_in_at_most_ten_layers():
     assert len(_layers()) <= MAX_LAYERS
 
 
+@pytest.mark.slow
 def test_imports_run_one_way():
     """The layers contract itself (import-linter), so that a local pytest run catches a new upward import."""
     lint = Path(sys.executable).with_name("lint-imports")
@@ -135,6 +136,7 @@ def test_the_package_ships_its_types():
     assert "py.typed" in (ROOT / "pyproject.toml").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("old,name", [("registry", "suggest"), ("plugins", "get_registry"), ("model", "TransferModel")])
 def test_old_import_paths_still_work_with_a_deprecation_warning(old, name):
     code = (f"import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
@@ -166,6 +168,7 @@ def test_every_kind_has_its_hook_registry_slot_and_cli_alias():
         assert ALIASES[kind.name] == ALIASES[kind.singular] == kind.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["sftcore.api", "sftcore.hookspecs", "sftcore.cli", "sftcore._plugins.kinds",
                                     "sftcore._plugins.manager", "sftcore._config.resolve", "sftcore._plugins.components"])
 def test_modules_the_command_line_needs_import_no_torch(module):
@@ -174,6 +177,7 @@ def test_modules_the_command_line_needs_import_no_torch(module):
     assert out.strip() == "False"
 
 
+@pytest.mark.slow
 def test_sftcore_testing_imports_without_pytest():
     code = "import sys; sys.modules['pytest'] = None; import sftcore.testing as t; print(t.sft_plugin is None)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -196,3 +200,46 @@ def test_hooks_are_called_through_pluggy_so_monitoring_sees_them():
     assert ("register_optimizers", ("sftcore.optim",)) in seen
     assert {name for name, _ in seen} >= set(plugins.HOOKS.values())
     assert registry.get("heads", "lp_ft").plugin == "sftcore.heads"
+
+
+# --------------------------------------------------------------------------- the fast tier
+HEAVY_CALLS = {"run", "run_tiny", "run_sft", "sft", "Popen", "check_output", "check_call", "torchrun", "sweep", "find",
+               "train_stage", "launch"}  # a run, a sweep, lr-find, a stage, or a process
+
+
+def _called(node: ast.AST) -> set[str]:
+    return {f.attr if isinstance(f, ast.Attribute) else f.id for n in ast.walk(node) if isinstance(n, ast.Call)
+            for f in [n.func] if isinstance(f, (ast.Attribute, ast.Name))}
+
+
+def _is_fixture(fn: ast.FunctionDef) -> bool:
+    return any("fixture" in ast.unparse(d) for d in fn.decorator_list)
+
+
+def _heavy(fn: ast.FunctionDef, helpers: dict, seen: set) -> bool:
+    """Whether ``fn`` trains or starts a process, itself or through a fixture or helper it uses."""
+    if _called(fn) & HEAVY_CALLS:
+        return True
+    for name in [a.arg for a in fn.args.args] + sorted(_called(fn)):
+        if name in helpers and name not in seen and not name.startswith("test_"):
+            seen.add(name)
+            if _heavy(helpers[name], helpers, seen):
+                return True
+    return False
+
+
+def test_every_test_that_trains_or_starts_a_process_is_marked_slow():
+    """So that `pytest -m "not slow"` stays the quick tier to run while developing."""
+    conftest = ast.parse((ROOT / "tests" / "conftest.py").read_text())
+    shared = {n.name: n for n in conftest.body if isinstance(n, ast.FunctionDef) and _is_fixture(n)}
+    unmarked = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        if any("pytestmark" in ast.unparse(n) and "slow" in ast.unparse(n) for n in tree.body if isinstance(n, ast.Assign)):
+            continue
+        helpers = {**shared, **{n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}}
+        tests = [n for n in tree.body if isinstance(n, ast.FunctionDef)] + [
+            m for c in tree.body if isinstance(c, ast.ClassDef) for m in c.body if isinstance(m, ast.FunctionDef)]
+        unmarked += [f"{path.name}::{fn.name}" for fn in tests if fn.name.startswith("test_") and not _is_fixture(fn)
+                     and not any("slow" in ast.unparse(d) for d in fn.decorator_list) and _heavy(fn, helpers, set())]
+    assert unmarked == [], "mark these @pytest.mark.slow"

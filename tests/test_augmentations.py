@@ -342,6 +342,7 @@ def test_the_stage_config_overrides_the_dataset_default(tmp_path):
     assert [type(a).__name__ for a in pipe._augmentations(data, None, "x")] == ["Crop", "Flip"]  # shapes' default
 
 
+@pytest.mark.slow
 def test_mixup_with_p0_trains_exactly_like_no_mixup():
     """Soft one-hot targets give the loss (and so the gradients) of the labels."""
     plain = sftcore.run(tiny.config(finetune={"augment": ["flip"]}, baseline=False, pretrain=False))
@@ -359,6 +360,7 @@ def test_mixup_with_p0_trains_exactly_like_no_mixup():
         assert torch.allclose(torch.nn.functional.cross_entropy(logits, soft, label_smoothing=smoothing), hard_loss)
 
 
+@pytest.mark.slow
 def test_train_accuracy_under_mixup_counts_the_larger_share():
     strong = sftcore.run(tiny.config(finetune={"augment": [{"name": "mixup", "alpha": 1.0}], "epochs": 3},
                                      baseline=False, pretrain=False))
@@ -478,6 +480,7 @@ def test_a_bad_augment_chunk_is_one_line_exit_2(tmp_path, value, message):
     assert _refused(tmp_path, f"finetune.augment_chunk={value}") == f"sft: error: {message}"
 
 
+@pytest.mark.slow
 def test_a_factory_that_returns_no_augmentation_is_one_line(plugin):
     from sftcore.errors import PluginError
 

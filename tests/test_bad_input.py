@@ -237,6 +237,7 @@ def test_weights_file_missing(tmp_path, capsys):
     one_line_error(code, err, "w.pt", "not found")
 
 
+@pytest.mark.slow
 def test_weights_of_another_architecture(finished, tmp_path, capsys):
     cfg = tiny_yaml(tmp_path, pretrain=False, baseline=False,
                     backbone={"name": "lenet", "img_size": 32,
@@ -278,6 +279,7 @@ def _resume_with(capsys, run: Path, content: bytes | None = None, exploit: Path 
     return code, err
 
 
+@pytest.mark.slow
 def test_resume_truncated_checkpoint(finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path / "run")
     good = (run / "checkpoints" / "finetune-last.pt").read_bytes()
@@ -285,12 +287,14 @@ def test_resume_truncated_checkpoint(finished, tmp_path, capsys):
     one_line_error(code, err, "finetune-last.pt", "truncated or corrupt", "delete it")
 
 
+@pytest.mark.slow
 def test_resume_corrupt_checkpoint(finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path / "run")
     code, err = _resume_with(capsys, run, os.urandom(4096))
     one_line_error(code, err, "finetune-last.pt", "truncated or corrupt")
 
 
+@pytest.mark.slow
 def test_resume_checkpoint_crafted_to_run_code(finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path / "run")
     marker = tmp_path / "hacked"
@@ -299,6 +303,7 @@ def test_resume_checkpoint_crafted_to_run_code(finished, tmp_path, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_resume_plain_pickle_crafted_to_run_code(finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path / "run")
     marker = tmp_path / "hacked"
@@ -308,6 +313,7 @@ def test_resume_plain_pickle_crafted_to_run_code(finished, tmp_path, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_resume_checkpoint_of_another_model(finished, tmp_path, capsys):
     import sftcore
 
@@ -324,11 +330,13 @@ def test_resume_not_a_run_directory(tmp_path, capsys):
     one_line_error(code, err, "not a run directory", "config.yaml")
 
 
+@pytest.mark.slow
 def test_resume_takes_no_overrides(finished, capsys):
     code, _, err = cli(capsys, "run", "--resume", finished, "--set", "finetune.epochs=5")
     one_line_error(code, err, "drop CONFIG, --set")
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoints(tmp_path, capsys):
     import sftcore
 
@@ -339,6 +347,7 @@ def test_resume_without_checkpoints(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- run directories
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(finished, tmp_path, capsys):
     before = {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()}
     code, _, err = cli(capsys, "run", tiny_yaml(tmp_path), "--out", finished)
@@ -354,6 +363,7 @@ def test_non_empty_directory_is_not_used(tmp_path, capsys):
     assert os.listdir(tmp_path / "out") == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_force_replaces_the_run_and_keeps_other_files(finished, tmp_path, capsys):
     import shutil
 

@@ -57,6 +57,7 @@ def test_registered_lazily_with_a_description(name):
     assert comp.doc().splitlines()[0]  # `sft list callbacks NAME` shows the class docstring
 
 
+@pytest.mark.slow
 def test_importing_the_plugin_imports_no_heavy_package():
     code = ("import sys, sftcore_plugins.callbacks; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'tensorboard', 'mlflow'}))")

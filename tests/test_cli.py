@@ -285,6 +285,7 @@ def _stderr_lines(proc) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_process_config_error_exit_2_one_line(sft, tmp_path):
     proc = sft("config", "show", "--set", "finetune.epochs=ten", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
@@ -292,6 +293,7 @@ def test_process_config_error_exit_2_one_line(sft, tmp_path):
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_process_missing_file_exit_2_one_line(sft, tmp_path):
     proc = sft("run", "nope.yaml", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
@@ -300,6 +302,7 @@ def test_process_missing_file_exit_2_one_line(sft, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_process_debug_shows_a_traceback(sft, tmp_path):
     proc = sft("--debug", "run", "nope.yaml", cwd=tmp_path)
     assert proc.returncode != 0

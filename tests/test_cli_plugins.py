@@ -240,6 +240,7 @@ def probe(args, cwd, pythonpath=()) -> dict:
     return {**json.loads(line[len("@@PROBE@@"):]), "stdout": proc.stdout, "stderr": proc.stderr}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, loads_commands", [
     (["--help"], True), (["list"], False), (["list", "--json"], False), (["plugins", "--json"], False),
     (["greet"], True), (["plugin", "new", "sft-probe", "--dir", "out"], False),
@@ -256,6 +257,7 @@ def test_help_list_and_plugin_commands_import_no_torch(cmd_site, tmp_path, args,
         assert "greetings" in result["stdout"]
 
 
+@pytest.mark.slow
 def test_help_without_plugins_imports_no_torch(tmp_path):
     result = probe(["--help"], tmp_path)
     assert result["code"] in (0, None) and result["heavy"] == []

@@ -36,6 +36,7 @@ def complete(words: str) -> list[str]:
     return [line.split(",", 1)[1] for line in proc.stdout.splitlines() if line]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shell,marker", [("bash", "complete -o nosort -F _sft_completion sft"),
                                           ("zsh", "#compdef sft"), ("fish", "complete --no-files --command sft")])
 def test_the_documented_completion_scripts_are_generated(shell, marker):
@@ -44,12 +45,14 @@ def test_the_documented_completion_scripts_are_generated(shell, marker):
     assert proc.returncode == 0 and marker in proc.stdout
 
 
+@pytest.mark.slow
 def test_commands_and_options_complete():
     assert complete("sft li") == ["list"]
     assert complete("sft config ") == ["init", "show"]
     assert complete("sft run --se") == ["--set", "--seeds"]
 
 
+@pytest.mark.slow
 def test_list_completes_kinds_then_names_of_that_kind():
     assert complete("sft list ") == ["datasets", "backbones", "regularizers", "heads", "param_groups", "optimizers",
                                      "schedules", "callbacks", "augmentations"]
@@ -58,12 +61,14 @@ def test_list_completes_kinds_then_names_of_that_kind():
     assert complete("sft list backbone ") == ["lenet", "timm"]
 
 
+@pytest.mark.slow
 def test_a_word_that_starts_no_kind_completes_component_names():
     # `sft list 'l2*'` takes a pattern in the KIND position, so names are offered there
     assert complete("sft list l2") == ["l2", "l2_sp"]
     assert complete("sft list zz") == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_bash_really_completes_with_the_generated_script(tmp_path):
     bin_dir = Path(sys.executable).parent

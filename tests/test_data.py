@@ -356,6 +356,7 @@ def test_file_set_batches_go_through_the_loader_in_the_same_order():
     assert [int(sub.item(i)[0, 0, 0]) for i in range(3)] == [7, 2, 5] and sub.labels.tolist() == [1, 2, 2]
 
 
+@pytest.mark.slow
 def test_cosine_schedule_ends_at_zero_when_a_batch_of_one_is_dropped():
     from torch import nn
 

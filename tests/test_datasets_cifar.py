@@ -192,6 +192,7 @@ def test_download_offline_is_one_clear_line(tmp_path, monkeypatch):
     assert "\n" not in msg and "could not download CIFAR-10" in msg and "needs internet" in msg
 
 
+@pytest.mark.slow
 def test_import_does_not_load_torchvision(tmp_path):
     write_cifar10(tmp_path)
     code = ("import sys; from sftcore.api import DatasetContext; "

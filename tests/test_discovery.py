@@ -137,6 +137,7 @@ def hookfail_site(tmp_path_factory) -> Path:
 
 
 # --------------------------------------------------------------------------- the installed example
+@pytest.mark.slow
 def test_pip_installed_the_example_with_its_entry_point(example_site):
     assert (example_site / "sft_example_plugin" / "__init__.py").is_file()
     [info] = example_site.glob("sft_example_plugin-*.dist-info")
@@ -146,6 +147,7 @@ def test_pip_installed_the_example_with_its_entry_point(example_site):
     assert "Name: sft-example-plugin" in (info / "METADATA").read_text()
 
 
+@pytest.mark.slow
 def test_list_json_shows_the_example_components_under_its_plugin(example_site, tmp_path):
     proc = sft("list", "--json", pythonpath=[example_site], cwd=tmp_path)
     found = listing(proc)
@@ -162,6 +164,7 @@ def test_list_json_shows_the_example_components_under_its_plugin(example_site, t
     assert by_plugin == EXAMPLE_COMPONENTS
 
 
+@pytest.mark.slow
 def test_list_text_and_patterns_with_the_example(example_site, tmp_path):
     text = sft("list", "regularizers", pythonpath=[example_site], cwd=tmp_path)
     assert text.returncode == 0, text.stderr
@@ -176,6 +179,7 @@ def test_list_text_and_patterns_with_the_example(example_site, tmp_path):
     assert found["heads"]["zero_init"]["plugin"] == "example"
 
 
+@pytest.mark.slow
 def test_plugins_json_shows_distribution_version_hooks_and_components(example_site, tmp_path):
     proc = sft("plugins", "--json", pythonpath=[example_site], cwd=tmp_path)
     entries = plugin_entries(proc)
@@ -195,6 +199,7 @@ def test_plugins_json_shows_distribution_version_hooks_and_components(example_si
     assert "regularizers: bss, delta, l1" in text.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("allow, shown", [
     ("", False),
     ("example", True),
@@ -214,6 +219,7 @@ def test_load_plugins_filter(example_site, tmp_path, allow, shown):
     assert set(BUILTINS) <= set(entries)
 
 
+@pytest.mark.slow
 def test_config_show_checks_options_of_an_installed_plugin(example_site, tmp_path):
     cfg = tmp_path / "ex.yaml"
     cfg.write_text("name: ex\nbackbone: tiny_cnn\nfinetune:\n  dataset: {name: stripes, train_per_class: 4}\n"
@@ -228,6 +234,7 @@ def test_config_show_checks_options_of_an_installed_plugin(example_site, tmp_pat
 
 
 # --------------------------------------------------------------------------- broken plugins
+@pytest.mark.slow
 def test_broken_plugin_is_one_warning_and_listing_still_works(broken_site, tmp_path):
     proc = sft("list", pythonpath=[broken_site], cwd=tmp_path)
     assert proc.returncode == 0
@@ -242,6 +249,7 @@ def test_broken_plugin_is_one_warning_and_listing_still_works(broken_site, tmp_p
     assert len(stderr_lines(as_json)) == 1
 
 
+@pytest.mark.slow
 def test_broken_plugin_error_shows_in_sft_plugins(broken_site, tmp_path):
     proc = sft("plugins", "--json", pythonpath=[broken_site], cwd=tmp_path)
     entries = plugin_entries(proc)
@@ -258,6 +266,7 @@ def test_broken_plugin_error_shows_in_sft_plugins(broken_site, tmp_path):
     assert "broken  [broken-plugin 0.1]" in text.stdout and "error: failed to import" in text.stdout
 
 
+@pytest.mark.slow
 def test_help_works_with_a_broken_plugin(broken_site, tmp_path):
     proc = sft("--help", pythonpath=[broken_site], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -265,6 +274,7 @@ def test_help_works_with_a_broken_plugin(broken_site, tmp_path):
     assert len(stderr_lines(proc)) <= 1  # help need not load plugins; if it does, one warning at most
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["list"], ["list", "--json"], ["plugins", "--json"]])
 def test_strict_mode_makes_a_broken_plugin_fatal(broken_site, tmp_path, args):
     proc = sft(*args, pythonpath=[broken_site], cwd=tmp_path, SFTCORE_STRICT_PLUGINS="1")
@@ -276,6 +286,7 @@ def test_strict_mode_makes_a_broken_plugin_fatal(broken_site, tmp_path, args):
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_broken_plugin_beside_a_healthy_one(example_site, broken_site, tmp_path):
     proc = sft("list", "--json", pythonpath=[example_site, broken_site], cwd=tmp_path)
     found = listing(proc)
@@ -287,6 +298,7 @@ def test_broken_plugin_beside_a_healthy_one(example_site, broken_site, tmp_path)
     assert filtered.stderr == ""  # the broken one was never imported
 
 
+@pytest.mark.slow
 def test_plugin_whose_hook_raises_keeps_its_other_hooks(hookfail_site, tmp_path):
     proc = sft("list", "--json", pythonpath=[hookfail_site], cwd=tmp_path)
     found = listing(proc)
@@ -328,6 +340,7 @@ def probe_imports(args, pythonpath, cwd, **env) -> dict:
     return {**json.loads(line[len("@@PROBE@@"):]), "stdout": proc.stdout, "stderr": proc.stderr}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["list", "--json"], ["list"], ["plugins", "--json"],
                                   ["list", "regularizers", "l*"]])
 def test_listing_never_imports_torch(example_site, broken_site, tmp_path, args):
@@ -342,6 +355,7 @@ def test_listing_never_imports_torch(example_site, broken_site, tmp_path, args):
         assert result["example"] == ["sft_example_plugin"]  # it really was loaded; built-in commands load no plugin's
 
 
+@pytest.mark.slow
 def test_import_probe_sees_torch_when_a_component_is_built(example_site, tmp_path):
     """The probe above can fail: resolving a component's options imports its module, and torch."""
     cfg = tmp_path / "c.yaml"

@@ -140,6 +140,7 @@ def test_every_api_name_is_in_the_hook_reference(name):
     assert not missing, f"docs/hooks.md, section `{name}`, does not mention {missing}"
 
 
+@pytest.mark.slow
 def test_the_hook_examples_work_together(plugin, tmp_path, one_thread):
     """The four examples as plugins, in one tiny run with the config the page shows."""
     for i, code in enumerate(hook_examples()):

@@ -121,6 +121,7 @@ def test_onnx_matches_with_another_batch_size(runs, kind):
         torch.testing.assert_close(torch.from_numpy(got), expected[:n], atol=ATOL, rtol=ATOL)
 
 
+@pytest.mark.slow
 def test_safetensors_lenet_is_the_transfer_model_state_dict(runs, tmp_path):
     from safetensors.torch import load_file
 
@@ -160,6 +161,7 @@ def test_safetensors_timm_loads_strictly_into_timm(runs):
     assert set(load_file(paths[0])) == set(model.module.state_dict())
 
 
+@pytest.mark.slow
 def test_existing_output_is_refused_without_force(runs, tmp_path):
     out = tmp_path / "m.pt"
     export_ok(runs["lenet"], "torchscript", "--out", out)
@@ -172,6 +174,7 @@ def test_existing_output_is_refused_without_force(runs, tmp_path):
     assert out.is_file()
 
 
+@pytest.mark.slow
 def test_unknown_format_missing_run_and_unknown_stage(runs, tmp_path):
     assert "tflite" in one_error_line(invoke(runs["lenet"], "--format", "tflite"))
     assert "--format is required" in one_error_line(invoke(runs["lenet"]))
@@ -184,6 +187,7 @@ def test_unknown_format_missing_run_and_unknown_stage(runs, tmp_path):
     assert not (tmp_path / "nope").exists()
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_one_line(runs, tmp_path):
     import shutil
 
@@ -195,6 +199,7 @@ def test_corrupt_checkpoint_is_one_line(runs, tmp_path):
     assert not (run / "export" / "finetune.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_missing_onnx_names_the_extra(runs, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     line = one_error_line(invoke(runs["lenet"], "--format", "onnx", "--out", tmp_path / "m.onnx"))
@@ -202,6 +207,7 @@ def test_missing_onnx_names_the_extra(runs, monkeypatch, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow
 def test_untraceable_model_is_one_clear_line(runs, monkeypatch, tmp_path):
     def broken(*args, **kwargs):
         raise RuntimeError("Tracer cannot infer type of output\nmore detail")

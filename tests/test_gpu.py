@@ -20,6 +20,7 @@ def _config(precision: str) -> dict:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
 def test_a_whole_run_on_the_gpu(tmp_path, precision):
     if precision == "bf16" and torch.cuda.get_device_capability()[0] < 8:
@@ -32,12 +33,14 @@ def test_a_whole_run_on_the_gpu(tmp_path, precision):
     assert summary["transfer_gain"] is not None
 
 
+@pytest.mark.slow
 def test_imprint_on_the_gpu(tmp_path):
     cfg = _config("fp32")
     cfg["finetune"]["head"] = "imprint"
     assert 0.0 <= sftcore.run(cfg, out=tmp_path / "r")["finetune"]["test_accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_resume_on_the_gpu_after_an_interrupted_baseline(tmp_path, monkeypatch):
     from sftcore._train import loop as training
 
@@ -59,6 +62,7 @@ def test_resume_on_the_gpu_after_an_interrupted_baseline(tmp_path, monkeypatch):
     assert summary["transfer_gain"] is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("looks", [5, 30])  # mid-epoch in pretrain; an epoch end in finetune
 def test_resume_on_the_gpu_after_ctrl_c_is_exact(tmp_path, monkeypatch, looks):
     """A mid-epoch checkpoint holds CPU RNG states and the device generator's state: loading it

@@ -117,6 +117,7 @@ def test_reinit_trains_everything_every_epoch():
         assert trainable(model) == everything(model)
 
 
+@pytest.mark.slow
 def test_nothing_stays_frozen_from_an_earlier_stage():
     """A strategy that freezes nothing itself gets a fully trainable model, whatever ran before."""
     strat, ctx, model = build("linear_probe")
@@ -153,6 +154,7 @@ def test_linear_probe_keeps_frozen_batchnorm_in_eval_mode():
     assert model2.backbone.bn.training
 
 
+@pytest.mark.slow
 def test_linear_probe_stage_leaves_the_backbone_and_its_statistics_alone():
     strat, ctx, model = build("linear_probe", backbone=bn_backbone())
     before = copy.deepcopy(model.state_dict())
@@ -296,6 +298,7 @@ class _StopAfter(MetricsLog):
             raise _Interrupt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, options", [("gradual_unfreeze", {}), ("lp_ft", {"probe_epochs": 2}),
                                            ("linear_probe", {})])
 def test_a_resumed_stage_freezes_and_trains_like_an_uninterrupted_one(tmp_path, name, options):
@@ -406,6 +409,7 @@ def test_match_classes_needs_a_source_head_with_class_names():
         strategy("match_classes").build_head(ctx)
 
 
+@pytest.mark.slow
 def test_match_classes_in_a_run_from_a_pretrain_stage(tmp_path):
     """The runner hands the pretrain head and class names on; the finetune head starts from it."""
     import sftcore
@@ -472,6 +476,7 @@ def test_imprint_rejects_a_bad_scale(bad):
         strategy("imprint", scale=bad)
 
 
+@pytest.mark.slow
 def test_imprint_from_real_lenet_features_in_a_run(tmp_path):
     import sftcore
 
@@ -524,6 +529,7 @@ def test_every_builtin_strategy_gives_correct_groups(name):
         assert by_param[id(p)]["weight_decay"] == (0.1 if p.ndim > 1 else 0.0), pname
 
 
+@pytest.mark.slow
 def test_backbone_lr_mult_zero_keeps_the_backbone_still():
     strat, ctx, model = build("reinit")
     before = copy.deepcopy(model.state_dict())

@@ -96,6 +96,7 @@ def test_a_sigkilled_owner_leaves_no_stale_lock(tmp_path):
     assert resumed["finetune"]["epochs"] == 6 and (run / "summary.json").is_file()
 
 
+@pytest.mark.slow
 def test_the_lock_is_held_for_the_run_and_released_after(tmp_path, monkeypatch):
     seen = {}
     original = storage.write_json
@@ -125,6 +126,7 @@ def test_force_refuses_a_directory_that_never_was_a_run(tmp_path, capsys):
     assert sorted(os.listdir(mine)) == ["checkpoints", "config.yaml"]
 
 
+@pytest.mark.slow
 def test_force_unlinks_a_symlinked_checkpoints_folder_without_following_it(finished, tmp_path, capsys):
     import shutil
 
@@ -141,6 +143,7 @@ def test_force_unlinks_a_symlinked_checkpoints_folder_without_following_it(finis
     assert not (run / "checkpoints").is_symlink() and (run / "checkpoints" / "finetune.pt").is_file()
 
 
+@pytest.mark.slow
 def test_every_run_has_a_marker_and_a_legacy_run_is_still_replaceable(finished, tmp_path, capsys):
     import shutil
 
@@ -179,6 +182,7 @@ def cut_run(tmp_path: Path) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_resume_refuses_an_edited_config_naming_the_keys(tmp_path, capsys):
     run = cut_run(tmp_path)
     edit_config(run, finetune__epochs=4, finetune__optimizer__lr=0.5)
@@ -188,6 +192,7 @@ def test_resume_refuses_an_edited_config_naming_the_keys(tmp_path, capsys):
     assert not (run / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_with_allow_config_change_continues_and_records_it(tmp_path, capsys):
     run = cut_run(tmp_path)
     edit_config(run, finetune__epochs=3)
@@ -201,6 +206,7 @@ def test_resume_with_allow_config_change_continues_and_records_it(tmp_path, caps
         sftcore.run(small(), out=tmp_path / "other", allow_config_change=True)
 
 
+@pytest.mark.slow
 def test_resume_of_an_unchanged_config_and_of_a_legacy_run(tmp_path):
     run = cut_run(tmp_path)
     (run / ownership.MARKER).unlink()  # made before the marker existed: trusted, then recorded
@@ -209,6 +215,7 @@ def test_resume_of_an_unchanged_config_and_of_a_legacy_run(tmp_path):
 
 
 # --------------------------------------------------------------------------- 4: name cannot leave runs/
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["../../ESCAPED", "/tmp/abs", "a/b", "a\\b", "..", ".hidden", "nul\0byte"])
 def test_a_name_that_is_not_one_folder_is_refused(tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path / "..")
@@ -219,6 +226,7 @@ def test_a_name_that_is_not_one_folder_is_refused(tmp_path, monkeypatch, name):
     assert set(os.listdir(tmp_path.parent)) == before and not Path("/tmp/abs-").exists()
 
 
+@pytest.mark.slow
 def test_a_plain_name_still_makes_runs_name_time(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = sftcore.run(small(name="ok.v2_x-1", checkpoints=False))["run_dir"]
@@ -243,6 +251,7 @@ def test_a_run_failing_on_its_data_leaves_no_directory(tmp_path, capsys, pre_exi
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_finetune_data_is_checked_before_pretraining(tmp_path):
     cfg = tiny.config(baseline=False, finetune={"dataset": tiny.shapes("target", train_per_class=4,
                                                                        labels_per_class=10)})
@@ -251,6 +260,7 @@ def test_finetune_data_is_checked_before_pretraining(tmp_path):
     assert not (tmp_path / "run").exists()  # failed before pretraining: nothing to keep
 
 
+@pytest.mark.slow
 def test_a_failure_after_a_checkpoint_keeps_the_run(tmp_path, monkeypatch):
     from sftcore._run import runner
 
@@ -263,6 +273,7 @@ def test_a_failure_after_a_checkpoint_keeps_the_run(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "checkpoints" / "pretrain.pt").is_file()
 
 
+@pytest.mark.slow
 def test_a_failed_resume_removes_nothing(tmp_path):
     run = cut_run(tmp_path)
     (run / "checkpoints" / "finetune-last.pt").unlink()
@@ -328,6 +339,7 @@ def test_an_unwritable_run_folder_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 # --------------------------------------------------------------------------- 7: a file where a directory belongs
+@pytest.mark.slow
 @pytest.mark.parametrize("option", ["--out", "--resume"])
 def test_out_or_resume_naming_a_file_is_one_line(tmp_path, capsys, option):
     target = tmp_path / "a-file"
@@ -340,6 +352,7 @@ def test_out_or_resume_naming_a_file_is_one_line(tmp_path, capsys, option):
         sftcore.run(resume=target)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["plot", "{f}"], ["plot", "{run}", "--out", "{f}"], ["predict", "{f}", "{f}"],
                                   ["compare", "{f}"]])
 def test_the_other_commands_given_a_file_for_a_folder_say_one_line(finished, tmp_path, capsys, args):
@@ -350,6 +363,7 @@ def test_the_other_commands_given_a_file_for_a_folder_say_one_line(finished, tmp
     assert target.read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_a_dataset_with_one_class_is_an_error_not_100_percent(tmp_path, plugin):
     """A third-party dataset with a single class would train and report 100% accuracy."""
     import torch
@@ -370,6 +384,7 @@ def test_a_dataset_with_one_class_is_an_error_not_100_percent(tmp_path, plugin):
 
 
 # --------------------------------------------------------------------------- review findings
+@pytest.mark.slow
 def test_an_allowed_change_retrains_the_stages_it_touches(tmp_path):
     """A finished stage is not reused under a changed config, and a half-trained one starts over
     (its optimizer state would otherwise carry the old lr)."""
@@ -416,6 +431,7 @@ def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path, cap
     assert victim.read_text() == "precious data"
 
 
+@pytest.mark.slow
 def test_a_run_from_before_seeds_resumes_with_one_seed(tmp_path):
     run = cut_run(tmp_path)
     import yaml

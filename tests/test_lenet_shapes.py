@@ -131,6 +131,7 @@ def test_lenet_weights_errors(tmp_path):
         lenet(weights=str(junk))
 
 
+@pytest.mark.slow
 def test_lenet_weights_from_a_real_run(tmp_path):
     import sftcore
 
@@ -197,6 +198,7 @@ def test_shapes_options_are_validated(options, message):
         shapes(**options)
 
 
+@pytest.mark.slow
 def test_shapes_task_error_through_the_config(tmp_path):
     import sftcore
 

@@ -123,6 +123,7 @@ def probs(predictions):
 
 
 # --------------------------------------------------------------------------- sftcore.load
+@pytest.mark.slow
 def test_load_a_run_dir_default_stage(run_dir):
     m = sftcore.load(run_dir)
     assert m.stage == "finetune" and m.path == run_dir / "checkpoints" / "finetune.pt"
@@ -141,6 +142,7 @@ def test_load_a_run_dir_default_stage(run_dir):
     assert "3 classes" in repr(m) and m.to("cpu") is m
 
 
+@pytest.mark.slow
 def test_other_stages_and_seeds(run_dir, images):
     _, paths = images
     first, other = sftcore.load(run_dir, "finetune"), sftcore.load(run_dir, "finetune-seed1")
@@ -151,6 +153,7 @@ def test_other_stages_and_seeds(run_dir, images):
     assert sftcore.load(run_dir, "baseline").stage == "baseline"
 
 
+@pytest.mark.slow
 def test_without_finetune_the_default_is_the_baseline(run_dir, tmp_path):
     copy = tmp_path / "nofinetune"
     (copy / "checkpoints").mkdir(parents=True)
@@ -161,6 +164,7 @@ def test_without_finetune_the_default_is_the_baseline(run_dir, tmp_path):
     assert sftcore.load(copy).stage == "baseline"
 
 
+@pytest.mark.slow
 def test_a_copied_model_file_loads_alone(run_dir, images, tmp_path):
     _, paths = images
     (tmp_path / "only").mkdir()
@@ -173,6 +177,7 @@ def test_a_copied_model_file_loads_alone(run_dir, images, tmp_path):
     assert cli_out == [p.as_dict() for p in m.predict(paths)]
 
 
+@pytest.mark.slow
 def test_pil_uint8_and_paths_agree_with_sft_predict(run_dir, images):
     from PIL import Image
     from torchvision.io import ImageReadMode, read_image
@@ -196,6 +201,7 @@ def test_pil_uint8_and_paths_agree_with_sft_predict(run_dir, images):
     assert one[0].probabilities[:3] == pytest.approx(by_path[0].probabilities, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_predict_batches(run_dir, images, monkeypatch):
     from sftcore._inference import load as _load
 
@@ -212,6 +218,7 @@ def test_predict_batches(run_dir, images, monkeypatch):
     assert m.predict([]) == []
 
 
+@pytest.mark.slow
 def test_bad_python_inputs_are_one_line(run_dir):
     m = sftcore.load(run_dir)
     for bad, match in [(torch.zeros(16, 16, 3, dtype=torch.uint8), "permute"), (torch.zeros(3, 8, 8), "uint8"),
@@ -224,6 +231,7 @@ def test_bad_python_inputs_are_one_line(run_dir):
 
 
 # --------------------------------------------------------------------------- plugins
+@pytest.mark.slow
 def test_trained_with_plugins_not_installed_here(run_dir, images, sft):
     from sftcore._plugins.manager import get_registry
 
@@ -242,6 +250,7 @@ def test_trained_with_plugins_not_installed_here(run_dir, images, sft):
     assert rows[1][2] in NAMES
 
 
+@pytest.mark.slow
 def test_missing_backbone_plugin_is_one_line_naming_plugin_and_distribution(backbone_run, images, tmp_path):
     _, paths = images
     path = backbone_run / "checkpoints" / "finetune.pt"
@@ -263,6 +272,7 @@ def test_missing_backbone_plugin_is_one_line_naming_plugin_and_distribution(back
 
 
 # --------------------------------------------------------------------------- sft predict
+@pytest.mark.slow
 def test_folders_globs_csv_and_json(run_dir, images):
     folder, paths = images
     m = sftcore.load(run_dir)
@@ -283,6 +293,7 @@ def test_folders_globs_csv_and_json(run_dir, images):
     assert text[0] == str(paths[0]) and text[1].strip().endswith(tuple(NAMES))
 
 
+@pytest.mark.slow
 def test_out_file_and_force(run_dir, images, tmp_path):
     _, paths = images
     target = tmp_path / "preds.csv"
@@ -294,12 +305,14 @@ def test_out_file_and_force(run_dir, images, tmp_path):
     assert len(json.loads(target.read_text())) == 1
 
 
+@pytest.mark.slow
 def test_device_auto(run_dir, images):
     _, paths = images
     out = json.loads(ok(invoke("predict", run_dir, paths[0], "--device", "auto", "--json")))
     assert out[0]["top"][0]["class"] in NAMES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,expect", [
     ("missing run", "not found"),
     ("not a run", "not a run directory"),
@@ -361,6 +374,7 @@ def test_bad_inputs_are_one_line_exit_2(run_dir, backbone_run, images, tmp_path,
 
 
 # --------------------------------------------------------------------------- timm
+@pytest.mark.slow
 def test_a_timm_backbone_run_loads_and_predicts(tmp_path, images):
     pytest.importorskip("timm")
     _, paths = images
@@ -378,6 +392,7 @@ def test_a_timm_backbone_run_loads_and_predicts(tmp_path, images):
     assert [o["top"][0]["class"] for o in cli_out] == [p.label for p in preds]
 
 
+@pytest.mark.slow
 def test_a_list_of_batch_tensors_gives_one_prediction_per_image(run_dir):
     import torch
 
@@ -388,6 +403,7 @@ def test_a_list_of_batch_tensors_gives_one_prediction_per_image(run_dir):
     assert preds[0].top == preds[3].top
 
 
+@pytest.mark.slow
 def test_tta_flip_runs_are_predicted_as_they_were_scored(run_dir):
     import torch
 

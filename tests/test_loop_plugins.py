@@ -42,6 +42,7 @@ class Recorder(Callback):
         self.events.append(("run_end", "transfer_gain" in summary))
 
 
+@pytest.mark.slow
 def test_events_come_in_order_with_their_arguments(tmp_path):
     rec = Recorder()
     sftcore.run(cfg(), out=tmp_path / "r", callbacks=[rec])
@@ -67,6 +68,7 @@ class Steps(Callback):
         self.losses.append(float(loss))
 
 
+@pytest.mark.slow
 def test_step_events_reach_only_callbacks_that_define_them(tmp_path):
     steps = Steps()
     summary = sftcore.run(tiny_config(epochs=2), out=tmp_path / "r", callbacks=[steps, Recorder()])
@@ -89,6 +91,7 @@ class Broken(Callback):
         raise OSError("disk full")
 
 
+@pytest.mark.slow
 def test_a_failing_callback_is_one_warning_and_the_run_goes_on(tmp_path, capsys):
     broken, rec = Broken(), Recorder()
     summary = sftcore.run(cfg(), out=tmp_path / "r", callbacks=[broken, rec])
@@ -106,6 +109,7 @@ class Misconfigured(Callback):
         raise ConfigError("config: callbacks: this one needs validation data")
 
 
+@pytest.mark.slow
 def test_a_config_error_from_a_callback_stops_the_run_with_its_line(tmp_path):
     with pytest.raises(ConfigError, match="needs validation data"):
         sftcore.run(cfg(), out=tmp_path / "r", callbacks=[Misconfigured()])
@@ -120,6 +124,7 @@ class StopAt(Callback):
             stage.request_stop(f"stop at {self.epoch}")
 
 
+@pytest.mark.slow
 def test_a_callback_can_stop_a_stage_after_an_epoch(tmp_path):
     summary = sftcore.run(tiny_config(epochs=5), out=tmp_path / "r", callbacks=[StopAt(2)])
     ft = summary["finetune"]
@@ -127,6 +132,7 @@ def test_a_callback_can_stop_a_stage_after_an_epoch(tmp_path):
     assert [r["epoch"] for r in tiny.read_metrics(tmp_path / "r")] == [1, 2]
 
 
+@pytest.mark.slow
 def test_early_stopping_from_the_config(tmp_path):
     summary = sftcore.run(tiny_config(epochs=30, select="best") | {
         "callbacks": [{"name": "early_stopping", "monitor": "train_loss", "patience": 1, "min_delta": 10.0}]},
@@ -155,6 +161,7 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_callback_state_is_saved_in_checkpoints_and_restored_on_resume(tmp_path, monkeypatch):
     config = tiny_config(epochs=4)
     whole = Counter()
@@ -177,6 +184,7 @@ def test_callback_state_is_saved_in_checkpoints_and_restored_on_resume(tmp_path,
     assert second.count == whole.count == 4  # restored to 2 (the epoch-2 checkpoint), then epochs 3 and 4
 
 
+@pytest.mark.slow
 def test_epoch_lines_reach_echo(tmp_path):
     lines = []
     sftcore.run(tiny_config(epochs=2), out=tmp_path / "r", echo=lines.append)
@@ -186,6 +194,7 @@ def test_epoch_lines_reach_echo(tmp_path):
     assert lines[-1].startswith("run directory:")
 
 
+@pytest.mark.slow
 def test_sftcore_run_prints_nothing_without_echo(tmp_path, capsys):
     sftcore.run(tiny_config(epochs=1), out=tmp_path / "r")
     assert capsys.readouterr().out == ""
@@ -197,6 +206,7 @@ def _group_lrs(out):
     return [g["lr"] for g in state["optimizer"]["param_groups"]]
 
 
+@pytest.mark.slow
 def test_layer_decay_composes_with_a_head_strategy_in_a_run(tmp_path):
     config = tiny_config(epochs=2, head="gradual_unfreeze", schedule="none",
                          param_groups={"name": "layer_decay", "decay": 0.5})
@@ -206,6 +216,7 @@ def test_layer_decay_composes_with_a_head_strategy_in_a_run(tmp_path):
     assert resolved["finetune"]["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_default_param_groups_are_the_head_strategys(tmp_path):
     sftcore.run(tiny_config(epochs=1, schedule="none", backbone_lr_mult=0.1), out=tmp_path / "a")
     sftcore.run(tiny_config(epochs=1, schedule="none", param_groups={"name": "backbone_head",
@@ -348,6 +359,7 @@ class StopThenInterrupt(Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_a_stop_asked_mid_epoch_then_an_interruption_resumes_exactly(tmp_path):
     from sftcore.errors import Interrupted
 
@@ -375,6 +387,7 @@ class Unsafe(Callback):
         return {"when": object()}  # nothing a weights_only checkpoint reloads
 
 
+@pytest.mark.slow
 def test_a_callback_state_a_checkpoint_cannot_hold_switches_it_off_not_the_resume(tmp_path, capsys):
     unsafe = Unsafe()
     summary = sftcore.run(tiny_config(epochs=2), out=tmp_path / "r", callbacks=[unsafe])
@@ -384,6 +397,7 @@ def test_a_callback_state_a_checkpoint_cannot_hold_switches_it_off_not_the_resum
     assert state["callbacks"] == {}
 
 
+@pytest.mark.slow
 def test_a_run_started_by_the_previous_version_resumes_without_a_config_change(tmp_path, monkeypatch):
     """The marker of a run from before callbacks and param_groups existed lacks those keys (and an
     optimizer option a plugin added since would be missing too): it is the same config."""

@@ -109,6 +109,7 @@ def test_divergence_stops_early_and_the_suggestion_is_in_range(tmp_path, monkeyp
     assert out["lrs"][0] <= out["suggestion"] <= out["lrs"][-1]
 
 
+@pytest.mark.slow
 def test_groups_keep_their_lr_ratio_and_the_head_follows_the_schedule(tmp_path, monkeypatch):
     from sftcore._train.loop import Stage
 
@@ -129,6 +130,7 @@ def test_groups_keep_their_lr_ratio_and_the_head_follows_the_schedule(tmp_path, 
     assert finding.group_lrs["head"] == pytest.approx(finding.suggestion)
 
 
+@pytest.mark.slow
 def test_the_head_strategy_state_of_the_chosen_epoch(tmp_path, monkeypatch):
     from sftcore._train.loop import Stage
 

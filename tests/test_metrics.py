@@ -115,6 +115,7 @@ def tiny_run(tmp_path_factory):
     return out, summary
 
 
+@pytest.mark.slow
 def test_a_run_records_the_scores_per_seed_and_in_the_summary(tiny_run):
     run_dir, summary = tiny_run
     saved = json.loads((run_dir / "summary.json").read_text())
@@ -143,6 +144,7 @@ def test_a_stage_without_test_examples_has_null_scores():
 
 
 # --------------------------------------------------------------------------- sft plot
+@pytest.mark.slow
 def test_plot_writes_per_class_scores_beside_the_confusion_matrix(tiny_run, tmp_path):
     pytest.importorskip("matplotlib")
     from sftcore._analysis.plots import plot
@@ -236,6 +238,7 @@ def test_tta_config_key():
         "config: finetune.tta must be one of none, flip, got 'flp' (did you mean 'flip'?)"]
 
 
+@pytest.mark.slow
 def test_a_run_with_tta_flip_trains_and_selects_alike_and_only_tests_differently(tiny_run, tmp_path):
     run_dir, plain = tiny_run
     flipped = sftcore.run(tiny_config(epochs=1, pretrain=True, tta="flip"), out=tmp_path / "run")

@@ -65,6 +65,7 @@ def test_defaults_are_plain_yaml_values():
             assert yaml.safe_load(yaml.safe_dump(defaults)) == defaults, (kind, name)
 
 
+@pytest.mark.slow
 def test_registering_imports_no_torch(tmp_path):
     code = ("import sys; from sftcore._plugins.manager import get_registry; r = get_registry(); "
             "[r.get(k, n) for k, n in (('optimizers', 'sgd'), ('schedules', 'one_cycle'), "

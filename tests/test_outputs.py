@@ -62,6 +62,7 @@ def copy_run(run_dir, dest, *, files=("config.yaml",), edit=None):
     return dest
 
 
+@pytest.mark.slow
 def test_importing_the_cli_imports_no_heavy_library():
     code = ("import sys, sftcore.cli; "
             "print([m for m in ('torch', 'torchvision', 'timm', 'matplotlib') if m in sys.modules])")
@@ -70,6 +71,7 @@ def test_importing_the_cli_imports_no_heavy_library():
 
 
 # --------------------------------------------------------------------------- plot
+@pytest.mark.slow
 def test_plot_writes_decodable_pngs_and_the_confusion_counts(run_dir, tmp_path):
     out = tmp_path / "figs"
     printed = ok(invoke("plot", run_dir, "--out", out)).splitlines()
@@ -90,6 +92,7 @@ def test_plot_writes_decodable_pngs_and_the_confusion_counts(run_dir, tmp_path):
     assert not any(map(any, counts))  # every example counted in its (true, predicted) cell
 
 
+@pytest.mark.slow
 def test_plot_defaults_to_run_dir_plots(run_dir):
     printed = ok(invoke("plot", run_dir)).splitlines()
     assert len(printed) == 6 and all(line.startswith(str(run_dir / "plots")) for line in printed)
@@ -111,12 +114,14 @@ def test_confusion_matrix_names_the_classes_up_to_30_and_stays_readable_at_100()
     assert ax.images[0].get_array().sum() == pytest.approx(100)  # rows normalised
 
 
+@pytest.mark.slow
 def test_plot_without_matplotlib_says_how_to_install_it(run_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     line = one_error_line(invoke("plot", run_dir))
     assert line == "sft: error: `sft plot` needs matplotlib: pip install 'sftcore[plot]'"
 
 
+@pytest.mark.slow
 def test_plot_skips_a_metrics_line_cut_short_but_not_one_broken_earlier(run_dir, tmp_path):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     cut = copy_run(run_dir, tmp_path / "cut")
@@ -127,6 +132,7 @@ def test_plot_skips_a_metrics_line_cut_short_but_not_one_broken_earlier(run_dir,
     assert "metrics.jsonl' line 1 is not valid JSON" in one_error_line(invoke("plot", broken))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "not a run", "nothing yet"])
 def test_plot_errors(run_dir, tmp_path, case):
     target = {"missing": tmp_path / "nope", "not a run": tmp_path}.get(case)
@@ -146,6 +152,7 @@ def write_test_images(test_split, folder, every=7) -> tuple[list, list]:
     return index, paths
 
 
+@pytest.mark.slow
 def test_predict_agrees_with_the_runs_own_test_predictions(run_dir, test_split, tmp_path):
     preds = json.loads((run_dir / "predictions" / "finetune.json").read_text())
     index, paths = write_test_images(test_split, tmp_path / "images", every=1)
@@ -160,6 +167,7 @@ def test_predict_agrees_with_the_runs_own_test_predictions(run_dir, test_split, 
         assert {t["class"] for t in o["top"]} <= set(preds["classes"])
 
 
+@pytest.mark.slow
 def test_predict_prints_top_k_per_image(run_dir, test_split, tmp_path):
     _, paths = write_test_images(test_split, tmp_path / "images", every=500)
     lines = ok(invoke("predict", run_dir, *paths, "--top-k", 2)).splitlines()
@@ -168,6 +176,7 @@ def test_predict_prints_top_k_per_image(run_dir, test_split, tmp_path):
     assert len(ok(invoke("predict", run_dir, paths[0], "--top-k", 99)).splitlines()) == 1 + 5  # at most all classes
 
 
+@pytest.mark.slow
 def test_predict_reads_other_sizes_and_formats(run_dir, test_split, tmp_path):
     big = torch.nn.functional.interpolate(test_split.images[:1].float(), size=(48, 64)).round().to(torch.uint8)[0]
     (tmp_path / "big.jpg").write_bytes(encode_jpeg(big).numpy().tobytes())
@@ -181,6 +190,7 @@ def test_predict_reads_other_sizes_and_formats(run_dir, test_split, tmp_path):
     assert len(out) == 3 and all(o["top"][0]["class"] in tiny.TARGET_CLASSES for o in out)
 
 
+@pytest.mark.slow
 def test_predict_other_stages(run_dir, test_split, tmp_path):
     preds = json.loads((run_dir / "predictions" / "pretrain.json").read_text())
     pretrain = cfgmod.resolve(cfgmod.load(run_dir / "config.yaml"), get_registry())
@@ -190,6 +200,7 @@ def test_predict_other_stages(run_dir, test_split, tmp_path):
     assert [o["top"][0]["class"] for o in out] == [preds["classes"][preds["predicted"][i]] for i in index]
 
 
+@pytest.mark.slow
 def test_predict_checkpoint_without_recorded_shapes_uses_the_backbone_input(run_dir, test_split, tmp_path):
     old = copy_run(run_dir, tmp_path / "old")
     state = torch.load(run_dir / "checkpoints" / "finetune.pt", weights_only=True)
@@ -202,6 +213,7 @@ def test_predict_checkpoint_without_recorded_shapes_uses_the_backbone_input(run_
     assert [o["top"][0]["class"] for o in out] == [preds["classes"][preds["predicted"][i]] for i in index]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,expect", [
     ("missing image", "not found"),
     ("text file", "cannot decode image"),
@@ -249,6 +261,7 @@ def test_predict_errors(run_dir, test_split, tmp_path, case, expect):
     assert expect in one_error_line(invoke("predict", run, image, *extra))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,classes", [("pretrain", 10), ("finetune", 5)])
 def test_predictions_keep_the_top_k_classes_and_probabilities(run_dir, stage, classes):
     preds = json.loads((run_dir / "predictions" / f"{stage}.json").read_text())
@@ -266,6 +279,7 @@ def test_predictions_keep_the_top_k_classes_and_probabilities(run_dir, stage, cl
         assert top5 == 1.0  # every class is in the top k
 
 
+@pytest.mark.slow
 def test_predict_needs_only_the_backbones_plugin(run_dir, test_split, tmp_path):
     from sftcore._inference.predict import Predictor
 
@@ -280,6 +294,7 @@ def test_predict_needs_only_the_backbones_plugin(run_dir, test_split, tmp_path):
     assert [p.top for p in Predictor(run, "finetune")(paths)] == before
 
 
+@pytest.mark.slow
 def test_predict_without_the_backbones_plugin_is_one_line_naming_it(run_dir, test_split, tmp_path):
     from sftcore.errors import SftError
     from sftcore._inference.predict import Predictor
@@ -308,6 +323,7 @@ def test_predict_without_the_backbones_plugin_is_one_line_naming_it(run_dir, tes
 
 
 # --------------------------------------------------------------------------- compare
+@pytest.mark.slow
 def test_compare_lists_exactly_the_differing_keys(run_dir, tmp_path):
     def edit(cfg):
         cfg["seed"] = 7
@@ -343,6 +359,7 @@ def test_compare_lists_exactly_the_differing_keys(run_dir, tmp_path):
     assert ok(invoke("compare", run_dir, other, unfinished, "--all")).splitlines()[-1] == f"unfinished: {unfinished}"
 
 
+@pytest.mark.slow
 def test_compare_identical_runs(run_dir, tmp_path):
     again = copy_run(run_dir, tmp_path / "again", files=("config.yaml", "summary.json"))
     out = ok(invoke("compare", run_dir, again, run_dir)).splitlines()  # a run given twice counts once
@@ -350,6 +367,7 @@ def test_compare_identical_runs(run_dir, tmp_path):
     assert out[3] == "the configs are identical: their seeds are pooled"
 
 
+@pytest.mark.slow
 def test_compare_errors(run_dir, tmp_path):
     assert "not a run directory" in one_error_line(invoke("compare", run_dir, tmp_path))
     (tmp_path / "bad").mkdir()

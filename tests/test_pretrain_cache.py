@@ -35,6 +35,7 @@ def records(run_dir: Path, prefix: str) -> list[dict]:
     return tiny.without_seconds([r for r in tiny.read_metrics(run_dir) if r["stage"].startswith(prefix)])
 
 
+@pytest.mark.slow
 def test_second_run_reuses_pretraining_bit_identically(tmp_path, pretrain_cache_dir, one_thread):
     first, _, first_epochs = run(tmp_path, "a")
     second, lines, epochs = run(tmp_path, "b")
@@ -60,6 +61,7 @@ def test_second_run_reuses_pretraining_bit_identically(tmp_path, pretrain_cache_
     assert sftcore.load(tmp_path / "b", stage="pretrain") is not None  # the run's own copy serves it
 
 
+@pytest.mark.slow
 def test_what_changes_the_weights_misses_and_what_does_not_hits(tmp_path, pretrain_cache_dir, one_thread):
     base, _, _ = run(tmp_path, "base")
     key = base["pretrain"]["cache"]["key"]
@@ -79,6 +81,7 @@ def test_what_changes_the_weights_misses_and_what_does_not_hits(tmp_path, pretra
     assert len(entries(pretrain_cache_dir)) == 1 + len(misses)
 
 
+@pytest.mark.slow
 def test_cache_off_neither_reads_nor_writes(tmp_path, pretrain_cache_dir, one_thread):
     summary, _, epochs = run(tmp_path, "off", sets={"pretrain_cache": "false"})
     assert "cache" not in summary["pretrain"] and entries(pretrain_cache_dir) == []
@@ -87,6 +90,7 @@ def test_cache_off_neither_reads_nor_writes(tmp_path, pretrain_cache_dir, one_th
     assert "cache" not in summary["pretrain"] and any(e.startswith("pretrain epoch") for e in epochs)
 
 
+@pytest.mark.slow
 def test_pretrain_per_seed_caches_each_seed(tmp_path, pretrain_cache_dir, one_thread):
     cfg = tiny.config(seeds=2, pretrain_per_seed=True, baseline=False)
     first, _, _ = run(tmp_path, "a", cfg)
@@ -101,6 +105,7 @@ def test_pretrain_per_seed_caches_each_seed(tmp_path, pretrain_cache_dir, one_th
     assert records(tmp_path / "b", "pretrain-seed1") == records(tmp_path / "a", "pretrain-seed1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "no-done"])
 def test_a_corrupt_entry_is_recomputed(tmp_path, pretrain_cache_dir, one_thread, damage):
     first, _, _ = run(tmp_path, "a")
@@ -119,6 +124,7 @@ def test_a_corrupt_entry_is_recomputed(tmp_path, pretrain_cache_dir, one_thread,
     assert third["pretrain"]["cache"]["hit"] is True
 
 
+@pytest.mark.slow
 def test_an_unwritable_cache_only_costs_the_reuse(tmp_path, monkeypatch, one_thread):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -168,6 +174,7 @@ def test_two_processes_at_once_compute_one_entry(tmp_path, pretrain_cache_dir, m
     assert summaries[0]["finetune"]["test_loss"] == summaries[1]["finetune"]["test_loss"]
 
 
+@pytest.mark.slow
 def test_a_run_with_callbacks_neither_reads_nor_writes_the_cache(tmp_path, pretrain_cache_dir, one_thread):
     """A callback must see every pretrain epoch (and early stopping changes the pretraining)."""
     run(tmp_path, "a")  # fills the cache

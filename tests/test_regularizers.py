@@ -381,6 +381,7 @@ def _stage(model: TransferModel, ctx: TrainContext, regs, strategy=None, epochs:
                  eval_transform=tf, perf=Performance(CPU), log=MetricsLog(None)))
 
 
+@pytest.mark.slow
 def test_stage_snapshots_the_start_and_l2sp_pulls_towards_it():
     model = make_model(lenet_backbone())
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -511,6 +512,7 @@ def test_a_deepcopy_records_feature_maps_too(hooks_first):
     assert len(clone.backbone.stage1._forward_hooks) == 1
 
 
+@pytest.mark.slow
 def test_a_regularizer_asking_for_feature_maps_gets_them_in_the_stage():
     seen = []
 

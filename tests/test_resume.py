@@ -115,6 +115,7 @@ def test_ctrl_c_saves_mid_epoch_and_resume_is_exact(tmp_path, monkeypatch, looks
     assert_same_weights(tmp_path / "ref", tmp_path / "cut")
 
 
+@pytest.mark.slow
 def test_a_mid_epoch_checkpoint_records_its_position(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "StopSignals", lambda **_: StopAfter(5))
     with pytest.raises(Interrupted, match=r"during pretrain epoch \d/2; saved the progress up to batch"):
@@ -136,6 +137,7 @@ def test_rng_states_round_trip():
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
 
 
+@pytest.mark.slow
 def test_resume_needs_a_run_directory(tmp_path):
     with pytest.raises(ConfigError, match="not a run directory"):
         sftcore.run(resume=tmp_path)

@@ -41,6 +41,7 @@ def _ckpt(run_dir, name):
 
 
 # --------------------------------------------------------------------------- the run directory
+@pytest.mark.slow
 def test_run_directory_layout(full):
     out, summary = full
     assert (out / "config.yaml").is_file() and (out / "metrics.jsonl").is_file() and (out / "summary.json").is_file()
@@ -52,6 +53,7 @@ def test_run_directory_layout(full):
     assert summary["performance"]["device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_config_yaml_is_the_resolved_config_and_loads(full):
     out, _ = full
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -60,6 +62,7 @@ def test_config_yaml_is_the_resolved_config_and_loads(full):
     assert cfgmod.resolve(cfgmod.load(out / "config.yaml"), get_registry()) == expected
 
 
+@pytest.mark.slow
 def test_metrics_one_line_per_epoch_per_stage(full):
     out, summary = full
     records = tiny.read_metrics(out)
@@ -74,6 +77,7 @@ def test_metrics_one_line_per_epoch_per_stage(full):
         assert summary[stage]["epochs"] == sum(r["stage"] == stage for r in records)
 
 
+@pytest.mark.slow
 def test_summary_accuracies_and_sizes(full):
     _, summary = full
     for stage in STAGES:
@@ -93,6 +97,7 @@ def test_summary_accuracies_and_sizes(full):
     assert f["head"] == "reinit" and b["head"] == "reinit" and b["regularizers"] == []
 
 
+@pytest.mark.slow
 def test_transfer_gain_is_finetune_minus_baseline_in_points(full):
     _, summary = full
     ft, bl = summary["finetune"]["test_accuracy"], summary["baseline"]["test_accuracy"]
@@ -100,6 +105,7 @@ def test_transfer_gain_is_finetune_minus_baseline_in_points(full):
     assert summary["transfer_gain"] == pytest.approx(100 * (ft - bl), abs=5e-4)
 
 
+@pytest.mark.slow
 def test_transfer_gain_ci95_is_the_paired_interval(full):
     out, summary = full
     ft = tiny.evaluate_saved(out, "finetune")["correct"].float()
@@ -110,6 +116,7 @@ def test_transfer_gain_ci95_is_the_paired_interval(full):
     assert summary["transfer_gain_ci95"] == pytest.approx(ci, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_verdict_of_one_seed_rests_on_mcnemar(full):
     out, summary = full
     gain, p, verdict = summary["transfer_gain"], summary["transfer_gain_p"], summary["verdict"]
@@ -126,6 +133,7 @@ def test_verdict_of_one_seed_rests_on_mcnemar(full):
         assert verdict.startswith("no clear difference")
 
 
+@pytest.mark.slow
 def test_seconds_per_stage_and_total(full):
     _, summary = full
     seconds = summary["seconds"]
@@ -135,6 +143,7 @@ def test_seconds_per_stage_and_total(full):
     assert seconds["total"] >= sum(seconds[s] for s in STAGES) - 0.01
 
 
+@pytest.mark.slow
 def test_heads_of_different_shapes_transfer(full):
     """The seed document's bug: a 10-class pretrain could not be loaded into a 5-class finetune."""
     out, summary = full
@@ -145,6 +154,7 @@ def test_heads_of_different_shapes_transfer(full):
     assert summary["finetune"]["classes"] == 5
 
 
+@pytest.mark.slow
 def test_test_accuracy_is_reproduced_from_the_saved_model(full):
     """Evaluation is deterministic: the saved model scores exactly what the summary says."""
     out, summary = full
@@ -154,6 +164,7 @@ def test_test_accuracy_is_reproduced_from_the_saved_model(full):
         assert ev["loss"] == pytest.approx(summary[stage]["test_loss"], rel=1e-5), stage
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_results(full, tmp_path):
     """Rerunning the saved config.yaml reproduces accuracies and every metric (seconds aside)."""
     out, summary = full
@@ -163,6 +174,7 @@ def test_same_config_and_seed_give_identical_results(full, tmp_path):
     assert tiny.without_seconds(tiny.read_metrics(tmp_path / "again")) == tiny.without_seconds(tiny.read_metrics(out))
 
 
+@pytest.mark.slow
 def test_same_dict_twice_is_identical_and_a_new_seed_differs(tmp_path):
     cfg = tiny.config(pretrain=False)
     cfg["finetune"]["dataset"] = tiny.shapes("target", labels_per_class=10)
@@ -224,6 +236,7 @@ def test_validation_is_held_out_of_the_few_label_training_data(subset, per_class
     assert torch.bincount(data.train.labels, minlength=5).tolist() == [per_class - val_per_class] * 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("subset, train_n, val_n", [({"labels_per_class": 4}, 15, 5), ({"fraction": 0.25}, 20, 5)])
 def test_split_sizes_in_the_summary(tmp_path, subset, train_n, val_n):
     cfg = tiny.config(pretrain=False, baseline=False)
@@ -232,6 +245,7 @@ def test_split_sizes_in_the_summary(tmp_path, subset, train_n, val_n):
     assert (s["train_examples"], s["val_examples"], s["test_examples"]) == (train_n, val_n, 50)
 
 
+@pytest.mark.slow
 def test_val_fraction_zero_means_no_validation_and_best_falls_back_to_last(tmp_path):
     cfg = tiny.config(pretrain=False, baseline=False)
     cfg["finetune"].update(epochs=2, select="best", dataset=tiny.shapes("target", labels_per_class=6, val_fraction=0))
@@ -254,6 +268,7 @@ def _select_cfg(select="best", epochs=4):
     return cfg
 
 
+@pytest.mark.slow
 def test_select_best_agrees_with_metrics_and_restores_that_model(tmp_path):
     s = sftcore.run(_select_cfg(), out=tmp_path / "r")["finetune"]
     records = tiny.read_metrics(tmp_path / "r")
@@ -266,6 +281,7 @@ def test_select_best_agrees_with_metrics_and_restores_that_model(tmp_path):
     assert ev["loss"] == pytest.approx(records[selected - 1]["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_select_best_restores_the_best_epoch_ties_to_lower_val_loss(tmp_path, monkeypatch):
     """Scripted validation scores: epochs 2 and 3 tie on accuracy, 3 has the lower loss; 4 is worse."""
     scripted = iter([(0.4, 1.0), (0.8, 0.9), (0.8, 0.7), (0.6, 0.1)])
@@ -290,6 +306,7 @@ def test_select_best_restores_the_best_epoch_ties_to_lower_val_loss(tmp_path, mo
     assert all(torch.equal(last[k], states[3][k]) for k in last)
 
 
+@pytest.mark.slow
 def test_select_last_keeps_the_last_epoch(tmp_path, monkeypatch):
     scripted = iter([(0.9, 0.1), (0.1, 5.0)])
     real = training.evaluate
@@ -333,12 +350,14 @@ def test_evaluate_is_deterministic_and_does_not_augment():
 
 
 # --------------------------------------------------------------------------- options of the run
+@pytest.mark.slow
 def test_checkpoints_false_writes_none(tmp_path):
     sftcore.run(tiny.config(checkpoints=False), out=tmp_path / "r")
     assert not (tmp_path / "r" / "checkpoints").exists()
     assert (tmp_path / "r" / "summary.json").is_file() and (tmp_path / "r" / "metrics.jsonl").is_file()
 
 
+@pytest.mark.slow
 def test_no_baseline_means_no_gain(tmp_path):
     s = sftcore.run(tiny.config(baseline=False), out=tmp_path / "r")
     assert "baseline" not in s
@@ -346,12 +365,14 @@ def test_no_baseline_means_no_gain(tmp_path):
     assert set(s["seconds"]) == {"pretrain", "finetune", "total"}
 
 
+@pytest.mark.slow
 def test_pretrain_only(tmp_path):
     s = sftcore.run(tiny.config(finetune=False), out=tmp_path / "r")
     assert "finetune" not in s and 0 <= s["pretrain"]["test_accuracy"] <= 1
     assert s["transfer_gain"] is None
 
 
+@pytest.mark.slow
 def test_default_out_is_runs_name_timestamp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = tiny.config(pretrain=False, baseline=False, checkpoints=False, name="mine")
@@ -364,6 +385,7 @@ def test_default_out_is_runs_name_timestamp(tmp_path, monkeypatch):
     assert first != second
 
 
+@pytest.mark.slow
 def test_out_holding_a_run_is_refused(full):
     out, _ = full
     before = (out / "summary.json").read_text()
@@ -374,6 +396,7 @@ def test_out_holding_a_run_is_refused(full):
     assert (out / "summary.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_out_may_be_an_existing_empty_directory(tmp_path):
     (tmp_path / "r").mkdir()
     cfg = tiny.config(pretrain=False, baseline=False, checkpoints=False)
@@ -382,6 +405,7 @@ def test_out_may_be_an_existing_empty_directory(tmp_path):
     assert (tmp_path / "r" / "summary.json").is_file()
 
 
+@pytest.mark.slow
 def test_run_from_yaml_path_with_overrides(tmp_path):
     path = tiny.write_yaml(tmp_path / "c.yaml", tiny.config(pretrain=False))
     s = sftcore.run(path, out=tmp_path / "r", overrides=["finetune.epochs=1", "name=from-yaml"])
@@ -389,6 +413,7 @@ def test_run_from_yaml_path_with_overrides(tmp_path):
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["finetune"]["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_default_config_runs_with_overrides(tmp_path):
     """`sftcore.run(None)` is the shapes demo; shrunk with overrides it runs all three stages."""
     s = sftcore.run(None, out=tmp_path / "r", overrides=[
@@ -401,12 +426,14 @@ def test_default_config_runs_with_overrides(tmp_path):
     assert s["transfer_gain"] == round(100 * (s["finetune"]["test_accuracy"] - s["baseline"]["test_accuracy"]), 3)
 
 
+@pytest.mark.slow
 def test_config_errors_come_before_any_run_directory(tmp_path):
     with pytest.raises(ConfigError, match="finetune.epochs must be an integer"):
         sftcore.run(tiny.config(), out=tmp_path / "r", overrides=["finetune.epochs=ten"])
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError) as info:
@@ -416,6 +443,7 @@ def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_error_leaves_no_run_directory(tmp_path):
     with pytest.raises(ConfigError):
@@ -423,6 +451,7 @@ def test_device_error_leaves_no_run_directory(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_one_label_per_class_leaves_nothing_to_validate_on(tmp_path):
     cfg = tiny.config(pretrain=False, baseline=False,
                       finetune={"dataset": tiny.shapes("target", labels_per_class=1), "batch_size": 5})
@@ -431,6 +460,7 @@ def test_one_label_per_class_leaves_nothing_to_validate_on(tmp_path):
     assert s["selected_epoch"] == 2 and s["val_accuracy"] is None
 
 
+@pytest.mark.slow
 def test_epochs_zero_trains_nothing(tmp_path):
     cfg = tiny.config(pretrain=False, baseline=False)
     cfg["finetune"].update(epochs=0, head="imprint")
@@ -441,6 +471,7 @@ def test_epochs_zero_trains_nothing(tmp_path):
     assert 0 <= s["test_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_metrics_jsonl_exists_even_when_no_epoch_ran(tmp_path):
     sftcore.run(tiny.config(pretrain=False, baseline=False, finetune={"epochs": 0, "head": "imprint"}),
                 out=tmp_path / "r")
@@ -448,6 +479,7 @@ def test_metrics_jsonl_exists_even_when_no_epoch_ran(tmp_path):
 
 
 # --------------------------------------------------------------------------- reusing an earlier run
+@pytest.mark.slow
 def test_reuse_weights_with_match_classes_copies_rows_by_name(full, plugin, tmp_path):
     out, _ = full
     plugin(tiny.dataset_plugin(t_named=tiny.named_dataset), "t-tiny-named")
@@ -471,6 +503,7 @@ def test_reuse_weights_with_match_classes_copies_rows_by_name(full, plugin, tmp_
     assert all(torch.equal(fine[k], v) for k, v in backbone.items())  # the backbone came from the file
 
 
+@pytest.mark.slow
 def test_reuse_weights_on_the_source_task_reproduces_the_pretrain_model(full, tmp_path):
     """Same dataset as source and target: every head row is copied, so with 0 epochs the finetune
     model is the pretrain model and scores exactly the same on the same test split."""
@@ -484,6 +517,7 @@ def test_reuse_weights_on_the_source_task_reproduces_the_pretrain_model(full, tm
     assert s["finetune"]["test_accuracy"] == summary["pretrain"]["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_reuse_weights_then_train_with_a_baseline(full, tmp_path):
     out, _ = full
     cfg = tiny.config(pretrain=False, backbone={"weights": str(out / "checkpoints" / "pretrain.pt")})
@@ -496,6 +530,7 @@ def test_reuse_weights_then_train_with_a_baseline(full, tmp_path):
     assert not torch.equal(base["backbone.stage1.0.weight"], pre["backbone.stage1.0.weight"])  # scratch is scratch
 
 
+@pytest.mark.slow
 def test_match_classes_without_a_source_head_is_a_clear_error(tmp_path):
     cfg = tiny.config(pretrain=False, baseline=False)
     cfg["finetune"]["head"] = "match_classes"
@@ -504,6 +539,7 @@ def test_match_classes_without_a_source_head_is_a_clear_error(tmp_path):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     cfg = tiny.config(pretrain=False, backbone={"weights": str(tmp_path / "nope.pt")})
     with pytest.raises(SftError, match="nope.pt") as info:
@@ -511,6 +547,7 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["reinit", "match_classes", "linear_probe"])
 def test_ten_classes_into_a_hundred(plugin, tmp_path, head):
     plugin(tiny.dataset_plugin(t_named=tiny.named_dataset), "t-tiny-named")
@@ -534,6 +571,7 @@ def _splits_plugin(make):
     return tiny.dataset_plugin(t_bad=factory)
 
 
+@pytest.mark.slow
 def test_dataset_splits_are_checked_at_the_plugin_boundary(tmp_path, plugin):
     from sftcore.api import DataSplits, ImageSet
     from sftcore.errors import PluginError
@@ -556,6 +594,7 @@ def test_dataset_splits_are_checked_at_the_plugin_boundary(tmp_path, plugin):
         sftcore.run(cfg, out=tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_a_channel_count_that_cannot_be_converted_is_a_config_error(tmp_path):
     from sftcore.errors import ConfigError
 

@@ -29,6 +29,7 @@ def multi(tmp_path_factory):
     return out, sftcore.run(two_seeds(), out=out)
 
 
+@pytest.mark.slow
 def test_each_seed_trains_its_own_finetune_and_baseline(multi):
     out, summary = multi
     assert summary["seeds"] == [0, 1] and [r["seed"] for r in summary["per_seed"]] == [0, 1]
@@ -43,6 +44,7 @@ def test_each_seed_trains_its_own_finetune_and_baseline(multi):
     assert saved["seed"] == 1 and saved["stage"] == "finetune" and saved["tag"] == "finetune-seed1"
 
 
+@pytest.mark.slow
 def test_stage_results_are_means_over_seeds_and_the_gain_is_paired(multi):
     _, summary = multi
     runs = summary["per_seed"]
@@ -62,6 +64,7 @@ def test_stage_results_are_means_over_seeds_and_the_gain_is_paired(multi):
     assert "pretrain" not in runs[0] and summary["pretrain"]["test_accuracy"] is not None
 
 
+@pytest.mark.slow
 def test_seeds_differ_in_their_subset_and_the_first_seed_matches_a_one_seed_run(multi, tmp_path):
     _, summary = multi
     single = sftcore.run(tiny.config(), out=tmp_path / "one")
@@ -75,6 +78,7 @@ def test_seeds_differ_in_their_subset_and_the_first_seed_matches_a_one_seed_run(
     assert single["seeds"] == [0] and len(single["per_seed"]) == 1
 
 
+@pytest.mark.slow
 def test_pretrain_per_seed_pretrains_again(tmp_path):
     summary = sftcore.run(two_seeds(pretrain_per_seed=True, baseline=False), out=tmp_path / "r")
     assert (tmp_path / "r" / "checkpoints" / "pretrain-seed1.pt").is_file()
@@ -85,6 +89,7 @@ def test_pretrain_per_seed_pretrains_again(tmp_path):
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # another init and order
 
 
+@pytest.mark.slow
 def test_resume_continues_a_multi_seed_run_exactly(tmp_path, monkeypatch):
     cfg = two_seeds(baseline={"name": "scratch", "max_epochs": 6, "patience": 2})
     reference = sftcore.run(cfg, out=tmp_path / "ref")
@@ -122,6 +127,7 @@ def test_cli_seeds_option(tmp_path, capsys):
     assert "mean ± sd over seeds 0, 1" in out and "mean of 2 seeds" in out
 
 
+@pytest.mark.slow
 def test_a_list_of_seeds(tmp_path):
     summary = sftcore.run(tiny.config(pretrain=False, baseline=False, seeds=[5, 9]), out=tmp_path / "r")
     assert summary["seeds"] == [5, 9] and [r["seed"] for r in summary["per_seed"]] == [5, 9]
@@ -158,6 +164,7 @@ def test_fixed_epochs_never_stop_early():
     assert not stage.converged()
 
 
+@pytest.mark.slow
 def test_auto_baseline_trains_until_converged_and_records_it(tmp_path):
     cfg = tiny.config(pretrain=False, baseline={"name": "scratch", "max_epochs": 60, "patience": 3},
                       finetune={"optimizer": {"name": "adamw", "lr": 0.003}})
@@ -173,6 +180,7 @@ def test_auto_baseline_trains_until_converged_and_records_it(tmp_path):
         assert len(drops) == 2  # two tenfold drops, each visible in the next epoch's lr
 
 
+@pytest.mark.slow
 def test_auto_stops_at_the_cap(tmp_path):
     cfg = tiny.config(pretrain=False, baseline={"name": "scratch", "max_epochs": 3, "patience": 50})
     summary = sftcore.run(cfg, out=tmp_path / "r")
@@ -182,12 +190,14 @@ def test_auto_stops_at_the_cap(tmp_path):
 
 
 # --------------------------------------------------------------------------- select: auto
+@pytest.mark.slow
 def test_select_auto_keeps_the_last_epoch_on_a_small_validation_set(tmp_path):
     summary = sftcore.run(tiny.config(pretrain=False, baseline=False, finetune={"epochs": 4}), out=tmp_path / "r")
     ft = summary["finetune"]
     assert ft["val_examples"] < 50 and ft["select"] == "last" and ft["selected_epoch"] == 4
 
 
+@pytest.mark.slow
 def test_select_auto_picks_the_best_epoch_on_a_large_validation_set(tmp_path):
     data = tiny.shapes("target", train_per_class=40, labels_per_class=None)
     summary = sftcore.run(tiny.config(pretrain=False, baseline=False,
@@ -200,6 +210,7 @@ def test_select_auto_picks_the_best_epoch_on_a_large_validation_set(tmp_path):
 
 
 # --------------------------------------------------------------------------- what the run records
+@pytest.mark.slow
 def test_summary_records_the_environment(multi):
     _, summary = multi
     env = summary["environment"]
@@ -207,6 +218,7 @@ def test_summary_records_the_environment(multi):
     assert env["sftcore"] == sftcore.__version__ and env["device"] == "cpu" and env["timm"]
 
 
+@pytest.mark.slow
 def test_random_start_is_warned_only_without_pretraining(multi, tmp_path):
     _, summary = multi
     assert not any("measures nothing" in w for w in summary["verdict_warnings"])
@@ -230,6 +242,7 @@ def test_train_batches_are_shuffled_the_same_way_at_every_call():
     assert [labels[i].item() for i in order] == [y for _, ys in first for y in ys]
 
 
+@pytest.mark.slow
 def test_predict_reads_another_seeds_model(multi, tmp_path):
     from PIL import Image
 
@@ -247,6 +260,7 @@ def test_predict_reads_another_seeds_model(multi, tmp_path):
         Predictor(out, "finetune-seedx")
 
 
+@pytest.mark.slow
 def test_lp_ft_probes_ten_epochs_under_auto(tmp_path):
     """Half of max_epochs would keep a stage that stops early a linear probe."""
     cfg = tiny.config(pretrain=False, baseline=False,

@@ -72,6 +72,7 @@ def expected_trainable(head: str, epoch: int, total: int) -> int | None:
     return total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("regs", REG_SETS, ids=lambda r: "+".join(r) or "none")
 @pytest.mark.parametrize("head", HEADS)
 def test_head_strategy_with_regularizers(tmp_path, pretrained, head, regs):
@@ -123,6 +124,7 @@ def test_the_matrix_covers_every_builtin():
     assert set(REGULARIZERS) == {"l2", "l2_sp"}
 
 
+@pytest.mark.slow
 def test_match_classes_after_a_real_pretrain_stage_with_baseline(tmp_path):
     """Source and target share class names (both task: source); the pretrain head is handed on."""
     out = tmp_path / "run"

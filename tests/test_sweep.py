@@ -157,6 +157,7 @@ def test_a_bad_reference_in_the_file_is_named_as_the_files(here):
     assert "--reference 'finetune.head=imprint': imprint is not among" in line
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_quietly(here):
     sweep = write_sweep(here)
     proc = subprocess.Popen([sys.executable, "-m", "sftcore", "sweep", str(sweep), "--dry-run"],
@@ -166,6 +167,7 @@ def test_a_closed_pipe_ends_quietly(here):
     assert proc.wait(timeout=60) in (0, 141) and "internal error" not in err and "Traceback" not in err, err
 
 
+@pytest.mark.slow
 def test_the_cli_imports_no_ray():
     code = "import sys, sftcore.cli, sftcore._sweep.run; print('ray' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -80,6 +80,7 @@ def test_the_fixture_registers_until_the_test_ends(sft_plugin):
     assert plugins.get_registry().get("regularizers", "t_fixture").plugin == "t-fixture"
 
 
+@pytest.mark.slow
 def test_importing_sftcore_testing_imports_no_torch():
     code = "import sys, sftcore.testing; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -22,7 +22,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {show(key.strip())}: the value is refused: {exc}") from None
     except yaml.YAMLError as exc:
         if "appears twice" in str(getattr(exc, "problem", "")):  # not a plain string either: say so
-            raise ConfigError(f"--set {show(key.strip())}: {exc.problem}") from None
+            raise ConfigError(f"--set {show(key.strip())}: {getattr(exc, 'problem', exc)}") from None
         parsed = value  # not YAML: the text itself (`--set name=a: b`)
     return key.strip().split("."), parsed
 

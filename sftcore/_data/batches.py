@@ -35,7 +35,7 @@ def few_label_index(
         return None
     keep = []
     for idx in _per_class(labels, seed):
-        n = labels_per_class if labels_per_class is not None else max(1, round(len(idx) * fraction))
+        n = labels_per_class if labels_per_class is not None else max(1, round(len(idx) * (fraction or 0.0)))
         keep.append(idx[:n])
     return torch.sort(torch.cat(keep)).values
 
@@ -124,6 +124,7 @@ class BatchTransform:
             x = self._channels(x.float())  # a fresh copy of the uint8 batch: safe to change in place
             x = x.mul_(1.0 / 255.0) if unit else x
         if unit:
+            assert batch is not None  # unit implies a batch
             batch.images = x
             for aug in self.on_float:
                 aug(batch)
@@ -164,6 +165,7 @@ def augment_together(transform: BatchTransform, batches: list, generator: torch.
     """``[(inputs, targets), ...]``: the batches augmented as one batch (their concatenation), split back."""
     x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     inputs, targets = transform.augmented(x, y, generator)
+    assert targets is not None  # targets in, targets out
     sizes = [len(b[1]) for b in batches]
     return list(zip(inputs.split(sizes), targets.split(sizes)))
 
@@ -211,7 +213,7 @@ class Batches:
         self.epoch = 0
         self.in_memory = isinstance(data, ImageSet)
         self.rank, self.world = (distributed.rank(), distributed.world_size()) if sharded else (0, 1)
-        if self.in_memory:
+        if isinstance(data, ImageSet):
             self.images = data.images.to(device, non_blocking=True)
             self.labels = data.labels.to(device, non_blocking=True)
         else:
@@ -283,7 +285,7 @@ class Batches:
                 for s in range(batch * self.batch_size, len(self.data), self.batch_size)
             ]
         loader = torch.utils.data.DataLoader(
-            _FileDataset(self.data),
+            _FileDataset(self.data),  # type: ignore[arg-type]  # not in memory: a FileSet
             batch_sampler=[i.tolist() for i in index],
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",

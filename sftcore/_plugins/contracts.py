@@ -237,12 +237,13 @@ class TrainContext:
         self.seed = seed
         self.source_classes = source_classes
         self.source_head = source_head
-        self.model: TransferModel | None = None
+        # set by sftcore once the head exists: None only while the head strategy's build_head runs
+        self.model: TransferModel = None  # type: ignore[assignment]
         self._extract_features = extract_features
         self._train_batches = train_batches
         self._start_state: dict | None = None
         self._start_params: dict | None = None
-        self._start_model = None
+        self._start_model: TransferModel | None = None
 
     @property
     def num_classes(self) -> int:
@@ -281,10 +282,13 @@ class TrainContext:
 
     def start_state(self) -> dict[str, torch.Tensor]:
         """Parameter values at the start of the stage (w⁰), by ``model.named_parameters()`` name."""
-        if self._start_state is None:
+        start = self._start_state
+        if start is None:
             self.snapshot()
+            start = self._start_state
+        assert start is not None  # snapshot() records it
         if self._start_params is None:
-            self._start_params = {n: self._start_state[n] for n, _ in self.model.named_parameters()}
+            self._start_params = {n: start[n] for n, _ in self.model.named_parameters()}
         return self._start_params
 
     def start_model(self) -> TransferModel:
@@ -295,7 +299,7 @@ class TrainContext:
             if self._start_state is None:
                 self.snapshot()
             model = copy.deepcopy(self.model)
-            model.load_state_dict(self._start_state)
+            model.load_state_dict(self._start_state or {})
             model.eval()
             freeze(model)
             self._start_model = model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import fnmatch
 import functools
 import importlib
@@ -41,6 +42,7 @@ class Component:
                     f"loaded from '{self.factory}': {type(exc).__name__}: {exc}"
                 ) from None
             self.factory = obj
+        assert not isinstance(self.factory, str)
         return self.factory
 
     def _option_params(self) -> list[inspect.Parameter]:
@@ -180,5 +182,5 @@ class Registry:
             out[k] = items
         return out
 
-    def by_plugin(self, plugin: str) -> dict[str, list[str]]:
+    def by_plugin(self, plugin: str) -> dict[str, builtins.list[str]]:
         return {k: sorted(c.name for c in v.values() if c.plugin == plugin) for k, v in self.components.items()}

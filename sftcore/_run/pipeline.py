@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -360,6 +361,7 @@ class Pipeline:
     def stage_data(self, stage: str, backbone: Backbone, seed: int) -> StageData:
         """The stage's dataset is loaded once (with the run's seed); each seed draws its own subset."""
         ds_cfg = self.config.stage(stage).dataset
+        assert ds_cfg is not None  # resolve requires a stage's dataset
         if stage not in self._splits:
             self._splits[stage] = load_splits(stage, ds_cfg, backbone, self.seed, self.registry)
         return subset_stage_data(self._splits[stage], stage, ds_cfg, seed)
@@ -444,7 +446,7 @@ class Pipeline:
             if distributed.broadcast_object(found is not None):
                 return self._from_cache(found if main else entry.read(), entry, backbone, data, seed, tag)
             records = _Records(self.log)
-            self.log = records
+            self.log = cast(MetricsLog, records)  # writes through to the run's log, keeping a copy
             try:
                 model, result = self.train_stage(
                     "pretrain",
@@ -545,7 +547,8 @@ class Pipeline:
 
     def _one_seed(self, index: int, seed: int, shared: Start | None) -> dict:
         """Every per-seed stage for ``seed``; the first seed's files carry the plain stage names."""
-        config, suffix, results = self.config, "" if index == 0 else f"-seed{seed}", {}
+        config, suffix = self.config, "" if index == 0 else f"-seed{seed}"
+        results: dict[str, Any] = {}
         if index:
             self._check_stop()
         start = shared
@@ -638,7 +641,7 @@ class _Records:
     """metrics.jsonl as the pretrain stage writes it, keeping its records for the cache entry."""
 
     def __init__(self, log: MetricsLog):
-        self.log, self.records = log, []
+        self.log, self.records = log, cast(list[dict], [])
 
     def write(self, record: dict) -> None:
         self.records.append(dict(record))

@@ -65,10 +65,10 @@ def metrics(run_dir: Path) -> dict[str, list[dict]]:
     """
     path = Path(run_dir) / "metrics.jsonl"
     try:
-        lines = path.read_text().splitlines() if path.is_file() else []
+        text = path.read_text().splitlines() if path.is_file() else []
     except (OSError, UnicodeDecodeError) as exc:
         raise SftError(f"cannot read '{path}': {getattr(exc, 'strerror', None) or exc}") from None
-    lines = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    lines = [(i, line) for i, line in enumerate(text, 1) if line.strip()]
     by_stage: dict[str, dict[int, dict]] = {}
     for n, (i, line) in enumerate(lines):
         try:

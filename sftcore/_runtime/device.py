@@ -40,10 +40,14 @@ class Performance:
 class PerformanceKeys(Protocol):
     """The run config's keys this module reads (sftcore._config.schema.RunConfig has them)."""
 
-    device: str
-    precision: str
-    channels_last: bool | str
-    compile: bool | str
+    @property
+    def device(self) -> str: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def channels_last(self) -> bool | str: ...
+    @property
+    def compile(self) -> bool | str: ...
 
 
 def resolve_performance(cfg: PerformanceKeys) -> Performance:

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from sftcore._config.schema import TTA  # test-time augmentation: none, or average with the flip
 from sftcore._data.batches import Batches, BatchTransform
 from sftcore._runtime import distributed
 from sftcore._runtime.device import Performance
@@ -49,27 +50,26 @@ def evaluate(
             targets.append(y)
             n += len(y)
     model.train(was_training)
-    parts = [_joined(t) for t in (predicted, targets, top, top_p)]
+    parts: list[torch.Tensor] = [_joined(t) for t in (predicted, targets, top, top_p)]
     if distributed.active():  # each rank evaluated one contiguous share: put them back in order
         shares = distributed.all_gather_objects((*parts, loss_sum.item(), n))
         parts = [torch.cat([sh[i] for sh in shares]) for i in range(4)]
         loss_sum = torch.tensor(sum(sh[4] for sh in shares))
         n = sum(sh[5] for sh in shares)
-    predicted, targets, top, top_p = parts
-    correct = predicted == targets
+    joined_predicted, joined_targets, top_k, top_k_p = parts
+    correct = joined_predicted == joined_targets
     return {
         "accuracy": correct.float().mean().item() if n else float("nan"),
         "loss": loss_sum.item() / max(1, n),
         "correct": correct,
-        "predicted": predicted,
-        "targets": targets,
-        "top_k": top,
-        "top_k_probability": top_p,
+        "predicted": joined_predicted,
+        "targets": joined_targets,
+        "top_k": top_k,
+        "top_k_probability": top_k_p,
     }
 
 
 TOP_K = 5  # classes per example that evaluate() keeps with their probabilities
-TTA = ("none", "flip")  # test-time augmentation: none, or average with the horizontal flip
 
 
 def _joined(tensors: list) -> torch.Tensor:

@@ -4,7 +4,7 @@ failing callback switched off with one warning line instead of losing the run.""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sftcore._plugins.contracts import Callback
@@ -40,7 +40,10 @@ class Events:
     """The run's callbacks as one: ``events("on_epoch_end", stage, record)`` tells each in turn."""
 
     def __init__(
-        self, callbacks: list[tuple[str, Callback]], warn: Callable[[str], None] = _warn, observers: list[Callback] = ()
+        self,
+        callbacks: list[tuple[str, Callback]],
+        warn: Callable[[str], None] = _warn,
+        observers: Sequence[Callback] = (),
     ):
         self.callbacks = callbacks  # (label, callback): every rank holds all, for their states
         main = distributed.is_main()

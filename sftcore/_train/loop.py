@@ -8,7 +8,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -317,7 +317,8 @@ class Stage:
             self._drawn = (k, self.generator.get_state() if self.chunk > 1 else None, k + len(group))
             if self.chunk == 1:
                 part = self.train.part(k) if self.train.world > 1 else None
-                done = [self.train_transform.augmented(*group[0], self.generator, part)]
+                x, y = group[0]
+                done = [self.train_transform.augmented(x, y, self.generator, part)]
             else:
                 done = augment_together(self.train_transform, group, self.generator)
             for i, (inputs, targets) in enumerate(done):
@@ -367,7 +368,9 @@ class Stage:
     def step(self, epoch: int, k: int, x: torch.Tensor, y: torch.Tensor, sums: dict) -> None:
         """One optimizer step on batch ``k`` as it comes from the data (augmented here, on its own)."""
         part = self.train.part(k) if self.train.world > 1 else None
-        self._train_step(epoch, k, *self.train_transform.augmented(x, y, self.generator, part), sums)
+        inputs, targets = self.train_transform.augmented(x, y, self.generator, part)
+        assert targets is not None  # targets in, targets out
+        self._train_step(epoch, k, inputs, targets, sums)
 
     def _train_step(self, epoch: int, k: int, inputs: torch.Tensor, targets: torch.Tensor, sums: dict) -> None:
         """One optimizer step on batch ``k``; its loss, hits and first non-finite loss go into ``sums``."""
@@ -380,7 +383,7 @@ class Stage:
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.cfg.label_smoothing)
             if self.regularizers:
                 step = Step(self.ctx, epoch, inputs, y, logits, features, maps, soft_targets=targets if soft else None)
-                penalty = sum(r.penalty(step) for r in self.regularizers)
+                penalty = cast(torch.Tensor, sum(r.penalty(step) for r in self.regularizers))
                 sums["penalty"] += penalty.detach() * len(y)
                 loss = loss + penalty
         self.optimizer.zero_grad(set_to_none=True)
@@ -422,10 +425,10 @@ class Stage:
         if self.val is not None and len(self.val.data):
             ev = evaluate(model, self.val, self.eval_transform, self.perf)
             record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
-            key = (ev["accuracy"], -ev["loss"])
-            if self.select == "best" and (self.best is None or key > tuple(self.best["key"])):
+            rank_key = (ev["accuracy"], -ev["loss"])
+            if self.select == "best" and (self.best is None or rank_key > tuple(self.best["key"])):
                 self.best = {
-                    "key": list(key),
+                    "key": list(rank_key),
                     "epoch": epoch + 1,
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
                 }
@@ -448,8 +451,9 @@ class Stage:
     def _interrupted(self, epoch: int, upto: str) -> None:
         distributed.barrier()  # no rank exits (and gets the job torn down) while rank 0 still writes
         saved = f"saved the progress {upto}" if self.checkpoint is not None else "checkpoints are off: nothing saved"
+        stop = cast(StopSignals, self.stop)  # a stop was asked: there are signals
         raise Interrupted(
-            f"{self.stop.name} during {self.name} epoch {epoch + 1}/{self.budget}; {saved}", self.stop.signum
+            f"{stop.name} during {self.name} epoch {epoch + 1}/{self.budget}; {saved}", cast(int, stop.signum)
         )
 
     def _stopping(self) -> bool:
@@ -484,8 +488,8 @@ class Stage:
     def _check_finite(self, epoch: int, sums: dict) -> None:
         if distributed.active():  # the first bad batch on any rank
             never = torch.iinfo(torch.long).max
-            first = torch.where(sums["bad_batch"] < 0, never, sums["bad_batch"]).reshape(1)
-            first = int(distributed.all_reduce_(first, "min").item())
+            local = torch.where(sums["bad_batch"] < 0, never, sums["bad_batch"]).reshape(1)
+            first = int(distributed.all_reduce_(local, "min").item())
             sums["bad_batch"] = torch.tensor(-1 if first == never else first)
         bad = int(sums["bad_batch"].item())
         if bad >= 0:

@@ -46,7 +46,8 @@ class TransferModel(nn.Module):
             features = self.backbone(x)
             return self.head(features), features, {}
         self._install_hooks()
-        _capture.maps = maps = {}
+        maps: dict[str, torch.Tensor] = {}
+        _capture.maps = maps
         try:
             features = self.backbone(x)
         finally:
