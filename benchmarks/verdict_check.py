@@ -184,12 +184,10 @@ class SftData:
         from sftcore._data import stage as runner
 
         ds_cfg = self.cfg[stage]["dataset"]
-        if hasattr(runner, "load_splits") and hasattr(runner, "subset_stage_data"):
-            # as Pipeline._data: the dataset loaded once with the run's seed, then each seed's subset
-            if stage not in self.full:
-                self.full[stage] = runner.load_splits(stage, ds_cfg, backbone, self.cfg["seed"], self.registry)
-            return runner.subset_stage_data(self.full[stage], stage, ds_cfg, seed)
-        return runner.load_stage_data(stage, ds_cfg, backbone, seed, self.registry)
+        # as Pipeline.stage_data: the dataset loaded once with the run's seed, then each seed's subset
+        if stage not in self.full:
+            self.full[stage] = runner.load_splits(stage, ds_cfg, backbone, self.cfg["seed"], self.registry)
+        return runner.subset_stage_data(self.full[stage], stage, ds_cfg, seed)
 
 
 def tensors(part):

@@ -7,10 +7,11 @@ sftcore._plugins.contracts (so that the core imports them from below); this modu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._plugins.contracts import (  # noqa: F401  (re-exported)
     MAX_SEED,
+    STAGES,
     Augment,
     Augmentation,
     AugmentBatch,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._train.model import TransferModel
 
 __all__ = [
+    "as_checkpoint",
     "Augment",
     "ImageSet",
     "FileSet",
@@ -82,5 +84,15 @@ def read_checkpoint(path: str) -> Checkpoint:
     from ._rundir import checkpoints
 
     state = checkpoints.read_model_file(path, "config: weights file", "use checkpoints/<stage>.pt from an earlier run")
-    backbone, head = checkpoints.split_model(state)
-    return Checkpoint(backbone, head, state.get("classes"), state.get("mean"), state.get("std"))
+    parts = checkpoints.as_checkpoint(state)
+    if parts is None:
+        return Checkpoint({}, {}, state.get("classes"), state.get("mean"), state.get("std"))
+    return parts
+
+
+def as_checkpoint(raw: Any) -> Checkpoint | None:
+    """The parts of a sftcore model file that is already loaded (``torch.load``), or None when ``raw`` is not one:
+    a backbone plugin that reads weights files of several kinds asks this instead of parsing sftcore's format."""
+    from ._rundir import checkpoints
+
+    return checkpoints.as_checkpoint(raw)

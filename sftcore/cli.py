@@ -8,10 +8,11 @@ import sys
 
 import click
 
+from sftcore._rundir import layout as rundir
+
 from ._plugins.kinds import ALIASES, KINDS
 from .errors import SftError
 
-KIND_ALIASES = ALIASES  # what `sft list` accepts for a kind: plural, singular, dashes for underscores
 WILDCARDS = "*?["  # a PATTERN holding one of these is a shell wildcard, otherwise an exact name
 
 
@@ -155,13 +156,13 @@ def _complete_names(kind: str | None, incomplete: str) -> list[str]:
 def _complete_kind(ctx, param, incomplete):
     """`sft list <TAB>`: the kinds; a word that starts no kind is a pattern, so complete names."""
     word = incomplete.lower()
-    kinds = [k for k in KINDS if k.startswith(word)] or sorted(a for a in KIND_ALIASES if a.startswith(word))
+    kinds = [k for k in KINDS if k.startswith(word)] or sorted(a for a in ALIASES if a.startswith(word))
     return kinds or _complete_names(None, incomplete)
 
 
 def _complete_pattern(ctx, param, incomplete):
     """`sft list heads <TAB>`: the names of that kind."""
-    return _complete_names(KIND_ALIASES.get((ctx.params.get("kind") or "").lower()), incomplete)
+    return _complete_names(ALIASES.get((ctx.params.get("kind") or "").lower()), incomplete)
 
 
 def _jsonable(value):
@@ -233,12 +234,12 @@ def list_cmd(kind, pattern, as_json):
     from ._plugins.manager import get_registry
     from ._plugins.registry import suggest
 
-    if kind is not None and kind.lower() not in KIND_ALIASES:
+    if kind is not None and kind.lower() not in ALIASES:
         if pattern is None:  # `sft list 'l2*'`: a pattern over every kind
             kind, pattern = None, kind
         else:
-            raise SftError(f"unknown kind '{kind}'{suggest(kind.lower(), KIND_ALIASES)}; use {_kinds_text()}")
-    kind = KIND_ALIASES[kind.lower()] if kind else None
+            raise SftError(f"unknown kind '{kind}'{suggest(kind.lower(), ALIASES)}; use {_kinds_text()}")
+    kind = ALIASES[kind.lower()] if kind else None
     registry = get_registry()
     if kind is not None and pattern is not None and not any(c in pattern for c in WILDCARDS):
         _component_details(registry.get(kind, pattern), as_json)
@@ -502,18 +503,17 @@ def config_init(path, force):
     It is the embedded shapes demo that `sft run` runs with no config: edit it, then
     `sft run PATH`.
     """
-    from pathlib import Path
+
+    from sftcore._fileio import storage
 
     from ._config.resolve import DEFAULT_CONFIG
 
-    target = Path(path)
-    if target.exists() and not force:
-        raise SftError(f"'{target}' already exists; pass --force to overwrite it or choose another path")
+    target = storage.output_file(path, force, "config init", make_folder=True)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(DEFAULT_CONFIG.read_text())
     except OSError as exc:
         raise SftError(f"cannot write '{target}': {exc.strerror or exc}") from None
+    storage.write_text(target, DEFAULT_CONFIG.read_text())
     click.echo(f"wrote {target}; run it with: sft run {target}")
 
 
@@ -572,7 +572,6 @@ def predict_cmd(run_dir, images, top_k, stage, fmt, as_json, out, force, device)
     leaves them alone ('photos/*.jpg', 'photos/**/*.png'). Images are prepared as the run prepared its
     test images and classified in batches on --device. Only the backbone's plugin is needed.
     """
-    from pathlib import Path
 
     if top_k < 1:
         raise SftError(f"--top-k must be 1 or more, got {top_k}")
@@ -581,14 +580,9 @@ def predict_cmd(run_dir, images, top_k, stage, fmt, as_json, out, force, device)
     if fmt not in (None, "text", "json", "csv"):  # checked here, not by click: one line, exit 2
         raise SftError(f"--format must be text, json or csv, not '{fmt}'")
     fmt = "json" if as_json else (fmt or "text")
-    target = Path(out) if out else None
-    if target is not None:
-        if target.is_dir():
-            raise SftError(f"--out '{target}' is a folder; give a file path")
-        if target.exists() and not force:
-            raise SftError(f"--out '{target}' exists; pass --force to overwrite it")
-        if not target.parent.is_dir():
-            raise SftError(f"--out '{target}': folder '{target.parent}' not found; create it first")
+    from sftcore._fileio import storage
+
+    target = storage.output_file(out, force) if out else None
 
     from ._inference.load import load
     from ._inference.predict import expand_images, render
@@ -599,8 +593,6 @@ def predict_cmd(run_dir, images, top_k, stage, fmt, as_json, out, force, device)
     if target is None:
         click.echo(text, nl=False)
         return
-    from sftcore._fileio import storage
-
     storage.write_text(target, text)  # atomic: a failed write leaves no half file
     click.echo(f"{len(files)} image(s) classified: {target}", err=True)
 
@@ -670,7 +662,7 @@ def compare_cmd(run_dirs, as_json, reference, show_all):
     if not as_json:
         click.echo(table(groups, show_failed=show_all))
         return
-    result = compare([p for p in paths if sweep_of(p) is None or (p / "config.yaml").is_file()])
+    result = compare([p for p in paths if sweep_of(p) is None or rundir.is_run(p)])
     click.echo(json.dumps({**result, "groups": groups}, indent=2))
 
 

@@ -281,7 +281,7 @@ def test_predictions_keep_the_top_k_classes_and_probabilities(run_dir, stage, cl
 
 @pytest.mark.slow
 def test_predict_needs_only_the_backbones_plugin(run_dir, test_split, tmp_path):
-    from sftcore._inference.predict import Predictor
+    import sftcore
 
     def elsewhere(cfg):  # as if trained with plugins not installed here
         cfg["finetune"]["regularizers"] = [{"name": "delta_not_installed"}]
@@ -290,14 +290,14 @@ def test_predict_needs_only_the_backbones_plugin(run_dir, test_split, tmp_path):
 
     run = copy_run(run_dir, tmp_path / "elsewhere", files=("config.yaml", "checkpoints/finetune.pt"), edit=elsewhere)
     _, paths = write_test_images(test_split, tmp_path / "images", every=5)
-    before = [p.top for p in Predictor(run_dir, "finetune")(paths)]
-    assert [p.top for p in Predictor(run, "finetune")(paths)] == before
+    before = [p.top for p in sftcore.load(run_dir, "finetune").predict([str(p) for p in paths])]
+    assert [p.top for p in sftcore.load(run, "finetune").predict([str(p) for p in paths])] == before
 
 
 @pytest.mark.slow
 def test_predict_without_the_backbones_plugin_is_one_line_naming_it(run_dir, test_split, tmp_path):
     from sftcore.errors import SftError
-    from sftcore._inference.predict import Predictor
+    import sftcore
 
     # the model file records its backbone entry and plugin (config.yaml is not read for it)
     run = copy_run(run_dir, tmp_path / "other", files=("config.yaml", "checkpoints/finetune.pt"))
@@ -306,7 +306,7 @@ def test_predict_without_the_backbones_plugin_is_one_line_naming_it(run_dir, tes
     state["backbone_plugin"] = {"plugin": "other-plugin", "distribution": "sft-other"}
     torch.save(state, run / "checkpoints" / "finetune.pt")
     with pytest.raises(SftError) as err:
-        Predictor(run, "finetune")
+        sftcore.load(run, "finetune")
     message = str(err.value)
     assert "\n" not in message and "no_such_backbone" in message and "pip install sft-other" in message
     _, (image,) = write_test_images(test_split, tmp_path / "images", every=10_000)

@@ -333,7 +333,7 @@ def test_evaluate_is_deterministic_and_does_not_augment():
     cfg = _resolved(tiny.config(pretrain=False, baseline=False))
     pipe, backbone, data = tiny.stage_data(cfg, "finetune")
     assert data.augment != Augment()  # shapes asks for crop + flip when training...
-    train_tf, eval_tf = pipe._transforms(data, backbone)
+    train_tf, eval_tf = pipe.transforms(data, backbone)
     assert [type(a).__name__ for a in train_tf.on_uint8 + train_tf.on_float] == ["Crop", "Flip"]
     assert eval_tf.on_uint8 == [] and eval_tf.on_float == []  # ...and evaluation gets none
     torch.manual_seed(0)

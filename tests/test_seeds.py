@@ -246,18 +246,16 @@ def test_train_batches_are_shuffled_the_same_way_at_every_call():
 def test_predict_reads_another_seeds_model(multi, tmp_path):
     from PIL import Image
 
-    from sftcore._inference.predict import Predictor
-
     out, _ = multi
     path = tmp_path / "x.png"
     Image.new("RGB", (16, 16), (200, 10, 10)).save(path)
-    first, other = Predictor(out, "finetune"), Predictor(out, "finetune-seed1")
+    first, other = sftcore.load(out, "finetune"), sftcore.load(out, "finetune-seed1")
     assert first.classes == other.classes
-    assert [p.top for p in first([path], 5)] != [p.top for p in other([path], 5)]
+    assert [p.top for p in first.predict([str(path)], 5)] != [p.top for p in other.predict([str(path)], 5)]
     with pytest.raises(sftcore.errors.SftError, match="finetune-seed7"):
-        Predictor(out, "finetune-seed7")
+        sftcore.load(out, "finetune-seed7")
     with pytest.raises(sftcore.errors.SftError, match="-seed<N>"):
-        Predictor(out, "finetune-seedx")
+        sftcore.load(out, "finetune-seedx")
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 import errno
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,3 +75,27 @@ def test_random_bytes_that_derail_the_unpickler_are_one_line(tmp_path, monkeypat
     monkeypatch.setattr(torch, "load", fail)
     with pytest.raises(storage.StorageError, match="truncated or corrupt"):
         storage.load(path, "checkpoint", "delete it")
+
+
+# --------------------------------------------------------------------------- output_file: one check for every --out
+def test_output_file_refuses_what_a_rename_would_replace(tmp_path):
+    from sftcore._fileio.storage import output_file
+    from sftcore.errors import SftError
+
+    target = tmp_path / "kept.txt"
+    target.write_text("mine")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    cases = {fifo: "not a regular file", link: "symbolic link", tmp_path: "is a folder",
+             Path("/dev/null"): "not a regular file", target: "already exists; pass --force",
+             tmp_path / "no" / "x.txt": "not found; create it first"}
+    for path, expect in cases.items():
+        with pytest.raises(SftError, match=expect) as err:
+            output_file(path, force=path is not target)
+        assert "\n" not in str(err.value)
+    assert output_file(target, force=True) == target and target.read_text() == "mine"  # checked, not touched
+    assert output_file(tmp_path / "new.txt", force=False) == tmp_path / "new.txt"
+    assert output_file(tmp_path / "a" / "b.txt", force=False, make_folder=True) == tmp_path / "a" / "b.txt"
+    assert fifo.exists() and link.is_symlink()

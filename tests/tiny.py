@@ -89,12 +89,13 @@ def stage_data(cfg: dict, stage: str, seed: int | None = None):
     """The StageData the runner builds for ``stage`` of a resolved config."""
     from sftcore._plugins.manager import get_registry
     from sftcore._run.pipeline import Pipeline
-    from sftcore._data.stage import load_stage_data
+    from sftcore._data.stage import load_splits, subset_stage_data
 
     pipe = Pipeline(cfg, None, False, None)
     backbone = pipe.build_backbone(random_init=True)
-    data = load_stage_data(stage, cfg[stage]["dataset"], backbone, cfg["seed"] if seed is None else seed,
-                           get_registry())
+    seed = cfg["seed"] if seed is None else seed
+    splits = load_splits(stage, cfg[stage]["dataset"], backbone, seed, get_registry())
+    data = subset_stage_data(splits, stage, cfg[stage]["dataset"], seed)
     return pipe, backbone, data
 
 

@@ -24,7 +24,7 @@ import torch
 from timm.models import clean_state_dict, get_pretrained_cfg, group_parameters
 from torch import nn
 
-from sftcore.api import Backbone, BackboneContext, check_option
+from sftcore.api import Backbone, BackboneContext, Checkpoint, as_checkpoint, check_option
 from sftcore.errors import ConfigError, show
 
 WHERE = "config: backbone"
@@ -324,9 +324,10 @@ def _read_weights(path, name: str):
     classifier = cfg.classifier if cfg is not None else None
     classifier = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
     classes, norm = None, None
-    sftcore = _is_sftcore(raw)
-    if sftcore:
-        state, classes, norm = _from_sftcore(raw, classifier, path)
+    parts = as_checkpoint(raw)
+    sftcore = parts is not None
+    if parts is not None:
+        state, classes, norm = _from_sftcore(parts, classifier, path)
     else:
         state = raw
         if isinstance(raw, dict):  # a timm training checkpoint: EMA weights first, as timm does
@@ -363,18 +364,10 @@ def _torch_load(p: Path):
             return torch.load(p, map_location="cpu", weights_only=True)
 
 
-def _is_sftcore(raw) -> bool:
-    model = raw.get("model") if isinstance(raw, dict) else None
-    return isinstance(model, dict) and any(isinstance(k, str) and k.startswith("backbone.") for k in model)
-
-
-def _from_sftcore(raw: dict, classifier: str | None, path):
-    """A sftcore checkpoint as a timm state dict: ``backbone.*`` is the timm model without its
-    classifier; a linear ``head.*`` becomes that classifier."""
-    model = raw["model"]
-    state = {k[len("backbone.") :]: v for k, v in model.items() if k.startswith("backbone.")}
-    head = {k[len("head.") :]: v for k, v in model.items() if k.startswith("head.")}
-    classes = raw.get("classes")
+def _from_sftcore(parts: Checkpoint, classifier: str | None, path):
+    """A sftcore checkpoint as a timm state dict: its backbone is the timm model without its
+    classifier; a linear head becomes that classifier."""
+    state, head, classes = dict(parts.backbone), parts.head, parts.classes
     if classifier and set(head) in ({"weight"}, {"weight", "bias"}) and head["weight"].ndim == 2:
         state.update({f"{classifier}.{k}": v for k, v in head.items()})
     elif head:
@@ -386,7 +379,7 @@ def _from_sftcore(raw: dict, classifier: str | None, path):
             stacklevel=3,
         )
         classes = None
-    norm = (raw["mean"], raw["std"]) if raw.get("mean") is not None and raw.get("std") is not None else None
+    norm = (parts.mean, parts.std) if parts.mean is not None and parts.std is not None else None
     classes = list(classes) if isinstance(classes, (list, tuple)) else None
     return state, classes, norm
 

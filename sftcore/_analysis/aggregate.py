@@ -44,7 +44,7 @@ def sweep_of(path) -> Path | None:
     sweep runs), else None."""
     path = Path(path)
     sweep = path.parent.parent
-    marked = (sweep / "sweep.json").is_file() or (sweep / "sweep.yaml").is_file()
+    marked = (sweep / rundir.SWEEP).is_file() or (sweep / "sweep.yaml").is_file()
     return sweep if path.parent.name == "cells" and marked else None
 
 
@@ -52,7 +52,7 @@ def expand_sweeps(paths) -> list[Path]:
     """The paths, each sweep directory (a folder with sweep.json) replaced by its cells in name order."""
     out: list[Path] = []
     for path in map(Path, paths):
-        if (path / "sweep.json").is_file():
+        if (path / rundir.SWEEP).is_file():
             out.extend(sorted(c for c in (path / "cells").glob("*") if c.is_dir()))
         else:
             out.append(path)
@@ -64,7 +64,7 @@ def sweep_settings(paths) -> dict:
     and `sft plot SWEEP_DIR` show the table the sweep printed (its grid keys, its reference)."""
     paths = list(paths)
     try:
-        data = json.loads((Path(paths[0]) / "sweep.json").read_text()) if len(paths) == 1 else {}
+        data = json.loads((Path(paths[0]) / rundir.SWEEP).read_text()) if len(paths) == 1 else {}
     except (OSError, ValueError):
         data = {}
     data = data if isinstance(data, dict) else {}
@@ -82,7 +82,7 @@ def _sweep_status(path: Path) -> tuple[str | None, str | None]:
     if sweep is None:
         return None, None
     try:
-        cells = json.loads((sweep / "sweep.json").read_text()).get("cells")
+        cells = json.loads((sweep / rundir.SWEEP).read_text()).get("cells")
     except (OSError, ValueError, AttributeError):  # no sweep.json yet, or one being rewritten
         return None, None
     for cell in cells if isinstance(cells, list) else []:
@@ -144,7 +144,7 @@ def _load(paths: list[Path]) -> tuple[list[dict], list[dict]]:
             continue
         seen.add(path.resolve())
         status, error = _sweep_status(path)
-        if sweep_of(path) is not None and not (path / "config.yaml").is_file():
+        if sweep_of(path) is not None and not rundir.is_run(path):
             failed.append(
                 {"run": str(path), "status": "failed" if status == "failed" else "unfinished", "error": error}
             )

@@ -28,7 +28,7 @@ def plot(run_dir, out=None) -> list[Path]:
         importlib.import_module("matplotlib")  # before any work: the one thing a user may need to install
     except ImportError:
         raise SftError(NEEDS_MATPLOTLIB) from None
-    if (Path(run_dir) / "sweep.json").is_file():
+    if (Path(run_dir) / rundir.SWEEP).is_file():
         return plot_sweep(run_dir, out)
     run = rundir.check(run_dir)
     metrics = rundir.metrics(run)
@@ -53,7 +53,7 @@ def plot(run_dir, out=None) -> list[Path]:
 
 
 def _folder(out, parent: Path) -> Path:
-    folder = Path(out) if out is not None else parent / "plots"
+    folder = Path(out) if out is not None else parent / rundir.PLOTS
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -9,7 +9,8 @@ import math
 import statistics
 from typing import Any, cast
 
-STAGES = ("pretrain", "finetune", "baseline")
+from sftcore._plugins.contracts import STAGES
+
 UNDERTRAINED = 0.9  # final training accuracy below this: the model has not fitted its training data
 AVERAGED = (
     "test_accuracy",

@@ -9,7 +9,7 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal
 
-from sftcore._plugins.contracts import MAX_SEED, suggest
+from sftcore._plugins.contracts import MAX_SEED, STAGES, suggest
 from sftcore.errors import ConfigError, show
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -27,7 +27,6 @@ AUTO_SELECT_MIN_VAL = 50  # select: auto picks the best epoch only on at least t
 # The optimizer and schedule are components (sft list optimizers, sft list schedules): a resolved config
 # holds every option, its default filled in from the factory's signature.
 DEFAULT_OPTIMIZER, DEFAULT_SCHEDULE = "sgd", "cosine"
-STAGES = ("pretrain", "finetune", "baseline")
 
 
 # --------------------------------------------------------------------------- checks of plain values

@@ -63,11 +63,6 @@ def _typed(ds_cfg: DatasetConfig | dict) -> DatasetConfig:
     return ds_cfg if isinstance(ds_cfg, DatasetConfig) else DatasetConfig.of(ds_cfg)
 
 
-def load_stage_data(stage: str, ds_cfg: DatasetConfig | dict, backbone: Backbone, seed: int, registry) -> StageData:
-    """The stage's data as the run with ``seed`` trains on it: the dataset, then its seeded subset."""
-    return subset_stage_data(load_splits(stage, ds_cfg, backbone, seed, registry), stage, ds_cfg, seed)
-
-
 def load_splits(stage: str, ds_cfg: DatasetConfig | dict, backbone: Backbone, seed: int, registry) -> StageData:
     """The dataset's splits, checked, before any subset: loaded once, then subset for every seed."""
     ds_cfg = _typed(ds_cfg)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sftcore.errors import ConfigError
+from sftcore.errors import ConfigError, SftError
 
 
 def _umask_mode() -> int:
@@ -30,6 +30,24 @@ _MODE = _umask_mode()
 
 class StorageError(ConfigError):
     """A file of the run, or one the config names, could not be written or read."""
+
+
+def output_file(path, force: bool, option: str = "--out", make_folder: bool = False) -> Path:
+    """Where a command may write a file the user named, checked before any work: absent, or (with ``force``) a
+    regular file; never a folder, a symbolic link, a device or a FIFO (the atomic write renames over its target,
+    which would replace such a thing with a regular file). Its folder must exist unless ``make_folder``."""
+    p = Path(path)
+    if p.is_symlink():
+        raise SftError(f"{option} '{p}' is a symbolic link; give the path of a regular file")
+    if p.is_dir():
+        raise SftError(f"{option} '{p}' is a folder; give a file path")
+    if p.exists() and not p.is_file():
+        raise SftError(f"{option} '{p}' is not a regular file (a device or a FIFO); give the path of a file")
+    if p.exists() and not force:
+        raise SftError(f"{option} '{p}' already exists; pass --force to overwrite it, or choose another path")
+    if not make_folder and not p.parent.is_dir():
+        raise SftError(f"{option} '{p}': folder '{p.parent}' not found; create it first")
+    return p
 
 
 def _write(path: Path, fill: Callable[[Any], None], binary: bool) -> None:

@@ -29,6 +29,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 from sftcore._fileio import storage
+from sftcore._rundir import checkpoints
+from sftcore._rundir import layout as rundir
 from sftcore.errors import SftError
 
 FORMATS = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "safetensors": ".safetensors"}
@@ -144,7 +146,7 @@ def _target(run_dir: Path, model_path: Path, fmt: str, out) -> Path:
         return target
     if run_dir.is_dir():
         folder = run_dir / "export"
-    elif model_path.parent.name == "checkpoints" and (model_path.parent.parent / "config.yaml").is_file():
+    elif model_path.parent.name == rundir.CHECKPOINTS and rundir.is_run(model_path.parent.parent):
         folder = model_path.parent.parent / "export"  # checkpoints/<stage>.pt of a run
     else:
         folder = model_path.parent / "export"
@@ -152,11 +154,8 @@ def _target(run_dir: Path, model_path: Path, fmt: str, out) -> Path:
 
 
 def _refuse_existing(paths, force: bool) -> None:
-    if force:
-        return
     for p in paths:
-        if p.exists():
-            raise SftError(f"'{p}' already exists; pass --force to overwrite it or choose another path with --out")
+        storage.output_file(p, force, make_folder=True)
 
 
 def _backbone_entry(path: Path):
@@ -171,9 +170,7 @@ def _backbone_entry(path: Path):
     if isinstance(entry, dict):
         return entry
     run = path.parent.parent
-    if (run / "config.yaml").is_file():
-        from sftcore._rundir import layout as rundir
-
+    if rundir.is_run(run):
         return rundir.config(run).get("backbone")
     return None
 
@@ -323,8 +320,7 @@ def _safetensors(model, target: Path, info: dict, check, expected, force: bool) 
         return files
     path = target.with_name(f"{target.name.removesuffix('.safetensors')}.native.safetensors")
     _refuse_existing([path], force)
-    features = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
-    head = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
+    features, head = checkpoints.split_state(state)
     hint = "the backbone plugin's native_state_dict does not fit its model; export --format torchscript or onnx"
     try:
         native_state = _tensors(native(features, head))

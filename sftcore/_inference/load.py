@@ -75,7 +75,7 @@ def model_file(path, stage: str | None = None) -> Path:
             f"run '{run}' was made with `checkpoints: false`, so it kept no model; "
             "rerun it with checkpoints on to predict"
         )
-    path = run / "checkpoints" / f"{stage}.pt"
+    path = run / rundir.CHECKPOINTS / f"{stage}.pt"
     if not path.is_file():
         raise SftError(
             f"run '{run}' has no finished {stage} stage (no {path}); finish it with `sft run --resume {run}`"
@@ -88,7 +88,7 @@ def _backbone_entry(path: Path, state: dict) -> tuple[dict, int, dict]:
     if isinstance(state.get("backbone"), dict):
         return state["backbone"], int(state.get("run_seed", 0)), state.get("backbone_plugin") or {}
     run = path.parent.parent  # an older model file: its run's config.yaml says
-    if not (run / "config.yaml").is_file():
+    if not rundir.is_run(run):
         raise SftError(
             f"'{path}' does not record its backbone and is not inside its run directory "
             "(checkpoints/<stage>.pt of a run); load it from the run directory"

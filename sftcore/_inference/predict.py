@@ -26,20 +26,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
-class Predictor:
-    """``sft predict``'s model: ``sftcore.load`` of a run's stage, called on image files."""
-
-    def __init__(self, run_dir, stage: str = "finetune"):
-        from .load import Model
-
-        self.model = Model(run_dir, stage)
-        self.classes, self.image_shape = self.model.classes, self.model.image_shape
-
-    def __call__(self, images, top_k: int = 5) -> list[Prediction]:
-        """Top-``top_k`` classes for each image file; every file is read before any is classified."""
-        return self.model.predict([str(p) for p in images], top_k)
-
-
 def to_uint8(image, shape) -> torch.Tensor:
     """uint8 ``[C, H, W]`` of ``shape`` from a PIL image or a uint8 ``[C, H, W]`` / ``[H, W]`` tensor,
     prepared as a decoded file is (channels, then cover and centre-crop)."""

@@ -420,6 +420,9 @@ class RunInfo:
     resumed: bool = False  # continued with --resume
 
 
+STAGES = ("pretrain", "finetune", "baseline")  # the stages a run trains, in order (StageInfo.stage is one)
+
+
 @dataclass
 class StageInfo:
     """What a callback is told about one stage of one seed. ``history`` holds the epoch records so far

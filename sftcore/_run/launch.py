@@ -88,16 +88,11 @@ def _worker_args(nproc: int, config, overrides, out, resume, force, allow_config
     from sftcore._config.schema import RunConfig
     from sftcore._plugins.manager import get_registry
 
-    from .runner import check_batch_sizes, new_run_path
+    from .runner import check_batch_sizes, check_run_args, new_run_path
 
+    check_run_args(config, overrides, out, force, resume, allow_config_change)
     if resume is not None:
-        if config is not None or overrides or out is not None or force:
-            raise ConfigError(
-                "--resume takes the run's own config.yaml; drop CONFIG, --set, --seeds, --out and --force"
-            )
         return ["run", "--resume", str(resume), *(["--allow-config-change"] if allow_config_change else [])]
-    if allow_config_change:
-        raise ConfigError("--allow-config-change goes with --resume RUN_DIR; a new run takes any config")
     resolved = RunConfig.of(cfgmod.resolve(cfgmod.load(config, overrides), get_registry()))
     check_batch_sizes(resolved, nproc)
     out = out if out is not None else str(new_run_path(resolved.name))

@@ -31,24 +31,19 @@ try:
 except ImportError:  # Windows: no flock; runs are not locked there
     fcntl = None  # type: ignore[assignment]
 
-LOCK = ".sft-lock"
-MARKER = ".sftcore-run"
-CHANGES = "config-changes.jsonl"
-# everything a run writes: --force removes these and nothing else
-# what a run writes, the built-in callbacks' files included (a plugin's own files are its business)
-RUN_FILES = (
-    "config.yaml",
-    "summary.json",
-    "metrics.jsonl",
-    "checkpoints",
-    "predictions",
-    "plots",
+from sftcore._rundir.layout import (  # noqa: F401  (the names the lock and marker go by here too)
     CHANGES,
+    CHECKPOINTS,
+    CONFIG,
+    LOCK,
     MARKER,
-    "metrics.csv",
-    "tensorboard",
-    "mlflow-run.json",
+    METRICS,
+    PREDICTIONS,
+    RUN_FILES,
+    SUMMARY,
+    made_by_sftcore,
 )
+
 _MISSING = object()
 
 
@@ -102,31 +97,6 @@ def _owner(path: Path) -> str:
     except OSError:
         pid = ""
     return f"pid {pid}" if pid.isdigit() else "pid unknown"
-
-
-def is_run(path: Path) -> bool:
-    """sftcore wrote this directory: it has the marker, or is a run made before the marker existed."""
-    path = Path(path)
-    return (path / MARKER).is_file() or _legacy_run(path)
-
-
-def _legacy_run(path: Path) -> bool:
-    """A run from before the marker: sftcore's own keys in config.yaml and in summary.json or metrics.jsonl
-    (other tools write files of those names too; their folders are never a run)."""
-    import yaml
-
-    try:
-        cfg = yaml.safe_load((path / "config.yaml").read_text())
-        if not (isinstance(cfg, dict) and "backbone" in cfg and ("finetune" in cfg or "pretrain" in cfg)):
-            return False
-        if (path / "summary.json").is_file():
-            summary = json.loads((path / "summary.json").read_text())
-            return isinstance(summary, dict) and "transfer_gain" in summary
-        first = (path / "metrics.jsonl").read_text().splitlines()[:1]
-        record = json.loads(first[0]) if first else {}
-        return isinstance(record, dict) and "stage" in record and "train_loss" in record
-    except (OSError, ValueError, yaml.YAMLError):
-        return False
 
 
 def normal(cfg: dict) -> Any:
@@ -194,7 +164,7 @@ class Claim:
 def _check_replaceable(path: Path, force: bool) -> None:
     if not any(p.name != LOCK for p in path.iterdir()):
         return
-    if not is_run(path):
+    if not made_by_sftcore(path):
         raise ConfigError(
             f"--out '{path}' is not empty and holds no sftcore run; choose a new or empty directory "
             "(--force replaces only a run directory that sftcore wrote)"
@@ -240,7 +210,7 @@ def claim_new(path: Path, force: bool, cfg: dict) -> Claim:
             _remove(path / name)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         storage.write_json(path / MARKER, {"sftcore": __version__, "created": created, "config": normal(cfg)})
-        storage.write_text(path / "config.yaml", cfgmod.dump(cfg))
+        storage.write_text(path / CONFIG, cfgmod.dump(cfg))
     except BaseException:
         claim.discard()
         raise
@@ -335,20 +305,20 @@ def _invalidate(run_dir: Path, changed: list[str]) -> list[str]:
         if top != "name":  # anything outside the stages (backbone, seeds, ...) touches every stage
             touched += stages.get(top, stages["pretrain"])
     touched = [s for s in stages["pretrain"] if s in touched]
-    folder = run_dir / "checkpoints"
+    folder = run_dir / CHECKPOINTS
     for stage in touched:
         for path in [*folder.glob(f"{stage}.pt"), *folder.glob(f"{stage}-*.pt")]:
             _remove(path)
-    _remove(run_dir / "summary.json")
+    _remove(run_dir / SUMMARY)
     return touched
 
 
 def has_progress(run_dir: Path) -> bool:
     """A checkpoint or a logged epoch exists: a failed run keeps its directory from then on."""
-    ckpt = Path(run_dir) / "checkpoints"
+    ckpt = Path(run_dir) / CHECKPOINTS
     if ckpt.is_dir() and any(not p.name.startswith(".") for p in ckpt.iterdir()):
         return True
-    metrics = Path(run_dir) / "metrics.jsonl"
+    metrics = Path(run_dir) / METRICS
     try:
         return metrics.is_file() and bool(metrics.read_text().strip())
     except OSError:

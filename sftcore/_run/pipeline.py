@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import math
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 
@@ -19,11 +17,11 @@ from sftcore._analysis import report
 from sftcore._config.schema import RunConfig, StageConfig
 from sftcore._data.batches import Batches, BatchTransform
 from sftcore._data.stage import StageData, load_splits, subset_stage_data
-from sftcore._fileio import storage
 from sftcore._plugins import components
 from sftcore._plugins.contracts import Augment, Backbone, ImageSet, RunInfo, StageInfo, TrainContext
 from sftcore._plugins.manager import get_registry
 from sftcore._rundir import checkpoints
+from sftcore._rundir import layout as rundir
 from sftcore._rundir.outputs import MetricsLog, write_predictions
 from sftcore._runtime import distributed
 from sftcore._runtime.device import environment, resolve_performance
@@ -32,7 +30,9 @@ from sftcore._train.evaluate import evaluate
 from sftcore._train.events import NO_EVENTS, Events
 from sftcore._train.loop import Stage, StageParts
 from sftcore._train.model import TransferModel
-from sftcore.errors import ConfigError, Interrupted, SftError
+from sftcore.errors import ConfigError, Interrupted
+
+from .pretrain_cache import PretrainCache
 
 STAGE_SEED_OFFSET = {"pretrain": 0, "finetune": 1, "baseline": 2}
 
@@ -65,7 +65,7 @@ class Pipeline:
         self.resume, self.stop, self.events = resume, stop, events
         self.registry = get_registry()
         self.perf = resolve_performance(self.config)
-        self.log = MetricsLog(run_dir / "metrics.jsonl" if run_dir and distributed.is_main() else None)
+        self.log = MetricsLog(run_dir / rundir.METRICS if run_dir and distributed.is_main() else None)
         self.seed = self.config.seed
         self.seeds = self.config.seed_list
         self.info = RunInfo(config=self.cfg, run_dir=run_dir, seeds=list(self.seeds), resumed=resume)
@@ -103,7 +103,7 @@ class Pipeline:
             )
         return [components.build_augmentation(self.registry, a, f"{where}[{i}]") for i, a in enumerate(entries)]
 
-    def _transforms(self, data: StageData, backbone: Backbone, scfg: StageConfig | None = None, stage: str = "stage"):
+    def transforms(self, data: StageData, backbone: Backbone, scfg: StageConfig | None = None, stage: str = "stage"):
         """The training and the evaluation transform; ``scfg`` (the stage's config) chooses the
         augmentations (without it: the dataset's default)."""
         in_shape = data.train.image_shape
@@ -157,10 +157,21 @@ class Pipeline:
             for i, r in enumerate(scfg.regularizers)
         ]
 
-    def _save_model_file(self, final, name, tag, seed, model, data, train_tf, scfg, result) -> None:
-        """The stage's model file: weights, classes and the preprocessing `sft predict` repeats on new images."""
-        checkpoints.save_model_file(
-            final,
+    def train_pretrain(self, backbone: Backbone, data: StageData, seed: int, tag: str) -> tuple[TransferModel, dict]:
+        """The config's pretrain stage, trained (the pretrain cache calls this on a miss)."""
+        scfg = self.config.stage("pretrain")
+        return self.train_stage("pretrain", scfg, backbone, data, backbone.head, backbone.source_classes, seed, tag)
+
+    def stage_model(self, name: str, backbone: Backbone, data: StageData, seed: int) -> TransferModel:
+        """Stage ``name``'s model as train_stage assembles it, untrained (to load finished weights into)."""
+        scfg = self.config.stage(name)
+        _, eval_tf = self.transforms(data, backbone, scfg, name)
+        return self._assemble(name, scfg, backbone, data, backbone.head, backbone.source_classes, seed, eval_tf)[2]
+
+    def model_file(self, name, tag, seed, model, data, train_tf, scfg, result) -> dict:
+        """A stage's model file (checkpoints.save_model_file's fields): weights, classes and the preprocessing
+        `sft predict` repeats on new images."""
+        return dict(
             stage=name,
             tag=tag,
             seed=seed,
@@ -172,7 +183,7 @@ class Pipeline:
             image_shape=list(data.train.image_shape),
             input_shape=[train_tf.out_channels, *train_tf.out_hw],
             config=scfg.raw,
-            result=result,
+            result=dict(result),
             backbone=self.config.backbone.entry(),
             run_seed=self.seed,
             backbone_plugin=self._backbone_plugin(),
@@ -195,7 +206,7 @@ class Pipeline:
     ) -> Stage:
         """Stage ``name`` assembled from its config, ready to run: the one seam that `train_stage` and
         `sft lr-find` share (``validate=False``: no validation split, no progress bar)."""
-        train_tf, eval_tf = self._transforms(data, backbone, scfg, name)
+        train_tf, eval_tf = self.transforms(data, backbone, scfg, name)
         ctx, strategy, model, train = self._assemble(
             name, scfg, backbone, data, source_head, source_classes, seed, eval_tf
         )
@@ -258,7 +269,7 @@ class Pipeline:
         self._test(tag, model, data, scfg, eval_tf, result)
         result["seconds"] = round(time.perf_counter() - t0, 3)
         if final is not None and distributed.is_main():
-            self._save_model_file(final, name, tag, seed, model, data, train_tf, scfg, result)
+            checkpoints.save_model_file(final, **self.model_file(name, tag, seed, model, data, train_tf, scfg, result))
         self.events("on_stage_end", info, result)
         return model, result
 
@@ -380,20 +391,12 @@ class Pipeline:
 
     def pretrain(self, backbone: Backbone, seed: int, tag: str) -> Start:
         data = self.stage_data("pretrain", backbone, seed)
-        entry = self._cache_entry(backbone, data, seed, tag)
+        cache = PretrainCache(self)
+        entry = cache.entry(backbone, data, seed, tag)
         if entry is None:
-            model, result = self.train_stage(
-                "pretrain",
-                self.config.stage("pretrain"),
-                backbone,
-                data,
-                backbone.head,
-                backbone.source_classes,
-                seed,
-                tag,
-            )
+            model, result = self.train_pretrain(backbone, data, seed, tag)
         else:
-            model, result = self._pretrain_cached(entry, backbone, data, seed, tag)
+            model, result = cache.pretrain(entry, backbone, data, seed, tag)
         if backbone.mean is None:  # the features were learned on inputs normalised like this
             backbone.mean, backbone.std = data.mean, data.std
         self.say(
@@ -402,148 +405,6 @@ class Pipeline:
         )
         self._check_stop()
         return Start(backbone, model.head, data.classes, result)
-
-    # ------------------------------------------------------------------ the pretrain cache (docs/cache.md)
-    def _cache_entry(self, backbone: Backbone, data: StageData, seed: int, tag: str):
-        """The cache entry of this pretraining; None when the cache is off or a resumed run has its own."""
-        from sftcore._run import pretrain_cache as cache
-
-        progress, final = checkpoints.paths(self.run_dir, tag, self.config.checkpoints)
-        if not self.config.pretrain_cache or (
-            self.resume and any(p is not None and p.exists() for p in (progress, final))
-        ):
-            return None
-        if self.events.callbacks:  # they must see every pretrain epoch, and may stop it early
-            self.say(f"{tag}: not using the pretrain cache: the run has callbacks, which see the pretraining")
-            return None
-        fields = cache.key_fields(
-            self.config, self.registry, self.perf, distributed.world_size(), seed, self.seed, data, backbone
-        )
-        entry = cache.Entry(cache.key_of(fields), fields)
-        problem = distributed.broadcast_object(entry.problem() if distributed.is_main() else None)
-        if problem is not None:  # the run itself is fine: it only pretrains again
-            self.say(
-                f"{tag}: not using the pretrain cache ({problem}); set {cache.ENV} to a writable folder, "
-                "or pretrain_cache: false"
-            )
-            return None
-        return entry
-
-    def _pretrain_cached(self, entry, backbone: Backbone, data: StageData, seed: int, tag: str):
-        """Rank 0 looks the entry up under its lock and tells every rank; a hit loads it everywhere, a miss
-        trains as usual and rank 0 stores the result before letting the next run in."""
-        from sftcore._run import pretrain_cache as cache
-
-        main = distributed.is_main()
-        with entry.locked(self.say) if main else contextlib.nullcontext():
-            found = None
-            if main:
-                try:
-                    found = entry.read()
-                except cache.Corrupt as exc:
-                    self.say(f"{tag}: ignoring unreadable cache entry {entry.key[:12]} ({exc}); recomputing it")
-                    entry.discard()
-            if distributed.broadcast_object(found is not None):
-                return self._from_cache(found if main else entry.read(), entry, backbone, data, seed, tag)
-            records = _Records(self.log)
-            self.log = cast(MetricsLog, records)  # writes through to the run's log, keeping a copy
-            try:
-                model, result = self.train_stage(
-                    "pretrain",
-                    self.config.stage("pretrain"),
-                    backbone,
-                    data,
-                    backbone.head,
-                    backbone.source_classes,
-                    seed,
-                    tag,
-                )
-            finally:
-                self.log = records.log
-            stored = self._store(entry, model, result, records.records, backbone, data, seed, tag) if main else True
-        result["cache"] = {"key": entry.key, "path": str(entry.folder) if stored else None, "hit": False}
-        return model, result
-
-    def _store(
-        self,
-        entry,
-        model: TransferModel,
-        result: dict,
-        records: list,
-        backbone: Backbone,
-        data: StageData,
-        seed: int,
-        tag: str,
-    ) -> bool:
-        """The stage's model file (as train_stage writes it), epoch records and test predictions."""
-        from sftcore._run import pretrain_cache as cache
-
-        tf, _ = self._transforms(data, backbone, self.config.stage("pretrain"), "pretrain")
-        state = dict(
-            stage="pretrain",
-            tag=tag,
-            seed=seed,
-            model=model.state_dict(),
-            classes=data.classes,
-            mean=list(map(float, tf.mean)),
-            std=list(map(float, tf.std)),
-            image_shape=list(data.train.image_shape),
-            input_shape=[tf.out_channels, *tf.out_hw],
-            config=self.config.stage("pretrain").raw,
-            result=dict(result),
-            backbone=self.config.backbone.entry(),
-            run_seed=self.seed,
-            backbone_plugin=self._backbone_plugin(),
-        )
-        pred = self.run_dir / "predictions" / f"{tag}.json" if self.run_dir is not None else None
-        try:
-            predictions = json.loads(pred.read_text()) if pred is not None and pred.exists() else None
-            entry.store(cache.Cached(state, records, predictions))
-        except (OSError, ValueError, SftError) as exc:  # the run itself is fine: only the reuse is lost
-            self.say(f"{tag}: could not store cache entry {entry.key[:12]} ({str(exc)[:200]}); continuing")
-            return False
-        self.say(
-            f"{tag}: stored as cache entry {entry.key[:12]} ({entry.folder}); runs with the same pretraining reuse it"
-        )
-        return True
-
-    def _from_cache(self, found, entry, backbone: Backbone, data: StageData, seed: int, tag: str):
-        """The cached stage as a resumed run reuses a finished one: weights into the model, the model file
-        into checkpoints/, the epoch records into metrics.jsonl, the predictions into predictions/."""
-        t0 = time.perf_counter()
-        _, eval_tf = self._transforms(data, backbone, self.config.stage("pretrain"), "pretrain")
-        _, _, model, _ = self._assemble(
-            "pretrain",
-            self.config.stage("pretrain"),
-            backbone,
-            data,
-            backbone.head,
-            backbone.source_classes,
-            seed,
-            eval_tf,
-        )
-        checkpoints.load_model(
-            model,
-            found.state,
-            entry.folder / "model.pt",
-            fix=f"remove the cache entry (rm -rf {entry.folder}) or set pretrain_cache: false",
-        )
-        state = {**{k: found.state[k] for k in checkpoints.MODEL_KEYS}, "tag": tag}
-        _, final = checkpoints.paths(self.run_dir, tag, self.config.checkpoints)
-        if distributed.is_main():
-            if final is not None:
-                checkpoints.save_model_file(final, **state)
-            for record in found.records:
-                self.log.write({**record, "stage": tag})
-            if found.predictions is not None and self.run_dir is not None:
-                storage.make_dir(self.run_dir / "predictions")
-                storage.write_json(
-                    self.run_dir / "predictions" / f"{tag}.json", {**found.predictions, "stage": tag}, indent=None
-                )
-        result = dict(found.state["result"], seconds=round(time.perf_counter() - t0, 3))
-        result["cache"] = {"key": entry.key, "path": str(entry.folder), "hit": True}
-        self.say(f"{tag}: reused cache entry {entry.key[:12]} ({entry.folder})")
-        return model, result
 
     def _one_seed(self, index: int, seed: int, shared: Start | None) -> dict:
         """Every per-seed stage for ``seed``; the first seed's files carry the plain stage names."""
@@ -635,20 +496,6 @@ class Pipeline:
         summary.update(report.summarise(runs, self.seeds, summary.get("pretrain"), random_start))
         summary["seconds"]["total"] = round(time.perf_counter() - t0, 3)
         return summary
-
-
-class _Records:
-    """metrics.jsonl as the pretrain stage writes it, keeping its records for the cache entry."""
-
-    def __init__(self, log: MetricsLog):
-        self.log, self.records = log, cast(list[dict], [])
-
-    def write(self, record: dict) -> None:
-        self.records.append(dict(record))
-        self.log.write(record)
-
-    def __getattr__(self, name: str):
-        return getattr(self.log, name)
 
 
 def _pct(x) -> str:

@@ -15,10 +15,12 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -26,7 +28,17 @@ from sftcore._config.schema import RunConfig
 from sftcore._fileio import storage
 from sftcore._plugins.contracts import FileSet, ImageSet
 from sftcore._plugins.kinds import KIND_TABLE
+from sftcore._rundir import checkpoints
+from sftcore._rundir import layout as rundir
 from sftcore._rundir.checkpoints import MODEL_KEYS
+from sftcore._rundir.outputs import MetricsLog
+from sftcore._runtime import distributed
+from sftcore.errors import SftError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sftcore._data.stage import StageData
+    from sftcore._plugins.contracts import Backbone
+    from sftcore._run.pipeline import Pipeline
 
 try:
     import fcntl
@@ -274,3 +286,117 @@ def _flock(fd: int, say: Callable[[str], None], key: str) -> None:
             return
     say(f"pretrain: another run is computing cache entry {key[:12]}; waiting for it")
     fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+# --------------------------------------------------------------------------- the cache as a run uses it
+class PretrainCache:
+    """The pretrain cache as one run uses it: the entry of a pretraining, looked up under its lock; a hit is
+    reused as a resumed run reuses a finished stage, a miss is trained and stored. Works through the pipeline's
+    public seams (``train_pretrain``, ``stage_model``, ``transforms``, ``model_file``, ``say``)."""
+
+    def __init__(self, pipe: Pipeline):
+        self.pipe = pipe
+
+    def entry(self, backbone: Backbone, data: StageData, seed: int, tag: str) -> Entry | None:
+        """The cache entry of this pretraining; None when the cache is off or a resumed run has its own."""
+        pipe = self.pipe
+        progress, final = checkpoints.paths(pipe.run_dir, tag, pipe.config.checkpoints)
+        if not pipe.config.pretrain_cache or (
+            pipe.resume and any(p is not None and p.exists() for p in (progress, final))
+        ):
+            return None
+        if pipe.events.callbacks:  # they must see every pretrain epoch, and may stop it early
+            pipe.say(f"{tag}: not using the pretrain cache: the run has callbacks, which see the pretraining")
+            return None
+        world = distributed.world_size()
+        fields = key_fields(pipe.config, pipe.registry, pipe.perf, world, seed, pipe.seed, data, backbone)
+        entry = Entry(key_of(fields), fields)
+        problem = distributed.broadcast_object(entry.problem() if distributed.is_main() else None)
+        if problem is not None:  # the run itself is fine: it only pretrains again
+            pipe.say(
+                f"{tag}: not using the pretrain cache ({problem}); set {ENV} to a writable folder, or "
+                "pretrain_cache: false"
+            )
+            return None
+        return entry
+
+    def pretrain(self, entry: Entry, backbone: Backbone, data: StageData, seed: int, tag: str):
+        """Rank 0 looks the entry up under its lock and tells every rank; a hit loads it everywhere, a miss
+        trains as usual and rank 0 stores the result before letting the next run in."""
+        pipe, main = self.pipe, distributed.is_main()
+        with entry.locked(pipe.say) if main else contextlib.nullcontext():
+            found = None
+            if main:
+                try:
+                    found = entry.read()
+                except Corrupt as exc:
+                    pipe.say(f"{tag}: ignoring unreadable cache entry {entry.key[:12]} ({exc}); recomputing it")
+                    entry.discard()
+            if distributed.broadcast_object(found is not None):
+                hit = found if main else entry.read()
+                assert hit is not None  # rank 0 found it: it is there for every rank
+                return self._reuse(hit, entry, backbone, data, seed, tag)
+            records = _Records(pipe.log)
+            pipe.log = cast("MetricsLog", records)  # writes through to the run's log, keeping a copy
+            try:
+                model, result = pipe.train_pretrain(backbone, data, seed, tag)
+            finally:
+                pipe.log = records.log
+            stored = self._store(entry, model, result, records.records, backbone, data, seed, tag) if main else True
+        result["cache"] = {"key": entry.key, "path": str(entry.folder) if stored else None, "hit": False}
+        return model, result
+
+    def _store(self, entry: Entry, model, result: dict, records: list, backbone, data, seed: int, tag: str) -> bool:
+        """The stage's model file (as train_stage writes it), epoch records and test predictions."""
+        pipe = self.pipe
+        scfg = pipe.config.stage("pretrain")
+        tf, _ = pipe.transforms(data, backbone, scfg, "pretrain")
+        state = pipe.model_file("pretrain", tag, seed, model, data, tf, scfg, result)
+        pred = rundir.predictions_file(pipe.run_dir, tag) if pipe.run_dir is not None else None
+        try:
+            predictions = json.loads(pred.read_text()) if pred is not None and pred.exists() else None
+            entry.store(Cached(state, records, predictions))
+        except (OSError, ValueError, SftError) as exc:  # the run itself is fine: only the reuse is lost
+            pipe.say(f"{tag}: could not store cache entry {entry.key[:12]} ({str(exc)[:200]}); continuing")
+            return False
+        pipe.say(
+            f"{tag}: stored as cache entry {entry.key[:12]} ({entry.folder}); runs with the same pretraining reuse it"
+        )
+        return True
+
+    def _reuse(self, found: Cached, entry: Entry, backbone, data, seed: int, tag: str):
+        """The cached stage as a resumed run reuses a finished one: weights into the model, the model file
+        into checkpoints/, the epoch records into metrics.jsonl, the predictions into predictions/."""
+        pipe, t0 = self.pipe, time.perf_counter()
+        model = pipe.stage_model("pretrain", backbone, data, seed)
+        fix = f"remove the cache entry (rm -rf {entry.folder}) or set pretrain_cache: false"
+        checkpoints.load_model(model, found.state, entry.folder / "model.pt", fix=fix)
+        state = {**{k: found.state[k] for k in MODEL_KEYS}, "tag": tag}
+        _, final = checkpoints.paths(pipe.run_dir, tag, pipe.config.checkpoints)
+        if distributed.is_main():
+            if final is not None:
+                checkpoints.save_model_file(final, **state)
+            for record in found.records:
+                pipe.log.write({**record, "stage": tag})
+            if found.predictions is not None and pipe.run_dir is not None:
+                storage.make_dir(pipe.run_dir / rundir.PREDICTIONS)
+                predictions = {**found.predictions, "stage": tag}
+                storage.write_json(rundir.predictions_file(pipe.run_dir, tag), predictions, indent=None)
+        result = dict(found.state["result"], seconds=round(time.perf_counter() - t0, 3))
+        result["cache"] = {"key": entry.key, "path": str(entry.folder), "hit": True}
+        pipe.say(f"{tag}: reused cache entry {entry.key[:12]} ({entry.folder})")
+        return model, result
+
+
+class _Records:
+    """metrics.jsonl as the pretrain stage writes it, keeping its records for the cache entry."""
+
+    def __init__(self, log: MetricsLog):
+        self.log, self.records = log, cast(list[dict], [])
+
+    def write(self, record: dict) -> None:
+        self.records.append(dict(record))
+        self.log.write(record)
+
+    def __getattr__(self, name: str):
+        return getattr(self.log, name)

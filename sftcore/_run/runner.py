@@ -16,6 +16,7 @@ from sftcore._plugins import components
 from sftcore._plugins.contracts import Callback
 from sftcore._plugins.manager import get_registry
 from sftcore._run import ownership
+from sftcore._rundir import layout as rundir
 from sftcore._rundir.outputs import EpochLines
 from sftcore._runtime import distributed
 from sftcore._runtime.device import resolve_performance
@@ -24,8 +25,6 @@ from sftcore._train.events import Events
 from sftcore.errors import ConfigError, Interrupted, SftError, show
 
 from .pipeline import Pipeline
-
-RUN_FILES = ownership.RUN_FILES  # what --force removes: only files a run writes
 
 
 def check_batch_sizes(config: RunConfig, world: int) -> None:
@@ -37,6 +36,14 @@ def check_batch_sizes(config: RunConfig, world: int) -> None:
                 f"config: {stage}.batch_size is {scfg.batch_size}, the global batch of "
                 f"{world} processes; each needs at least 2 examples: use {2 * world} or more"
             )
+
+
+def check_run_args(config, overrides, out, force: bool, resume, allow_config_change: bool) -> None:
+    """`sft run`'s options that contradict each other, refused in one line before anything starts."""
+    if resume is not None and (config is not None or overrides or out is not None or force):
+        raise ConfigError("--resume takes the run's own config.yaml; drop CONFIG, --set, --seeds, --out and --force")
+    if resume is None and allow_config_change:
+        raise ConfigError("--allow-config-change goes with --resume RUN_DIR; a new run takes any config")
 
 
 def check_run_name(name: str) -> None:
@@ -107,15 +114,10 @@ def run(
     config-changes.jsonl); ``force=True`` replaces an earlier run in ``out``.
     """
     registry = get_registry()
+    check_run_args(config, overrides, out, force, resume, allow_config_change)
     if resume is not None:
-        if config is not None or overrides or out is not None or force:
-            raise ConfigError(
-                "--resume takes the run's own config.yaml; drop CONFIG, --set, --seeds, --out and --force"
-            )
         config = _resumed_config(Path(resume), registry)
     else:
-        if allow_config_change:
-            raise ConfigError("--allow-config-change goes with --resume RUN_DIR; a new run takes any config")
         config = RunConfig.of(cfgmod.resolve(cfgmod.load(config, overrides), registry))
     resolve_performance(config)  # joins torchrun's process group; a device error leaves no empty run directory
     listeners = Listeners(echo, epoch_echo, tuple(callbacks), progress)
@@ -131,12 +133,12 @@ def run(
 def _resumed_config(run_dir: Path, registry) -> RunConfig:
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--resume '{run_dir}' is a file; pass the run directory an earlier `sft run` printed")
-    if not (run_dir / "config.yaml").is_file():
+    if not rundir.is_run(run_dir):
         raise ConfigError(
             f"--resume '{run_dir}' is not a run directory (it has no config.yaml); "
             "pass the directory an earlier `sft run` printed"
         )
-    raw = cfgmod.load(run_dir / "config.yaml")
+    raw = cfgmod.load(run_dir / rundir.CONFIG)
     if isinstance(raw, dict):  # a run from before seeds existed ran one seed: keep it at one
         raw.setdefault("seeds", 1)
         raw.setdefault("pretrain_per_seed", False)
@@ -175,7 +177,7 @@ def _claim(config: RunConfig, resume: Path | None, out, force: bool, allow_chang
                 else ownership.claim_resume(resume, config.raw, allow_change)
             )
             if config.checkpoints:
-                storage.make_dir(claim.path / "checkpoints")
+                storage.make_dir(claim.path / rundir.CHECKPOINTS)
         except SftError as exc:
             if claim is not None and claim.fresh:
                 claim.discard()
@@ -203,7 +205,7 @@ def _run(
 
     def write(summary: dict) -> None:
         if claim is not None:
-            storage.write_json(run_dir / "summary.json", summary)
+            storage.write_json(run_dir / rundir.SUMMARY, summary)
 
     try:
         summary = _pipeline(config, run_dir, resume is not None, progress, echo, _events(config, listeners), write)

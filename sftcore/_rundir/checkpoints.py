@@ -9,9 +9,13 @@ optimizer, schedule, RNGs, position, history, callbacks), rewritten after every 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sftcore._fileio import storage
+from sftcore._plugins.contracts import Checkpoint
 from sftcore.errors import ConfigError
+
+from . import layout
 
 # what a finished stage's model file holds; the backbone entry, the run's seed and the backbone's plugin
 # (name, distribution) let sftcore.load rebuild the model from the file alone (older files lack them)
@@ -37,7 +41,7 @@ def paths(run_dir: Path | None, tag: str, enabled: bool = True) -> tuple[Path | 
     """``(progress, model file)`` of stage ``tag``; ``(None, None)`` without a run directory or checkpoints."""
     if run_dir is None or not enabled:
         return None, None
-    return run_dir / "checkpoints" / f"{tag}-last.pt", run_dir / "checkpoints" / f"{tag}.pt"
+    return run_dir / layout.CHECKPOINTS / f"{tag}-last.pt", run_dir / layout.CHECKPOINTS / f"{tag}.pt"
 
 
 def save_progress(state: dict, path: Path) -> None:
@@ -86,8 +90,27 @@ def read_model_file(path, what: str, fix: str) -> dict:
     return state
 
 
+BACKBONE, HEAD = "backbone.", "head."  # a TransferModel's state dict: the two parts' prefixes
+
+
+def split_state(model: dict) -> tuple[dict, dict]:
+    """``(backbone, head)`` weights of a TransferModel state dict, without their prefixes."""
+
+    def part(prefix: str) -> dict:
+        return {k[len(prefix) :]: v for k, v in model.items() if isinstance(k, str) and k.startswith(prefix)}
+
+    return part(BACKBONE), part(HEAD)
+
+
 def split_model(state: dict) -> tuple[dict, dict]:
     """``(backbone, head)`` weights of a model file, without their ``backbone.``/``head.`` prefixes."""
-    model = state["model"]
-    part = lambda prefix: {k[len(prefix) :]: v for k, v in model.items() if k.startswith(prefix)}  # noqa: E731
-    return part("backbone."), part("head.")
+    return split_state(state["model"])
+
+
+def as_checkpoint(raw: Any) -> Checkpoint | None:
+    """The parts of a loaded sftcore model file; None when ``raw`` is not one (another library's file)."""
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(model, dict) or not any(isinstance(k, str) and k.startswith(BACKBONE) for k in model):
+        return None
+    backbone, head = split_state(model)
+    return Checkpoint(backbone, head, raw.get("classes"), raw.get("mean"), raw.get("std"))

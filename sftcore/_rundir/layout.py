@@ -1,4 +1,5 @@
-"""Reading a run directory back (`sft plot`, `predict`, `compare`): finished or not, with one-line errors.
+"""The run directory's layout, owned here: every file name, what makes a folder a run, and reading a run
+back (`sft plot`, `predict`, `compare`), finished or not, with one-line errors.
 
 Torch-free, so that `sft compare` over many runs starts fast.
 """
@@ -8,9 +9,69 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sftcore._plugins.contracts import STAGES
 from sftcore.errors import SftError
 
-STAGES = ("pretrain", "finetune", "baseline")
+CONFIG = "config.yaml"  # the resolved config the run trains with: a folder holding one is a run
+SUMMARY = "summary.json"  # written last: a run without it is unfinished
+METRICS = "metrics.jsonl"  # one line per epoch
+PREDICTIONS = "predictions"  # predictions/<tag>.json: each stage's test predictions
+CHECKPOINTS = "checkpoints"  # checkpoints/<tag>.pt (model files) and <tag>-last.pt (progress)
+PLOTS = "plots"  # `sft plot`'s default output
+LOCK = ".sft-lock"  # the writer's flock (sftcore._run.ownership)
+MARKER = ".sftcore-run"  # sftcore made this folder: what --force may replace
+CHANGES = "config-changes.jsonl"  # each --resume --allow-config-change
+# what a run writes, the built-in callbacks' files included (a plugin's own files are its business):
+# --force removes these and nothing else
+RUN_FILES = (
+    CONFIG,
+    SUMMARY,
+    METRICS,
+    CHECKPOINTS,
+    PREDICTIONS,
+    PLOTS,
+    CHANGES,
+    MARKER,
+    "metrics.csv",
+    "tensorboard",
+    "mlflow-run.json",
+)
+SWEEP = "sweep.json"  # a sweep folder's state (sftcore._sweep)
+
+
+def is_run(path) -> bool:
+    """Whether ``path`` is a run directory: one that `sft run` wrote a config into."""
+    return (Path(path) / CONFIG).is_file()
+
+
+def made_by_sftcore(path) -> bool:
+    """sftcore wrote this directory (what --force may replace): it has the marker, or is a run made before the
+    marker existed."""
+    path = Path(path)
+    return (path / MARKER).is_file() or _legacy_run(path)
+
+
+def _legacy_run(path: Path) -> bool:
+    """A run from before the marker: sftcore's own keys in config.yaml and in summary.json or metrics.jsonl
+    (other tools write files of those names too; their folders are never a run)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((path / CONFIG).read_text())
+        if not (isinstance(cfg, dict) and "backbone" in cfg and ("finetune" in cfg or "pretrain" in cfg)):
+            return False
+        if (path / SUMMARY).is_file():
+            summary = json.loads((path / SUMMARY).read_text())
+            return isinstance(summary, dict) and "transfer_gain" in summary
+        first = (path / METRICS).read_text().splitlines()[:1]
+        record = json.loads(first[0]) if first else {}
+        return isinstance(record, dict) and "stage" in record and "train_loss" in record
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+
+
+def predictions_file(run_dir, tag: str) -> Path:
+    return Path(run_dir) / PREDICTIONS / f"{tag}.json"
 
 
 def check(run_dir) -> Path:
@@ -22,8 +83,8 @@ def check(run_dir) -> Path:
         raise SftError(
             f"run directory '{path}' not found; pass a folder written by `sft run` (runs/<name>-<time> or its --out)"
         )
-    if not (path / "config.yaml").is_file():
-        raise SftError(f"'{path}' is not a run directory (no config.yaml); pass a folder written by `sft run`")
+    if not is_run(path):
+        raise SftError(f"'{path}' is not a run directory (no {CONFIG}); pass a folder written by `sft run`")
     return path
 
 
@@ -31,7 +92,7 @@ def config(run_dir: Path) -> dict:
     """``config.yaml`` as written: the resolved config of the run."""
     from sftcore._fileio.yaml_reader import load_yaml
 
-    return load_yaml(Path(run_dir) / "config.yaml")
+    return load_yaml(Path(run_dir) / CONFIG)
 
 
 def _json(path: Path):
@@ -47,13 +108,13 @@ def _json(path: Path):
 
 def summary(run_dir: Path) -> dict | None:
     """``summary.json``; ``None`` while the run is unfinished (it is written last)."""
-    path = Path(run_dir) / "summary.json"
+    path = Path(run_dir) / SUMMARY
     return _json(path) if path.is_file() else None
 
 
 def predictions(run_dir: Path, stage: str) -> dict | None:
     """``predictions/<stage>.json`` (stage, classes, targets, predicted on the test split), if the stage wrote one."""
-    path = Path(run_dir) / "predictions" / f"{stage}.json"
+    path = predictions_file(run_dir, stage)
     return _json(path) if path.is_file() else None
 
 
@@ -63,7 +124,7 @@ def metrics(run_dir: Path) -> dict[str, list[dict]]:
     A resumed run may log an epoch again: the later record wins. A final line cut short by a
     killed run is skipped; a broken line before it is an error.
     """
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     try:
         text = path.read_text().splitlines() if path.is_file() else []
     except (OSError, UnicodeDecodeError) as exc:

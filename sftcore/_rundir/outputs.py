@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from sftcore._fileio import storage
 from sftcore._plugins.contracts import Callback, StageInfo
 
+from . import layout
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -51,9 +53,9 @@ def _six_decimals(probabilities: torch.Tensor) -> list[list[float]]:
 
 def write_predictions(run_dir: Path, tag: str, classes: list[str], ev: dict) -> None:
     """predictions/<tag>.json, for `sft plot`'s confusion matrix, top-5 accuracy and calibration."""
-    storage.make_dir(run_dir / "predictions")
+    storage.make_dir(run_dir / layout.PREDICTIONS)
     storage.write_json(
-        run_dir / "predictions" / f"{tag}.json",
+        run_dir / layout.PREDICTIONS / f"{tag}.json",
         {
             "stage": tag,
             "classes": classes,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sftcore._fileio import storage
 from sftcore._run import ownership
+from sftcore._rundir import layout as rundir
 from sftcore.errors import ConfigError, Interrupted, SftError, show
 
 from .executors import INTERRUPT_CODES, LOG, Job, Outcome, Signals, check_address, ray_available, run_local, run_ray
@@ -63,7 +64,7 @@ class State:
 
     def write(self) -> None:
         storage.write_json(
-            self.path / "sweep.json",
+            self.path / rundir.SWEEP,
             {
                 "name": self.sweep.name,
                 "sweep_file": str(self.sweep.source) if self.sweep.source else None,
@@ -153,7 +154,7 @@ def _claim(where: Path, spec: Sweep) -> ownership.Lock:
     """Own the sweep directory: a new one, or one that ran this same sweep (its spec unchanged)."""
     if where.exists() and not where.is_dir():
         raise ConfigError(f"--out '{where}' is a file; pass a directory path")
-    known = where / "sweep.json"
+    known = where / rundir.SWEEP
     if where.is_dir() and any(p.name != ownership.LOCK for p in where.iterdir()) and not known.is_file():
         raise ConfigError(f"--out '{where}' is not empty and holds no sweep; choose a new or empty directory")
     if known.is_file():
@@ -181,7 +182,7 @@ def _claim(where: Path, spec: Sweep) -> ownership.Lock:
 
 def _previous(where: Path) -> dict[str, dict]:
     try:
-        return {c["name"]: c for c in json.loads((where / "sweep.json").read_text())["cells"]}
+        return {c["name"]: c for c in json.loads((where / rundir.SWEEP).read_text())["cells"]}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
@@ -190,12 +191,12 @@ def _prepare(state: State, cell: Cell, before: dict | None) -> str:
     """The cell's status before this sweep runs it, creating (or, for a failed retry, replacing) its run
     directory: finished and (without --retry-failed) failed cells are not run again."""
     run_dir = state.path / "cells" / cell.name
-    if (run_dir / "summary.json").is_file():
+    if (run_dir / rundir.SUMMARY).is_file():
         return FINISHED
     was = (before or {}).get("status")
     if was == FAILED and not state.options.retry_failed:
         return FAILED
-    if not (run_dir / "config.yaml").is_file() or was == FAILED:
+    if not rundir.is_run(run_dir) or was == FAILED:
         claim = ownership.claim_new(run_dir, force=True, cfg=cell.config)  # force: only a run sftcore wrote
         claim.release()
         return PENDING
@@ -265,7 +266,7 @@ def _status(run_dir: Path, outcome: Outcome) -> dict:
     code = outcome.returncode
     if not outcome.started:
         return {"status": PENDING, "error": None, "seconds": None, "returncode": None}
-    if (run_dir / "summary.json").is_file() and code in (0, None):
+    if (run_dir / rundir.SUMMARY).is_file() and code in (0, None):
         status, error = FINISHED, None
     elif code in INTERRUPT_CODES or (outcome.stopped and (code is None or code < 0)):
         status, error = INTERRUPTED, None
@@ -308,7 +309,7 @@ def _finish(state: State, signals: Signals, echo) -> dict:
             f"{state.path / 'sweep.json'}); run them again with: "
             f"sft sweep --resume {state.path} --retry-failed"
         )
-    return json.loads((state.path / "sweep.json").read_text())
+    return json.loads((state.path / rundir.SWEEP).read_text())
 
 
 def _aggregate(state: State) -> dict | None:
@@ -317,7 +318,7 @@ def _aggregate(state: State) -> dict | None:
         from sftcore._analysis.aggregate import aggregate, csv_rows, table
     except ImportError:
         return None
-    dirs = [state.path / r["run_dir"] for r in state.cells if (state.path / r["run_dir"] / "config.yaml").is_file()]
+    dirs = [state.path / r["run_dir"] for r in state.cells if rundir.is_run(state.path / r["run_dir"])]
     try:
         result = aggregate(dirs, reference=state.sweep.reference, varied=list(state.sweep.grid))
     except SftError as exc:  # the cells ran: keep sweep.json and say why there is no table

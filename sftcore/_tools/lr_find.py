@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sftcore._config.schema import RunConfig, StageConfig
-from sftcore._plugins.contracts import Callback
+from sftcore._plugins.contracts import STAGES, Callback
 from sftcore.errors import ConfigError
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100
@@ -28,7 +28,7 @@ MIN_STEPS = 5
 BETA = 0.98  # fastai's AvgSmoothLoss
 DIVERGE = 4.0  # fastai's LRFinder (and Lightning's early_stop_threshold): stop at 4x the best smoothed loss
 SKIP_END = 5  # fastai's lr_find drops the first num_it // 10 and the last 5 points before suggesting
-TRAINABLE = ("pretrain", "finetune", "baseline")
+TRAINABLE = STAGES
 
 
 @dataclass
@@ -330,14 +330,9 @@ def plot(finding: Finding, path: Path) -> str | None:
 # ---------------------------------------------------------------------------------------------- the command
 def check_out(out: str | None, stage: str, force: bool) -> Path:
     """Where the PNG goes (default ``lr-find-<stage>.png`` here), checked before any training."""
-    path = Path(out) if out is not None else Path(f"lr-find-{stage}.png")
-    if path.is_dir():
-        raise ConfigError(f"--out '{path}' is a folder; give a file path such as {path / f'lr-find-{stage}.png'}")
-    if path.exists() and not force:
-        raise ConfigError(f"'{path}' exists; pass --force to overwrite it, or choose another --out")
-    if not path.parent.is_dir():
-        raise ConfigError(f"--out '{path}': folder '{path.parent}' not found; create it first")
-    return path
+    from sftcore._fileio import storage
+
+    return storage.output_file(out if out is not None else f"lr-find-{stage}.png", force)
 
 
 def summary_lines(finding: Finding, config: str | None) -> list[str]:
