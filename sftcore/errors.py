@@ -12,6 +12,15 @@ class ConfigError(SftError):
     """The config names an unknown key, component or a bad value."""
 
 
+class OptionError(ConfigError):
+    """One option of a component has a bad value (``check_option`` without ``where``): sftcore puts where the
+    component is configured in front, ``config: finetune.augment[2].p must be ...``."""
+
+    def __init__(self, option: str, problem: str):
+        super().__init__(f"{option} {problem}")
+        self.option, self.problem = option, problem
+
+
 class PluginError(SftError):
     """A plugin failed to load or registered something invalid."""
 

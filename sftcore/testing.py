@@ -44,6 +44,8 @@ __all__ = [
     "reset_commands",
     "registry",
     "augment_batch",
+    "build_optimizer",
+    "schedule_factors",
 ]
 
 
@@ -258,6 +260,34 @@ def reset_commands() -> None:
     from .cli import cli
 
     cli.reset_plugin_commands()
+
+
+# --------------------------------------------------------------------------- optimizers and schedules
+def build_optimizer(name: str, params=None, **options: Any):
+    """An optimizer component built as a stage builds it: its options checked (and filled in from its
+    defaults) as a config's are, over ``params`` (default: a small weight and bias in one group) with the
+    weight decay split off the 1-D parameters. Returns the ``torch.optim.Optimizer``."""
+    import torch
+
+    from ._plugins import components
+    from ._train.optim import make_optimizer
+
+    if params is None:
+        params = [torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(3))]
+    entry = components.check({"name": name, **options}, "optimizers", "optimizer", registry(), fill=True)
+    return make_optimizer([{"name": "all", "params": list(params), "lr": entry["lr"]}], entry, registry())
+
+
+def schedule_factors(name: str, *, epochs: int = 3, steps_per_epoch: int = 4, **options: Any) -> list[float]:
+    """The lr factor a schedule component gives at each optimizer step of a stage of ``epochs`` x
+    ``steps_per_epoch`` steps (its ``ScheduleContext``), its options checked as a config's are: what the
+    loop multiplies every group's lr by."""
+    from ._plugins import components
+    from ._plugins.contracts import ScheduleContext
+
+    entry = components.check({"name": name, **options}, "schedules", "schedule", registry(), fill=True)
+    factor = components.build(registry(), "schedules", entry, "schedule", ScheduleContext(epochs, steps_per_epoch))
+    return [float(factor(step)) for step in range(epochs * steps_per_epoch)]
 
 
 # --------------------------------------------------------------------------- a head strategy through the loop

@@ -888,3 +888,19 @@ def test_example_zero_init_head(example):
     covered = {id(p) for g in groups for p in g["params"]}
     assert covered == {id(p) for p in ctx.model.parameters()}
     assert ZeroInit(bias=False).build_head(ctx).bias is None
+
+
+def test_check_option_without_where_is_named_under_the_entrys_path():
+    """A factory that checks its own options (no ``where``) gets the config path in front, joined by a dot."""
+    from sftcore._plugins.components import located
+    from sftcore.api import check_option
+    from sftcore.errors import ConfigError, OptionError
+
+    with pytest.raises(OptionError, match=r"^p must be a finite number >= 0.0, got .x.$"):
+        check_option("p", "x", float, low=0.0)
+    with pytest.raises(ConfigError) as err:
+        with located("finetune.augment[2]"):
+            check_option("p", -1.0, float, low=0.0)
+    assert str(err.value) == "config: finetune.augment[2].p must be a finite number >= 0.0, got -1.0"
+    with pytest.raises(ConfigError, match=r"^config: finetune.head.k must be an integer"):
+        check_option("k", 1.5, int, where="config: finetune.head")

@@ -131,3 +131,19 @@ def test_tiny_config_resolves_with_every_component_named():
     assert cfg["finetune"]["regularizers"][0]["alpha"] == 0.1 and cfg["finetune"]["head"]["name"] == "lp_ft"
     assert cfg["finetune"]["batch_size"] == 4 and cfg["pretrain"]["epochs"] == 1
     assert cfg["baseline"] is not None
+
+
+def test_build_optimizer_and_schedule_factors_check_options_as_a_config_does():
+    from sftcore.errors import ConfigError
+    from sftcore.testing import build_optimizer, schedule_factors
+
+    opt = build_optimizer("sgd", lr=0.5, weight_decay=0.01)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]  # 1-D parameters get no decay
+    assert all(g["lr"] == 0.5 for g in opt.param_groups)
+    factors = schedule_factors("cosine", epochs=2, steps_per_epoch=5)
+    assert len(factors) == 10 and factors[0] == pytest.approx(1.0) and factors[-1] < factors[0]
+    assert schedule_factors("none", epochs=1, steps_per_epoch=3) == [1.0, 1.0, 1.0]
+    with pytest.raises(ConfigError, match="has no option 'lr_x'"):
+        build_optimizer("sgd", lr_x=1)
+    with pytest.raises(ConfigError):
+        schedule_factors("cosine", warmup_epochs=-1)

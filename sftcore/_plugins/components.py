@@ -8,7 +8,7 @@ import copy
 from contextlib import contextmanager
 from typing import Any
 
-from sftcore.errors import ConfigError
+from sftcore.errors import ConfigError, OptionError
 
 
 def entry(value: Any, path: str) -> dict:
@@ -33,6 +33,8 @@ def located(path: str):
     """A ConfigError raised inside gets ``config: <path>: `` in front, unless it already names a place."""
     try:
         yield
+    except OptionError as exc:  # check_option without where: the option, named under the entry's path
+        raise ConfigError(f"config: {path}.{exc.option} {exc.problem}") from None
     except ConfigError as exc:
         text = str(exc)
         if text.startswith("config:"):

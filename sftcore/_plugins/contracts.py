@@ -543,10 +543,12 @@ def check_option(
     low_open: bool = False,
     choices: Sequence | None = None,
     none: bool = False,
-    where: str = "config",
+    where: str | None = None,
 ) -> Any:
     """Check one option of a component and return it (a float for ``kind=float``); a bad value raises
-    a one-line ``ConfigError``: ``{where}.{name} must be an integer from 16 to 512, got 'big'``.
+    a one-line ``ConfigError``: ``{where}.{name} must be an integer from 16 to 512, got 'big'``. Without
+    ``where`` (a factory checking its own options) it raises ``sftcore.errors.OptionError``, and sftcore
+    names where the component is configured: ``config: finetune.augment[2].size must be ...``.
 
     Factories are called with whatever the YAML held, so a factory that uses an option without
     checking it fails deep inside torch (or allocates terabytes) instead of naming the option.
@@ -554,12 +556,13 @@ def check_option(
     and every float must be finite (``.nan`` passes every comparison, so it is refused by name).
     ``low``/``high`` bound numbers (``low_open``: ``> low``), ``choices`` lists allowed values,
     ``none`` allows None. A dataset or backbone factory may also carry a ``validate_options``
-    attribute, ``validate_options(where, **options)``, built from this: sftcore calls it when the
-    config is resolved (``sft config show``, the start of ``sft run``), before anything is built.
+    attribute, ``validate_options(where, **options)``, built from this: sftcore calls it for a factory of
+    every kind when the config is resolved (``sft config show``, the start of ``sft run``), before anything
+    is built, with ``where`` naming the config entry.
     """
     import math
 
-    from sftcore.errors import ConfigError, show
+    from sftcore.errors import ConfigError, OptionError, show
 
     if value is None and none:
         return None
@@ -585,4 +588,5 @@ def check_option(
         want = "one of " + ", ".join(map(str, choices))
     elif numeric:
         want = ("a finite number" if kind is float else want) + _range_text(low, high, low_open)
-    raise ConfigError(f"{where}.{name} must be {want}{' or null' if none else ''}, got {show(value)}")
+    problem = f"must be {want}{' or null' if none else ''}, got {show(value)}"
+    raise OptionError(name, problem) if where is None else ConfigError(f"{where}.{name} {problem}")

@@ -242,8 +242,9 @@ class HeadL1(Regularizer):
     """
 
     def __init__(self, alpha: float = 1e-4):
-        # checked here, so a bad value is one line when the config is resolved, not a torch error later
-        self.alpha = check_option("alpha", alpha, float, low=0, where="config: regularizer <<reg>>")
+        # checked here, so a bad value is one line when the config is resolved, not a torch error later;
+        # sftcore puts where the regularizer is configured in front (config: finetune.regularizers[0].alpha ...)
+        self.alpha = check_option("alpha", alpha, float, low=0)
         self.weights: list[torch.nn.Parameter] = []
 
     def setup(self, ctx: TrainContext) -> None:
@@ -265,7 +266,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sftcore.api import Callback, RunInfo, StageInfo, check_option
-from sftcore.errors import ConfigError
+from sftcore.errors import OptionError
 
 FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
@@ -278,10 +279,10 @@ class EpochLog(Callback):
     """
 
     def __init__(self, filename: str = "epochs.log"):
-        filename = check_option("filename", filename, str, where="config: callback <<callback>>")
+        filename = check_option("filename", filename, str)
         if not filename or Path(filename).name != filename or filename in (".", ".."):
-            raise ConfigError(f"config: callback <<callback>>.filename must be a plain file name (it is written "
-                              f"in the run directory), got {filename!r}")
+            raise OptionError("filename", f"must be a plain file name (it is written in the run directory), "
+                              f"got {filename!r}")
         self.filename = filename
         self.path: Path | None = None
 
@@ -292,8 +293,12 @@ class EpochLog(Callback):
         if self.path is None:
             return
         values = " ".join(f"{key}={record[key]:.4f}" for key in FIELDS if isinstance(record.get(key), (int, float)))
-        with open(self.path, "a", encoding="utf-8") as log:
-            log.write(f"{stage.name} epoch {record.get('epoch')}/{stage.epochs} {values}".rstrip() + "\\n")
+        head = f"{stage.name} epoch {record.get('epoch')}/"
+        # a resumed run trains again the epoch it was stopped in: its line replaces the earlier one
+        lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.is_file() else []
+        lines = [line for line in lines if not line.startswith(head)]
+        lines.append(f"{head}{stage.epochs} {values}".rstrip())
+        self.path.write_text("\\n".join(lines) + "\\n", encoding="utf-8")
 '''
 
 CONFTEST = '''\
