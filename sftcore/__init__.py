@@ -4,13 +4,32 @@ Plugins implement the hooks in :mod:`sftcore.hookspecs` with :data:`hookimpl` an
 objects described in :mod:`sftcore.api`.
 """
 
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from .hookspecs import hookimpl
 
-__all__ = ["hookimpl", "run", "load", "__version__"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ._inference.load import Model, Prediction
+    from .api import Callback
+
+__all__ = ["hookimpl", "run", "load", "Model", "Prediction", "__version__"]
 
 
-def load(path, stage=None, device="cpu"):
+def __getattr__(name: str):
+    """``Model`` and ``Prediction`` (what ``load`` and ``Model.predict`` return) without importing torch here."""
+    if name in ("Model", "Prediction"):
+        from ._inference import load as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module 'sftcore' has no attribute {name!r}")
+
+
+def load(path: str | os.PathLike, stage: str | None = None, device: str = "cpu") -> Model:
     """A trained stage's model from a run directory (``stage``: default finetune, else baseline, else pretrain;
     ``finetune-seed1`` for another seed) or a model file ``checkpoints/<stage>.pt``, needing only the
     backbone's plugin: ``.module``, ``.classes``, ``.transform(images)``, ``.predict(images, top_k=5)``."""
@@ -20,17 +39,17 @@ def load(path, stage=None, device="cpu"):
 
 
 def run(
-    config=None,
+    config: dict | str | os.PathLike | None = None,
     *,
-    out=None,
-    overrides=(),
-    progress=None,
-    resume=None,
-    force=False,
-    allow_config_change=False,
-    echo=None,
-    callbacks=(),
-):
+    out: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool | None = None,
+    resume: str | os.PathLike | None = None,
+    force: bool = False,
+    allow_config_change: bool = False,
+    echo: Callable[[str], Any] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
     """Run the pipeline a config describes (a dict, a YAML path, or None for the default); returns the summary.
 
     ``resume=RUN_DIR`` continues an interrupted run with its own config.yaml (edited since the run started:

@@ -34,6 +34,7 @@ from .schema import (  # noqa: F401  (the names callers and tests know this modu
     RunConfig,
     StageConfig,
     declared,
+    seeds_run,
     type_name,
 )
 
@@ -186,13 +187,13 @@ def _seeds(value: Any, seed: int) -> list[int]:
         seeds = [_int(s, f"seeds[{i}]", 0, MAX_SEED) for i, s in enumerate(value)]
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"config: seeds lists a seed twice ({show(seeds)}); each seed must be distinct")
-        return seeds
+        return seeds_run(seeds, seed)
     count = _int(value, "seeds", 1, MAX_SEEDS)
     if seed + count - 1 > MAX_SEED:
         raise ConfigError(
             f"config: seed + seeds - 1 must be <= {MAX_SEED} (the last seed run), got {seed + count - 1}; lower seed"
         )
-    return [seed + i for i in range(count)]
+    return seeds_run(count, seed)
 
 
 def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:

@@ -424,7 +424,7 @@ class RunConfig:
     @property
     def seed_list(self) -> list[int]:
         """The seeds the config runs, in order; the first one's files carry the plain stage names."""
-        return list(self.seeds) if isinstance(self.seeds, list) else [self.seed + i for i in range(self.seeds)]
+        return seeds_run(self.seeds, self.seed)
 
     def stage(self, name: str) -> StageConfig:
         """A stage that the config has (pretrain, finetune or baseline)."""
@@ -432,6 +432,11 @@ class RunConfig:
         if found is None:
             raise ConfigError(f"config: the config has no {name} stage")
         return found
+
+
+def seeds_run(seeds: int | list[int], seed: int) -> list[int]:
+    """``seeds: N`` -> seed, seed+1, ..., seed+N-1; a list names the seeds (checked by resolve)."""
+    return list(seeds) if isinstance(seeds, list) else [seed + i for i in range(seeds)]
 
 
 def _default(f) -> Any:
