@@ -508,7 +508,7 @@ def config_init(path, force):
 
     from ._config.resolve import DEFAULT_CONFIG
 
-    target = storage.output_file(path, force, "config init", make_folder=True)
+    target = storage.output_file(path, force, option=None, make_folder=True)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -105,15 +105,38 @@ def test_pretrain_per_seed_caches_each_seed(tmp_path, pretrain_cache_dir, one_th
     assert records(tmp_path / "b", "pretrain-seed1") == records(tmp_path / "a", "pretrain-seed1")
 
 
+def _damage(entry: Path, damage: str) -> None:
+    """One way an entry can be wrong; each is recomputed with one warning line (hostile-input cases)."""
+    import json
+
+    import torch
+
+    if damage == "truncate":
+        (entry / "model.pt").write_bytes((entry / "model.pt").read_bytes()[:100])
+    elif damage == "no-done":
+        (entry / "done").unlink()
+    elif damage == "wrong-key":  # an entry filed under another key: its weights came from another config
+        key = json.loads((entry / "key.json").read_text())
+        key["pretrain"]["optimizer"]["lr"] = 0.123  # not what the run asked for
+        (entry / "key.json").write_text(json.dumps(key))
+    elif damage == "predictions-a-list":
+        (entry / "predictions.json").write_text("[1, 2]")
+    elif damage == "no-test-accuracy":
+        state = torch.load(entry / "model.pt", weights_only=True)
+        del state["result"]["test_accuracy"]
+        torch.save(state, entry / "model.pt")
+    elif damage == "model-a-fifo":  # a read would block forever
+        (entry / "model.pt").unlink()
+        os.mkfifo(entry / "model.pt")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["truncate", "no-done"])
+@pytest.mark.parametrize("damage", ["truncate", "no-done", "wrong-key", "predictions-a-list", "no-test-accuracy",
+                                    "model-a-fifo"])
 def test_a_corrupt_entry_is_recomputed(tmp_path, pretrain_cache_dir, one_thread, damage):
     first, _, _ = run(tmp_path, "a")
     entry = Path(first["pretrain"]["cache"]["path"])
-    if damage == "truncate":
-        (entry / "model.pt").write_bytes((entry / "model.pt").read_bytes()[:100])
-    else:
-        (entry / "done").unlink()
+    _damage(entry, damage)
     second, lines, epochs = run(tmp_path, "b")
     warned = [line for line in lines if "unreadable cache entry" in line]
     assert len(warned) == 1 and warned[0].startswith(f"pretrain: ignoring unreadable cache entry {entry.name[:12]}")

@@ -1,6 +1,6 @@
 """Render docs/config-reference.md from ``config.describe()``, so the reference cannot drift from the code.
 
-Regenerate after changing a defaults table or ``config.SCHEMA``:
+Regenerate after changing a key's declaration in ``schema.py``:
 
     python -m sftcore._config.reference > docs/config-reference.md
 
@@ -32,7 +32,7 @@ SECTIONS = {
 HEADER = """\
 # Configuration reference
 
-<!-- Generated from SCHEMA and the defaults tables in sftcore/_config.py by
+<!-- Generated from the declaration in sftcore/_config/schema.py by
      `python -m sftcore._config.reference > docs/config-reference.md`. Do not edit by hand:
      tests/test_docs.py fails when this file differs from the generated text. -->
 

@@ -53,7 +53,7 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
 }
 _CHECKS = {
     cls: {name: spec.check for name, (_, spec) in declared(cls).items() if spec.check is not None}
-    for cls in (RunConfig, StageConfig)
+    for cls in (RunConfig, StageConfig, DatasetConfig)
 }
 
 
@@ -124,10 +124,14 @@ def _float(value: Any, path: str, low: float | None = None, high: float | None =
     return Float(low, high, low_open)(value, path)
 
 
-def _plain_keys(mapping: dict, cls, path: str) -> None:
-    """Check every key the declaration gives a check (Int, Float, Choice, Flag), in place."""
-    for name, check in _CHECKS[cls].items():
-        mapping[name] = check(mapping[name], _where(path, name))
+def _plain_keys(mapping: dict, cls, path: str, first: str | None = None, last: str | None = None) -> None:
+    """Check the keys the declaration gives a check (Int, Float, Choice, Flag), in place, in declaration order
+    (from ``first`` to ``last`` inclusive: resolve checks the keys in the order the config reads them)."""
+    names = list(_CHECKS[cls])
+    start = names.index(first) if first else 0
+    stop = names.index(last) + 1 if last else len(names)
+    for name in names[start:stop]:
+        mapping[name] = _CHECKS[cls][name](mapping[name], _where(path, name))
 
 
 def _dataset(value: Any, path: str, registry) -> dict:
@@ -139,7 +143,7 @@ def _dataset(value: Any, path: str, registry) -> dict:
         _float(runner["fraction"], f"{path}.fraction", 0.0, 1.0, low_open=True)
     if runner["labels_per_class"] is not None and runner["fraction"] is not None:
         raise ConfigError(f"config: {path} sets both labels_per_class and fraction; keep one")
-    runner["val_fraction"] = _float(runner["val_fraction"], f"{path}.val_fraction", 0.0, 0.9)
+    _plain_keys(runner, DatasetConfig, path)  # val_fraction, as declared
     return {"name": value["name"], **runner, **components.options(value, DATASET_RUNNER_KEYS)}
 
 
@@ -204,7 +208,7 @@ def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
     if stage["dataset"] is None:
         raise ConfigError(f"config: {path}.dataset is required, e.g. {path}: {{dataset: {{name: shapes}}}}")
     stage["dataset"] = _dataset(stage["dataset"], f"{path}.dataset", registry)
-    _plain_keys(stage, StageConfig, path)
+    _plain_keys(stage, StageConfig, path, last="eval_batch_size")
     stage["optimizer"] = _optimizer(stage["optimizer"], f"{path}.optimizer", registry)
     stage["schedule"] = _filled(stage["schedule"], "schedules", f"{path}.schedule", registry, DEFAULT_SCHEDULE)
     _check_warmup(stage, path)
@@ -222,7 +226,9 @@ def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
     ]
     if stage["param_groups"] is not None:
         stage["param_groups"] = _built(stage["param_groups"], "param_groups", f"{path}.param_groups", registry)[0]
+    _plain_keys(stage, StageConfig, path, first="backbone_lr_mult", last="tta")
     stage["augment"] = _augment(stage["augment"], path, registry)
+    _plain_keys(stage, StageConfig, path, first="augment_chunk")
     return stage
 
 
@@ -309,8 +315,9 @@ def resolve(raw: dict, registry=None) -> dict:
     cfg = {**copy.deepcopy(RUN_DEFAULTS), **copy.deepcopy(raw)}
     if not isinstance(cfg["name"], str) or not cfg["name"].strip():
         raise ConfigError("config: name must be a non-empty string")
-    _plain_keys(cfg, RunConfig, "")
+    _plain_keys(cfg, RunConfig, "", last="seed")
     _seeds(cfg["seeds"], cfg["seed"])
+    _plain_keys(cfg, RunConfig, "", first="pretrain_per_seed")
     cfg["backbone"] = components.check(cfg["backbone"], "backbones", "backbone", registry)
     cfg["callbacks"] = _callbacks(cfg["callbacks"], registry)
     for stage in ("pretrain", "finetune"):

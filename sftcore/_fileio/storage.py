@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sftcore.errors import ConfigError, SftError
+from sftcore.errors import ConfigError
 
 
 def _umask_mode() -> int:
@@ -32,21 +32,23 @@ class StorageError(ConfigError):
     """A file of the run, or one the config names, could not be written or read."""
 
 
-def output_file(path, force: bool, option: str = "--out", make_folder: bool = False) -> Path:
+def output_file(path, force: bool, option: str | None = "--out", make_folder: bool = False, hint: str = "") -> Path:
     """Where a command may write a file the user named, checked before any work: absent, or (with ``force``) a
     regular file; never a folder, a symbolic link, a device or a FIFO (the atomic write renames over its target,
-    which would replace such a thing with a regular file). Its folder must exist unless ``make_folder``."""
+    which would replace such a thing with a regular file). Its folder must exist unless ``make_folder``.
+    ``option`` names the option that gave the path (None: a default path), ``hint`` ends a folder's message."""
     p = Path(path)
+    named = f"{option} '{p}'" if option else f"'{p}'"
     if p.is_symlink():
-        raise SftError(f"{option} '{p}' is a symbolic link; give the path of a regular file")
+        raise StorageError(f"{named} is a symbolic link; give the path of a regular file")
     if p.is_dir():
-        raise SftError(f"{option} '{p}' is a folder; give a file path")
+        raise StorageError(f"{named} is a folder; give a file path{hint}")
     if p.exists() and not p.is_file():
-        raise SftError(f"{option} '{p}' is not a regular file (a device or a FIFO); give the path of a file")
+        raise StorageError(f"{named} is not a regular file (a device or a FIFO); give the path of a file")
     if p.exists() and not force:
-        raise SftError(f"{option} '{p}' already exists; pass --force to overwrite it, or choose another path")
+        raise StorageError(f"{named} already exists; pass --force to overwrite it, or choose another path")
     if not make_folder and not p.parent.is_dir():
-        raise SftError(f"{option} '{p}': folder '{p.parent}' not found; create it first")
+        raise StorageError(f"{named}: folder '{p.parent}' not found; create it first")
     return p
 
 
@@ -171,7 +173,11 @@ def load(path: Path, what: str, fix: str, map_location: Any = "cpu") -> Any:
 
     import torch
 
+    from .reader import regular
+
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        regular(path, what, fix)  # a FIFO would block the read forever, /dev/zero never end it
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

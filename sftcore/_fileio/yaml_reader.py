@@ -139,11 +139,14 @@ def _parse(text: str, loader):
 def load_yaml(path: str | os.PathLike) -> dict:
     import yaml
 
+    from .reader import read_text
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() or p.is_dir():
         raise ConfigError(f"config file '{p}' not found; pass an existing YAML file or omit it for the default")
+    text = read_text(p, "config file")  # a regular file, UTF-8: else one line
     try:
-        data = _parse(p.read_text(), _yaml_loader())
+        data = _parse(text, _yaml_loader())
     except YamlRefused as exc:
         raise ConfigError(f"config file '{p}' is refused: {exc}") from None
     except yaml.YAMLError as exc:

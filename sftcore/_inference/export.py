@@ -155,7 +155,7 @@ def _target(run_dir: Path, model_path: Path, fmt: str, out) -> Path:
 
 def _refuse_existing(paths, force: bool) -> None:
     for p in paths:
-        storage.output_file(p, force, make_folder=True)
+        storage.output_file(p, force, option=None, make_folder=True)
 
 
 def _backbone_entry(path: Path):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftcore._rundir import checkpoints
 from sftcore._rundir import layout as rundir
 from sftcore.errors import ConfigError, SftError, show
 
@@ -75,7 +76,8 @@ def model_file(path, stage: str | None = None) -> Path:
             f"run '{run}' was made with `checkpoints: false`, so it kept no model; "
             "rerun it with checkpoints on to predict"
         )
-    path = run / rundir.CHECKPOINTS / f"{stage}.pt"
+    _, path = checkpoints.paths(run, stage)
+    assert path is not None  # a run directory, checkpoints on
     if not path.is_file():
         raise SftError(
             f"run '{run}' has no finished {stage} stage (no {path}); finish it with `sft run --resume {run}`"
@@ -145,7 +147,6 @@ class Model:
     def __init__(self, path, stage: str | None = None, device: str = "cpu"):
         from torch import nn
 
-        from sftcore._rundir import checkpoints
         from sftcore._train.model import TransferModel
 
         self.path = model_file(path, stage)

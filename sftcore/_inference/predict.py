@@ -64,17 +64,17 @@ def read_image(path, shape) -> torch.Tensor:
     import torch
     from torchvision.io import ImageReadMode, decode_image
 
+    from sftcore._fileio import reader
+
     p = Path(path)
     if not p.exists():
         raise SftError(f"image '{p}' not found; check the path")
     if p.is_dir():
         raise SftError(f"image '{p}' is a folder; pass image files (a shell glob such as '{p}/*.jpg' works)")
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise SftError(f"cannot read image '{p}': {exc.strerror or exc}") from None
+    data = reader.read_bytes(p, "image")  # a regular file only: a FIFO or /dev/zero is one line, not a hang
     if not data:
         raise SftError(f"image '{p}' is an empty file")
+    reader.check_image_pixels(data, f"image '{p}'")  # before decoding: a small file can claim 30000 x 30000
     mode = ImageReadMode.RGB if data[:3] == b"\xff\xd8\xff" else ImageReadMode.RGB_ALPHA  # JPEG has no alpha
     try:
         img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode, apply_exif_orientation=True)

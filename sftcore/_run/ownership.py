@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sftcore._fileio import storage
+from sftcore._rundir import checkpoints
 from sftcore.errors import ConfigError, SftError
 
 try:
@@ -305,9 +306,8 @@ def _invalidate(run_dir: Path, changed: list[str]) -> list[str]:
         if top != "name":  # anything outside the stages (backbone, seeds, ...) touches every stage
             touched += stages.get(top, stages["pretrain"])
     touched = [s for s in stages["pretrain"] if s in touched]
-    folder = run_dir / CHECKPOINTS
     for stage in touched:
-        for path in [*folder.glob(f"{stage}.pt"), *folder.glob(f"{stage}-*.pt")]:
+        for path in checkpoints.stage_files(run_dir, stage):
             _remove(path)
     _remove(run_dir / SUMMARY)
     return touched

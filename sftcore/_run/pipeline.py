@@ -162,11 +162,13 @@ class Pipeline:
         scfg = self.config.stage("pretrain")
         return self.train_stage("pretrain", scfg, backbone, data, backbone.head, backbone.source_classes, seed, tag)
 
-    def stage_model(self, name: str, backbone: Backbone, data: StageData, seed: int) -> TransferModel:
-        """Stage ``name``'s model as train_stage assembles it, untrained (to load finished weights into)."""
-        scfg = self.config.stage(name)
+    def stage_model(
+        self, name: str, scfg: StageConfig, backbone: Backbone, data: StageData, source_head, source_classes, seed: int
+    ) -> TransferModel:
+        """Stage ``name``'s model as train_stage assembles it, untrained: what finished weights load into (a resumed
+        run's finished stage, a pretrain cache hit) without building the rest of the stage."""
         _, eval_tf = self.transforms(data, backbone, scfg, name)
-        return self._assemble(name, scfg, backbone, data, backbone.head, backbone.source_classes, seed, eval_tf)[2]
+        return self._assemble(name, scfg, backbone, data, source_head, source_classes, seed, eval_tf)[2]
 
     def model_file(self, name, tag, seed, model, data, train_tf, scfg, result) -> dict:
         """A stage's model file (checkpoints.save_model_file's fields): weights, classes and the preprocessing
@@ -250,12 +252,13 @@ class Pipeline:
         t0 = time.perf_counter()
         seed, tag = self.seed if seed is None else seed, tag or name
         progress, final = checkpoints.paths(self.run_dir, tag, self.config.checkpoints)
+        if self.resume and final is not None and final.exists():  # finished before the interruption
+            model = self.stage_model(name, scfg, backbone, data, source_head, source_classes, seed)
+            return model, self._reuse(model, final, seed, tag)
         stage = self.build_stage(
             name, scfg, backbone, data, source_head, source_classes, seed=seed, tag=tag, checkpoint=progress
         )
         model, info, train_tf, eval_tf = stage.model, stage.info, stage.train_transform, stage.eval_transform
-        if self.resume and final is not None and final.exists():  # finished before the interruption
-            return model, self._reuse(model, final, seed, tag)
         if self.resume:
             self._resume_stage(stage, model, progress, tag)
         result = stage.run()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from sftcore._config.schema import RunConfig
-from sftcore._fileio import storage
+from sftcore._fileio import reader, storage
 from sftcore._plugins.contracts import FileSet, ImageSet
 from sftcore._plugins.kinds import KIND_TABLE
 from sftcore._rundir import checkpoints
@@ -217,33 +217,33 @@ class Entry:
             os.close(fd)  # releases the lock
 
     def read(self) -> Cached | None:
-        """The entry, None when there is none; Corrupt when it is there but unreadable."""
+        """The entry, None when there is none; Corrupt when it is there but unreadable, filed under another
+        key, or its metadata is not what a run reads from it (the run then recomputes it)."""
         if not self.folder.exists():
             return None
         if not (self.folder / DONE).is_file():
             raise Corrupt("it has no 'done' marker")
+        self._check_key()
         try:
             state = storage.load(self.folder / "model.pt", "cache entry", "it is recomputed")
-        except storage.StorageError as exc:
-            raise Corrupt(str(exc)) from None
-        if (
-            not isinstance(state, dict)
-            or any(k not in state for k in MODEL_KEYS)
-            or not isinstance(state.get("model"), dict)
-            or not isinstance(state.get("result"), dict)
-        ):
-            raise Corrupt("model.pt is not a sftcore model file")
-        try:
-            records = [
-                json.loads(line) for line in (self.folder / "metrics.jsonl").read_text().splitlines() if line.strip()
-            ]
+            text = reader.read_text(self.folder / "metrics.jsonl", "cache metrics", limit=reader.MAX_FILE_BYTES)
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
             pred = self.folder / "predictions.json"
-            predictions = json.loads(pred.read_text()) if pred.exists() else None
-        except (OSError, ValueError) as exc:
-            raise Corrupt(f"{type(exc).__name__}: {str(exc)[:120]}") from None
-        if not all(isinstance(r, dict) for r in records):
-            raise Corrupt("metrics.jsonl holds something other than records")
+            predictions = reader.read_json(pred, "cache predictions") if pred.exists() else None
+        except (storage.StorageError, ValueError) as exc:
+            raise Corrupt(f"{type(exc).__name__}: {str(exc)[:160]}") from None
+        _check_cached(state, records, predictions)
         return Cached(state, records, predictions)
+
+    def _check_key(self) -> None:
+        """The entry must be the one looked up: its key.json holds the same key and the same fields."""
+        try:
+            stored = reader.read_json(self.folder / "key.json", "cache key")
+        except storage.StorageError as exc:
+            raise Corrupt(str(exc)[:160]) from None
+        expected = json.loads(json.dumps({"key": self.key, **self.fields}, default=str))
+        if stored != expected:
+            raise Corrupt("it is filed under another key (its key.json does not match what it was looked up by)")
 
     def discard(self) -> None:
         """Move the entry aside (one rename), then delete it: a reader never sees it half deleted."""
@@ -273,6 +273,19 @@ class Entry:
                     raise storage.StorageError(f"cannot write '{self.folder}': {exc.strerror or exc}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_cached(state, records, predictions) -> None:
+    """What a run reads from an entry, checked before it is used: a damaged entry is recomputed, not a crash."""
+    if not isinstance(state, dict) or any(k not in state for k in MODEL_KEYS) or not isinstance(state["model"], dict):
+        raise Corrupt("model.pt is not a sftcore model file")
+    result = state.get("result")
+    if not isinstance(result, dict) or not isinstance(result.get("test_accuracy", "missing"), (int, float, type(None))):
+        raise Corrupt("model.pt holds no stage result with a test_accuracy")
+    if not all(isinstance(r, dict) for r in records):
+        raise Corrupt("metrics.jsonl holds something other than records")
+    if predictions is not None and not isinstance(predictions, dict):
+        raise Corrupt("predictions.json is not a predictions mapping")
 
 
 def _flock(fd: int, say: Callable[[str], None], key: str) -> None:
@@ -368,7 +381,8 @@ class PretrainCache:
         """The cached stage as a resumed run reuses a finished one: weights into the model, the model file
         into checkpoints/, the epoch records into metrics.jsonl, the predictions into predictions/."""
         pipe, t0 = self.pipe, time.perf_counter()
-        model = pipe.stage_model("pretrain", backbone, data, seed)
+        scfg = pipe.config.stage("pretrain")
+        model = pipe.stage_model("pretrain", scfg, backbone, data, backbone.head, backbone.source_classes, seed)
         fix = f"remove the cache entry (rm -rf {entry.folder}) or set pretrain_cache: false"
         checkpoints.load_model(model, found.state, entry.folder / "model.pt", fix=fix)
         state = {**{k: found.state[k] for k in MODEL_KEYS}, "tag": tag}

@@ -116,14 +116,16 @@ def run(
     registry = get_registry()
     check_run_args(config, overrides, out, force, resume, allow_config_change)
     if resume is not None:
-        config = _resumed_config(Path(resume), registry)
+        resolved = _resumed_config(Path(resume), registry)
     else:
-        config = RunConfig.of(cfgmod.resolve(cfgmod.load(config, overrides), registry))
-    resolve_performance(config)  # joins torchrun's process group; a device error leaves no empty run directory
+        resolved = RunConfig.of(cfgmod.resolve(cfgmod.load(config, overrides), registry))
+    resolve_performance(resolved)  # joins torchrun's process group; a device error leaves no empty run directory
     listeners = Listeners(echo, epoch_echo, tuple(callbacks), progress)
     try:
-        check_batch_sizes(config, distributed.world_size())
-        summary = _run(config, Path(resume) if resume is not None else None, out, force, listeners, allow_config_change)
+        check_batch_sizes(resolved, distributed.world_size())
+        summary = _run(
+            resolved, Path(resume) if resume is not None else None, out, force, listeners, allow_config_change
+        )
         distributed.barrier()  # rank 0 writes last; no rank leaves the group before it is done
         return summary
     finally:

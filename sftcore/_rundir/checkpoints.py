@@ -44,6 +44,13 @@ def paths(run_dir: Path | None, tag: str, enabled: bool = True) -> tuple[Path | 
     return run_dir / layout.CHECKPOINTS / f"{tag}-last.pt", run_dir / layout.CHECKPOINTS / f"{tag}.pt"
 
 
+def stage_files(run_dir: Path, stage: str) -> list[Path]:
+    """Every checkpoint file of ``stage``, of every seed: its model and progress files (a config change that
+    touches the stage removes them, so that it trains again)."""
+    folder = run_dir / layout.CHECKPOINTS
+    return [*folder.glob(f"{stage}.pt"), *folder.glob(f"{stage}-*.pt")]
+
+
 def save_progress(state: dict, path: Path) -> None:
     storage.save(state, path)
 
@@ -100,11 +107,6 @@ def split_state(model: dict) -> tuple[dict, dict]:
         return {k[len(prefix) :]: v for k, v in model.items() if isinstance(k, str) and k.startswith(prefix)}
 
     return part(BACKBONE), part(HEAD)
-
-
-def split_model(state: dict) -> tuple[dict, dict]:
-    """``(backbone, head)`` weights of a model file, without their ``backbone.``/``head.`` prefixes."""
-    return split_state(state["model"])
 
 
 def as_checkpoint(raw: Any) -> Checkpoint | None:

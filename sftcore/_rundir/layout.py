@@ -96,10 +96,11 @@ def config(run_dir: Path) -> dict:
 
 
 def _json(path: Path):
+    from sftcore._fileio.reader import read_text
+
+    text = read_text(path, "file")  # a regular file, UTF-8, bounded: else one line
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SftError(f"cannot read '{path}': {getattr(exc, 'strerror', None) or exc}") from None
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise SftError(
             f"'{path}' is not valid JSON (line {exc.lineno}: {exc.msg}); the run may have been killed while writing it"
@@ -125,10 +126,9 @@ def metrics(run_dir: Path) -> dict[str, list[dict]]:
     killed run is skipped; a broken line before it is an error.
     """
     path = Path(run_dir) / METRICS
-    try:
-        text = path.read_text().splitlines() if path.is_file() else []
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SftError(f"cannot read '{path}': {getattr(exc, 'strerror', None) or exc}") from None
+    from sftcore._fileio.reader import MAX_FILE_BYTES, read_text
+
+    text = read_text(path, "metrics log", limit=MAX_FILE_BYTES).splitlines() if path.exists() else []
     lines = [(i, line) for i, line in enumerate(text, 1) if line.strip()]
     by_stage: dict[str, dict[int, dict]] = {}
     for n, (i, line) in enumerate(lines):

@@ -55,7 +55,7 @@ def write_predictions(run_dir: Path, tag: str, classes: list[str], ev: dict) -> 
     """predictions/<tag>.json, for `sft plot`'s confusion matrix, top-5 accuracy and calibration."""
     storage.make_dir(run_dir / layout.PREDICTIONS)
     storage.write_json(
-        run_dir / layout.PREDICTIONS / f"{tag}.json",
+        layout.predictions_file(run_dir, tag),
         {
             "stage": tag,
             "classes": classes,

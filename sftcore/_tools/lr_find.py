@@ -332,7 +332,9 @@ def check_out(out: str | None, stage: str, force: bool) -> Path:
     """Where the PNG goes (default ``lr-find-<stage>.png`` here), checked before any training."""
     from sftcore._fileio import storage
 
-    return storage.output_file(out if out is not None else f"lr-find-{stage}.png", force)
+    if out is None:
+        return storage.output_file(f"lr-find-{stage}.png", force, option=None)
+    return storage.output_file(out, force, hint=f" such as {Path(out) / f'lr-find-{stage}.png'}")
 
 
 def summary_lines(finding: Finding, config: str | None) -> list[str]:

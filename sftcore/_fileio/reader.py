@@ -1,0 +1,101 @@
+"""The one way to read a file sftcore did not just write: a regular file only (a FIFO blocks a read forever and a
+device such as /dev/zero never ends it; a link is followed to what it names and checked there), bounded in size,
+UTF-8 text with a clear error otherwise, and images bounded in pixels before they are decoded (as Pillow's
+decompression-bomb guard). Every failure is one line (``StorageError``, exit code 2)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from .storage import StorageError
+
+MAX_TEXT_BYTES = 64 << 20  # a config, a summary, a metrics log: far below this
+MAX_FILE_BYTES = 1 << 30  # an image file
+# Pillow's own default (Image.MAX_IMAGE_PIXELS): about a 9459 x 9459 image, 256 MiB as RGB uint8. A 100 KB PNG
+# can claim 30000 x 30000 pixels and take gigabytes to decode. SFT_MAX_IMAGE_PIXELS raises or lowers it.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+
+
+def max_image_pixels() -> int:
+    value = os.environ.get("SFT_MAX_IMAGE_PIXELS", "")
+    if not value:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise StorageError(f"SFT_MAX_IMAGE_PIXELS must be a whole number of pixels >= 1, got {value!r}")
+    return int(value)
+
+
+def regular(path, what: str, fix: str = "") -> Path:
+    """``path`` if it names a regular file (through any link); otherwise one line saying what it is."""
+    p = Path(path)
+    hint = f"; {fix}" if fix else ""
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise StorageError(f"{what} '{p}' not found{hint}") from None
+    except OSError as exc:
+        raise StorageError(f"cannot read {what} '{p}': {exc.strerror or exc}{hint}") from None
+    if stat.S_ISDIR(mode):
+        raise StorageError(f"{what} '{p}' is a folder, not a file{hint}")
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+        )
+        raise StorageError(f"{what} '{p}' is {kind}, not a regular file; sftcore reads only regular files{hint}")
+    return p
+
+
+def read_bytes(path, what: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    p = regular(path, what)
+    size = p.stat().st_size
+    if size > limit:
+        raise StorageError(f"{what} '{p}' is {size} bytes, more than the {limit} sftcore reads")
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise StorageError(f"cannot read {what} '{p}': {exc.strerror or exc}") from None
+
+
+def read_text(path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """The file as UTF-8 text (what sftcore writes); any other encoding is one line naming the byte."""
+    data = read_bytes(path, what, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StorageError(
+            f"{what} '{path}' is not UTF-8 text (byte {exc.start} is {data[exc.start : exc.start + 1]!r}); "
+            "save it as UTF-8"
+        ) from None
+
+
+def read_json(path, what: str) -> Any:
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StorageError(f"{what} '{path}' is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def check_image_pixels(data: bytes, what: str) -> None:
+    """Refuse an image whose header claims more than ``max_image_pixels()`` pixels, before any decoding."""
+    from PIL import Image  # torchvision's own dependency
+
+    limit = max_image_pixels()
+    guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header's size is all we read: ours decides
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Exception:  # noqa: BLE001 - not an image PIL knows: the decoder says so in its own words
+        return
+    finally:
+        Image.MAX_IMAGE_PIXELS = guard
+    if width * height > limit:
+        raise StorageError(
+            f"{what} is {width} x {height} = {width * height} pixels, more than the {limit} sftcore decodes "
+            "(set SFT_MAX_IMAGE_PIXELS to allow more)"
+        )

@@ -1,0 +1,71 @@
+"""The one reader of files sftcore did not write: regular files only, bounded, UTF-8, images bounded in pixels."""
+
+
+import os
+import zlib
+import struct
+
+import pytest
+
+from sftcore._fileio import reader
+from sftcore._fileio.storage import StorageError
+
+
+def _one_line(err) -> str:
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+def test_a_fifo_a_device_and_a_folder_are_refused_without_reading(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # a read would block forever
+    link = tmp_path / "zero"
+    link.symlink_to("/dev/zero")  # a read would never end
+    for path, expect in [(fifo, "is a FIFO"), (link, "is a device"), (tmp_path, "is a folder"),
+                         (tmp_path / "missing", "not found")]:
+        with pytest.raises(StorageError) as err:
+            reader.read_text(path, "config file")
+        assert expect in _one_line(err) and str(path) in str(err.value)
+
+
+def test_text_must_be_utf8_and_bounded(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(StorageError, match="not UTF-8 text") as err:
+        reader.read_text(latin, "config file")
+    _one_line(err)
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * 100)
+    with pytest.raises(StorageError, match="more than the 10"):
+        reader.read_text(big, "summary", limit=10)
+    good = tmp_path / "ok.json"
+    good.write_text('{"a": 1}')
+    assert reader.read_json(good, "summary") == {"a": 1}
+    good.write_text('{"a": ')
+    with pytest.raises(StorageError, match="not valid JSON"):
+        reader.read_json(good, "summary")
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (the pixel data is one tiny compressed row: a bomb's shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def test_an_image_claiming_too_many_pixels_is_refused_before_decoding(monkeypatch):
+    with pytest.raises(StorageError, match="30000 x 30000") as err:
+        reader.check_image_pixels(_png_header(30000, 30000), "image 'bomb.png'")
+    assert "SFT_MAX_IMAGE_PIXELS" in _one_line(err)
+    reader.check_image_pixels(_png_header(64, 64), "image 'ok.png'")  # within the limit: no error
+    monkeypatch.setenv("SFT_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(StorageError, match="more than the 1000"):
+        reader.check_image_pixels(_png_header(64, 64), "image 'ok.png'")
+    monkeypatch.setenv("SFT_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(StorageError, match="whole number"):
+        reader.max_image_pixels()
+    monkeypatch.delenv("SFT_MAX_IMAGE_PIXELS")
+    reader.check_image_pixels(b"not an image", "x")  # the decoder reports what is not an image
+
