@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "as_checkpoint",
+    "check_run_file",
     "Augment",
     "ImageSet",
     "FileSet",
@@ -88,6 +89,15 @@ def read_checkpoint(path: str) -> Checkpoint:
     if parts is None:
         return Checkpoint({}, {}, state.get("classes"), state.get("mean"), state.get("std"))
     return parts
+
+
+def check_run_file(value: Any, where: str) -> str:
+    """A file a component writes into the run directory, as a user named it (a callback's ``path`` option):
+    a relative path inside the run directory, none of the run's own files (config.yaml, metrics.jsonl, ...);
+    else one line. Call it from ``validate_options`` so a bad path fails before anything trains."""
+    from ._rundir import layout
+
+    return layout.check_run_file(value, where)
 
 
 def as_checkpoint(raw: Any) -> Checkpoint | None:

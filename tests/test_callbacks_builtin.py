@@ -403,3 +403,36 @@ def test_early_stopping_needs_validation_data_for_val_monitors():
 ])
 def test_early_stopping_rejects_bad_options(options, word):
     assert word in rejects("callbacks", "early_stopping", **options)
+
+
+@pytest.mark.parametrize("path, expect", [
+    ("/tmp/elsewhere.csv", "must stay inside the run directory"),
+    ("../outside.csv", "must stay inside the run directory"),
+    ("logs/../../x.csv", "must stay inside the run directory"),
+    ("config.yaml", "one of the run's own files (config.yaml)"),
+    ("metrics.jsonl", "one of the run's own files (metrics.jsonl)"),
+    ("checkpoints/rows.csv", "one of the run's own files (checkpoints)"),
+    ("summary.json", "one of the run's own files (summary.json)"),
+    ("logs/", "must name a file"),
+])
+def test_csv_path_stays_inside_the_run_and_off_its_own_files(path, expect):
+    """A callback's file never replaces a user's file or the run's own (hostile-input cases: exit 0 before)."""
+    from sftcore.testing import rejects
+
+    line = rejects("callbacks", "csv", path=path)
+    assert expect in line and "path" in line
+
+
+def test_a_callback_listed_twice_is_refused_at_resolve():
+    from sftcore._config import resolve as cfgmod
+    from sftcore.errors import ConfigError
+    from sftcore.testing import registry
+
+    from sftcore.testing import tiny_config
+
+    cfg = tiny_config()
+    cfg["callbacks"] = ["csv", {"name": "csv"}]
+    with pytest.raises(ConfigError, match=r"callbacks\[1\] repeats callbacks\[0\]"):
+        cfgmod.resolve(cfg, registry())
+    cfg["callbacks"] = ["csv", {"name": "csv", "path": "other.csv"}]  # two files: fine
+    assert len(cfgmod.resolve(cfg, registry())["callbacks"]) == 2

@@ -417,3 +417,41 @@ def test_tta_flip_runs_are_predicted_as_they_were_scored(run_dir):
     model.tta = "none"
     by_hand = torch.logaddexp(single, model.logits(batch.flip(3)).log_softmax(1)) - torch.log(torch.tensor(2.0))
     assert torch.allclose(both, by_hand, atol=1e-5)
+
+
+def test_csv_rows_survive_a_carriage_return_and_never_start_a_formula():
+    """Hostile file names: a CR in a name kept in its cell, a name starting with = read as text by a spreadsheet."""
+    import csv
+    import io
+
+    from sftcore._inference.load import Prediction
+    from sftcore._inference.predict import render
+
+    preds = [Prediction("a\rb.png", [("cat", 0.75), ("dog", 0.25)]), Prediction("=HYPERLINK(1).png", [("=x", 1.0)])]
+    text = render(preds, "csv")
+    assert text.startswith("image,rank,class,probability\n")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[1:] == [["a\rb.png", "1", "cat", "0.75"], ["a\rb.png", "2", "dog", "0.25"],
+                        ["'=HYPERLINK(1).png", "1", "'=x", "1.0"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("field, value, expect", [
+    ("std", [0.0, 0.0, 0.0], "std must be a list of finite numbers > 0"),
+    ("mean", ["a"], "mean must be a list of finite numbers"),
+    ("run_seed", "x", "run_seed must be an integer"),
+    ("image_shape", [3, 60000, 60000], "image_shape must be [channels, height, width]"),
+    ("classes", "cat", "classes must be a list of class names"),
+])
+def test_a_hand_edited_model_file_is_one_line(run_dir, tmp_path, field, value, expect):
+    """sftcore.load promises SftError: a model file's fields are checked where the format is read."""
+    import sftcore
+    from sftcore.errors import SftError
+
+    state = torch.load(run_dir / "checkpoints" / "finetune.pt", weights_only=True)
+    state[field] = value
+    path = tmp_path / "edited.pt"
+    torch.save(state, path)
+    with pytest.raises(SftError) as err:
+        sftcore.load(path)
+    assert expect in str(err.value) and "\n" not in str(err.value)

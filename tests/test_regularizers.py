@@ -533,3 +533,53 @@ def test_a_regularizer_asking_for_feature_maps_gets_them_in_the_stage():
     assert len(seen) == 2  # 8 examples, batch size 4
     assert all(s == ({"stage1", "stage2"}, (4, 16, 5, 5), {"stage1", "stage2"}) for s in seen)
     assert stage.history[0]["penalty"] >= 0
+
+
+class _WrongKind:
+    """A plugin whose factories break the contract: a regularizer factory returning 42, penalties not scalars."""
+
+    @staticmethod
+    @__import__("sftcore").hookimpl
+    def register_regularizers(register):
+        from sftcore.api import Regularizer
+
+        class FloatPenalty(Regularizer):
+            def penalty(self, step):
+                return 0.5
+
+        class VectorPenalty(Regularizer):
+            def penalty(self, step):
+                return step.logits.sum(0)
+
+        register("returns_42", lambda: 42, "returns 42")
+        register("float_penalty", FloatPenalty, "a float penalty")
+        register("vector_penalty", VectorPenalty, "a vector penalty")
+
+
+def test_a_factory_returning_the_wrong_type_is_one_line_at_resolve(plugin):
+    from sftcore._config import resolve as cfgmod
+    from sftcore.errors import PluginError
+    from sftcore.testing import registry, tiny_config
+
+    plugin(_WrongKind, "wrong-kind")
+    cfg = tiny_config(regularizers=[{"name": "returns_42"}])
+    with pytest.raises(PluginError) as err:
+        cfgmod.resolve(cfg, registry())
+    line = str(err.value)
+    assert "returns_42" in line and "returned int, not sftcore.api.Regularizer" in line and "\n" not in line
+
+
+@pytest.mark.parametrize("name, shape", [("float_penalty", "returned float"), ("vector_penalty", "a tensor of shape")])
+def test_a_penalty_that_is_not_a_scalar_tensor_is_one_line(plugin, name, shape):
+    from sftcore.errors import PluginError
+    from sftcore.testing import create, make_step, train_context
+
+    plugin(_WrongKind, "wrong-kind")
+    ctx = train_context()
+    reg = create("regularizers", name)
+    reg.setup(ctx)
+    from sftcore._train.loop import _penalty
+
+    with pytest.raises(PluginError, match=shape) as err:
+        _penalty(reg, make_step(ctx))
+    assert "not a scalar tensor" in str(err.value)

@@ -13,6 +13,9 @@ from sftcore.api import Augmentation, AugmentBatch
 from ._checks import number, probability
 from .erasing import box_mask
 
+# Beta(1000, 1000) draws 0.5 +- 0.011: a larger alpha changes nothing, and torch's sampler fails far beyond it
+MAX_ALPHA = 1000.0
+
 
 def beta(batch: AugmentBatch, alpha: float) -> torch.Tensor:
     """Beta(alpha, alpha) per image, on the device, from the batch's generator: the first share of a
@@ -27,7 +30,14 @@ class _Mixing(Augmentation):
     mixes_labels = True
 
     def __init__(self, alpha: float, p: float = 1.0):
-        self.alpha = number(alpha, "alpha", 0.0, low_open=True, what="a number > 0 (the Beta distribution's)")
+        self.alpha = number(
+            alpha,
+            "alpha",
+            0.0,
+            MAX_ALPHA,
+            low_open=True,
+            what=f"a number > 0 and <= {MAX_ALPHA:g} (Beta(alpha, alpha))",
+        )
         self.p = probability(p)
 
     def weights(self, batch: AugmentBatch) -> torch.Tensor:

@@ -8,8 +8,7 @@ import os
 from pathlib import Path
 from typing import cast
 
-from sftcore.api import Callback, RunInfo, StageInfo
-from sftcore.errors import ConfigError, show
+from sftcore.api import Callback, RunInfo, StageInfo, check_run_file
 
 COLUMNS = (
     "stage",
@@ -62,10 +61,8 @@ class CSVLog(Callback):
 
     @staticmethod
     def validate_options(where: str, path: str = "metrics.csv") -> None:
-        if not isinstance(path, str) or not path.strip() or "\0" in path:
-            raise ConfigError(f"{where}.path must be a file path (relative to the run directory), got {show(path)}")
-        if path.endswith(("/", os.sep)):
-            raise ConfigError(f"{where}.path must name a file, not a folder, got {show(path)}")
+        """path: a file inside the run directory, none of the run's own files (it would replace them)."""
+        check_run_file(path, f"{where}.path")
 
     # ------------------------------------------------------------------ events
     def on_run_start(self, run: RunInfo) -> None:

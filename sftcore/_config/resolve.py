@@ -299,7 +299,12 @@ def _callbacks(value: Any, registry) -> list[dict]:
             f"config: callbacks must be a list, e.g. [csv, {{name: early_stopping, patience: 5}}]; "
             f"got {_type_name(value)}"
         )
-    return [components.check(c, "callbacks", f"callbacks[{i}]", registry) for i, c in enumerate(value)]
+    checked = [components.check(c, "callbacks", f"callbacks[{i}]", registry) for i, c in enumerate(value)]
+    for i, entry in enumerate(checked):
+        if entry in checked[:i]:  # the same callback twice does everything twice (two writers of one file)
+            first = checked.index(entry)
+            raise ConfigError(f"config: callbacks[{i}] repeats callbacks[{first}] ({show(entry)}); list it once")
+    return checked
 
 
 def seed_list(cfg: dict) -> list[int]:

@@ -161,6 +161,12 @@ def _folder_images(folder: Path) -> list[Path]:
 
 
 CSV_HEADER = ("image", "rank", "class", "probability")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula (OWASP)
+
+
+def csv_text(value: str) -> str:
+    """A text cell that a spreadsheet shows as text: one starting like a formula gets a leading apostrophe."""
+    return "'" + value if value.startswith(FORMULA_START) else value
 
 
 def render(predictions: list[Prediction], fmt: str) -> str:
@@ -170,11 +176,13 @@ def render(predictions: list[Prediction], fmt: str) -> str:
         return json.dumps([p.as_dict() for p in predictions], indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(CSV_HEADER)
+        csv.writer(buf, lineterminator="\n").writerow(CSV_HEADER)
+        # every text cell quoted: a carriage return in a file name stays inside its cell (the csv module quotes
+        # only the line terminator's own characters otherwise)
+        writer = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
         for pred in predictions:
             for rank, (c, p) in enumerate(pred.top, 1):
-                writer.writerow((pred.image, rank, c, repr(float(p))))
+                writer.writerow((csv_text(pred.image), rank, csv_text(c), float(p)))
         return buf.getvalue()
     text = format_predictions(predictions)
     return text + "\n" if text else ""

@@ -64,10 +64,32 @@ def check(value: Any, kind: str, path: str, registry, *, fill: bool = False, run
 
 
 def build(registry, kind: str, value: dict, path: str, *args: Any, runner_keys=()) -> Any:
-    """The object the entry describes: its factory called with ``args`` (the kind's context) and the options."""
+    """The object the entry describes: its factory called with ``args`` (the kind's context) and the options,
+    checked against the kind's contract where sftcore.api declares a class for it (before anything trains:
+    heads, regularizers and param_groups are built when the config is resolved)."""
     comp = lookup(registry, kind, value["name"], path)
     with located(path):
-        return comp.create(*args, where=f"config: {path}", **options(value, runner_keys))
+        made = comp.create(*args, where=f"config: {path}", **options(value, runner_keys))
+    contract = _contract(kind)
+    if contract is not None and not isinstance(made, contract):
+        from sftcore.errors import PluginError
+
+        raise PluginError(
+            f"{kind[:-1] if kind != 'param_groups' else kind} '{comp.name}' (plugin '{comp.plugin}') returned "
+            f"{type(made).__name__}, not sftcore.api.{contract.__name__} ({path})"
+        )
+    return made
+
+
+def _contract(kind: str) -> type | None:
+    """The class a factory of ``kind`` must return (the others: checked where they are used, as for datasets)."""
+    from . import contracts
+
+    return {
+        "regularizers": contracts.Regularizer,
+        "heads": contracts.HeadStrategy,
+        "param_groups": contracts.ParamGroups,
+    }.get(kind)
 
 
 def build_augmentation(registry, value: Any, path: str):

@@ -94,7 +94,48 @@ def read_model_file(path, what: str, fix: str) -> dict:
     state = storage.load(path, what, fix)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise ConfigError(f"{what} '{path}' is not a sftcore model file (no 'model' state dict); {fix}")
+    problem = _model_file_problem(state)
+    if problem:
+        raise ConfigError(f"{what} '{path}' is damaged or was edited: {problem}; {fix}")
     return state
+
+
+def _model_file_problem(state: dict) -> str | None:
+    """What a reader of a model file would trip over later, checked here (a hand-edited file is one line)."""
+    import math
+
+    from sftcore._fileio.reader import max_image_pixels
+
+    def numbers(key: str, positive: bool) -> bool:
+        value = state[key]
+        return (
+            isinstance(value, list)
+            and bool(value)
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+                for v in value
+            )
+        )
+
+    def shape(key: str) -> bool:
+        value = state[key]
+        ok = isinstance(value, (list, tuple)) and len(value) == 3
+        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 65_536 for v in value)
+        return ok and value[1] * value[2] <= max_image_pixels()  # new images are brought to this size
+
+    classes = state.get("classes")
+    if classes is not None and not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        return "classes must be a list of class names"
+    for key, positive in (("mean", False), ("std", True)):
+        if state.get(key) is not None and not numbers(key, positive):
+            return f"{key} must be a list of finite numbers{' > 0' if positive else ''}"
+    for key in ("image_shape", "input_shape"):
+        if state.get(key) is not None and not shape(key):
+            return f"{key} must be [channels, height, width], each from 1 to 65536, at most {max_image_pixels()} pixels"
+    for key in ("seed", "run_seed"):
+        if state.get(key) is not None and (isinstance(state[key], bool) or not isinstance(state[key], int)):
+            return f"{key} must be an integer"
+    return None
 
 
 BACKBONE, HEAD = "backbone.", "head."  # a TransferModel's state dict: the two parts' prefixes

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from sftcore._plugins.contracts import STAGES
-from sftcore.errors import SftError
+from sftcore.errors import ConfigError, SftError, show
 
 CONFIG = "config.yaml"  # the resolved config the run trains with: a folder holding one is a run
 SUMMARY = "summary.json"  # written last: a run without it is unfinished
@@ -37,6 +38,29 @@ RUN_FILES = (
     "mlflow-run.json",
 )
 SWEEP = "sweep.json"  # a sweep folder's state (sftcore._sweep)
+
+
+OWN_FILES = (CONFIG, SUMMARY, METRICS, CHECKPOINTS, PREDICTIONS, PLOTS, CHANGES, MARKER, LOCK)  # the run's own
+
+
+def check_run_file(value: Any, where: str) -> str:
+    """A file a component writes into the run directory, as a user named it (a callback's ``path``): a relative
+    path that stays inside the run directory and is none of the run's own files. Returns it; one line if not."""
+    from pathlib import PurePosixPath
+
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ConfigError(f"{where} must be a file path relative to the run directory, got {show(value)}")
+    parts = PurePosixPath(value.replace("\\", "/")).parts
+    if value.startswith(("/", "\\")) or Path(value).is_absolute() or ".." in parts or not parts:
+        raise ConfigError(
+            f"{where} must stay inside the run directory (a relative path without '..'), got {show(value)}"
+        )
+    if value.endswith(("/", "\\")):
+        raise ConfigError(f"{where} must name a file, not a folder, got {show(value)}")
+    if parts[0] in OWN_FILES or parts[0] == ".":
+        reserved = parts[0] if parts[0] != "." else value
+        raise ConfigError(f"{where} must not be one of the run's own files ({reserved}), got {show(value)}")
+    return value
 
 
 def is_run(path) -> bool:

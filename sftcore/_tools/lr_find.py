@@ -25,6 +25,7 @@ from sftcore.errors import ConfigError
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100
 MIN_STEPS = 5
+MAX_STEPS = 100_000  # far past any useful range test; the lr list is built up front
 BETA = 0.98  # fastai's AvgSmoothLoss
 DIVERGE = 4.0  # fastai's LRFinder (and Lightning's early_stop_threshold): stop at 4x the best smoothed loss
 SKIP_END = 5  # fastai's lr_find drops the first num_it // 10 and the last 5 points before suggesting
@@ -66,6 +67,8 @@ def check_range(start_lr: float, end_lr: float, steps: int) -> None:
         raise ConfigError(f"--start-lr ({start_lr:g}) must be below --end-lr ({end_lr:g})")
     if steps < MIN_STEPS:
         raise ConfigError(f"--steps must be at least {MIN_STEPS} (the smoothed curve needs them), got {steps}")
+    if steps > MAX_STEPS:  # each is a training step, and the lr list is built up front
+        raise ConfigError(f"--steps must be at most {MAX_STEPS}, got {steps}")
 
 
 def lr_schedule(start_lr: float, end_lr: float, steps: int) -> list[float]:

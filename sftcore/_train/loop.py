@@ -31,7 +31,7 @@ from sftcore._runtime import distributed
 from sftcore._runtime.device import Performance
 from sftcore._runtime.interrupt import StopSignals
 from sftcore._runtime.rng import rng_state, set_rng_state
-from sftcore.errors import Interrupted, TrainingError
+from sftcore.errors import Interrupted, PluginError, TrainingError
 
 from .evaluate import evaluate
 from .events import NO_EVENTS, Events
@@ -78,6 +78,16 @@ def begin_epoch(strategy: HeadStrategy, epoch: int, ctx: TrainContext) -> None:
     frozen from an earlier stage or epoch by accident, and the state follows from the epoch alone."""
     unfreeze(ctx.model)
     strategy.on_epoch_start(epoch, ctx)
+
+
+def _penalty(regularizer: Regularizer, step: Step) -> torch.Tensor:
+    """A regularizer's penalty, checked to be what the loss adds: a scalar tensor (one line, not a TypeError
+    deep in autograd, when a plugin returns a float, a string or a vector)."""
+    value = regularizer.penalty(step)
+    if not isinstance(value, torch.Tensor) or value.ndim != 0:
+        shape = f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise PluginError(f"regularizer {type(regularizer).__name__}.penalty returned {shape}, not a scalar tensor")
+    return value
 
 
 def start_epoch(strategy: HeadStrategy, epoch: int, ctx: TrainContext) -> None:
@@ -383,7 +393,7 @@ class Stage:
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.cfg.label_smoothing)
             if self.regularizers:
                 step = Step(self.ctx, epoch, inputs, y, logits, features, maps, soft_targets=targets if soft else None)
-                penalty = cast(torch.Tensor, sum(r.penalty(step) for r in self.regularizers))
+                penalty = cast(torch.Tensor, sum(_penalty(r, step) for r in self.regularizers))
                 sums["penalty"] += penalty.detach() * len(y)
                 loss = loss + penalty
         self.optimizer.zero_grad(set_to_none=True)
