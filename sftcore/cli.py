@@ -108,6 +108,19 @@ class SftGroup(click.Group):
             ctx.exit(1)
 
 
+def _echo_result(text: str) -> None:
+    """A command's result on standard output, or one line saying why it cannot go there (closed, full)."""
+    if sys.stdout is None:
+        raise SftError("standard output is closed, so the result has nowhere to go; pass --out FILE")
+    try:
+        click.echo(text, nl=False)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise SftError(f"cannot write the result to standard output: {exc.strerror or exc}; pass --out FILE") from None
+
+
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null so that flushing it at exit raises no second BrokenPipeError."""
     try:
@@ -591,7 +604,7 @@ def predict_cmd(run_dir, images, top_k, stage, fmt, as_json, out, force, device)
     model = load(run_dir, stage, device)
     text = render(model.predict(files, top_k), fmt)
     if target is None:
-        click.echo(text, nl=False)
+        _echo_result(text)
         return
     storage.write_text(target, text)  # atomic: a failed write leaves no half file
     click.echo(f"{len(files)} image(s) classified: {target}", err=True)

@@ -408,6 +408,30 @@ def test_nan_loss_stops_names_the_step_and_keeps_the_good_checkpoint(plugin, tmp
     assert [r["epoch"] for r in tiny.read_metrics(tmp_path / "run")] == [1]
 
 
+@pytest.mark.slow
+def test_a_nan_in_the_first_epoch_keeps_the_run_marked_failed(plugin, tmp_path, capsys):
+    """Nothing saved yet (checkpoints off, no epoch finished): the run directory stays, with failed.json, as the
+    evidence; before, the whole folder was deleted as if the config had been wrong."""
+    import json
+
+    class Bad(Regularizer):
+        def penalty(self, step):
+            return step.logits.sum() * float("nan")
+
+    class P:
+        @hookimpl
+        def register_regularizers(self, register):
+            register("t_nan_first", lambda: Bad(), "NaN at once")
+
+    plugin(P(), "t-nan-first")
+    cfg = tiny_yaml(tmp_path, pretrain=False, baseline=False, checkpoints=False,
+                    finetune={"epochs": 2, "regularizers": ["t_nan_first"]})
+    code, _, err = cli(capsys, "run", cfg, "--out", tmp_path / "run")
+    one_line_error(code, err, "NaN or infinite")
+    failed = json.loads((tmp_path / "run" / "failed.json").read_text())
+    assert "NaN or infinite" in failed["error"] and (tmp_path / "run" / "config.yaml").is_file()
+
+
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
     from sftcore._fileio import storage
 

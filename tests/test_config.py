@@ -457,3 +457,9 @@ def test_paths_and_tuples_in_a_python_config_become_yaml_types(tmp_path):
 @pytest.mark.parametrize("head", ["match_classes", "imprint"])
 def test_zero_epochs_evaluates_a_head_that_needs_no_training(head):
     assert resolve(ft(epochs=0, head=head))["finetune"]["epochs"] == 0
+
+
+def test_a_value_shared_by_two_stages_is_written_out_not_aliased():
+    shared = [0.9, 0.999]
+    text = cfgmod.dump({"pretrain": {"betas": shared}, "finetune": {"betas": shared}})
+    assert "&id" not in text and "*id" not in text and text.count("0.999") == 2

@@ -455,3 +455,19 @@ def test_a_hand_edited_model_file_is_one_line(run_dir, tmp_path, field, value, e
     with pytest.raises(SftError) as err:
         sftcore.load(path)
     assert expect in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_predict_to_a_full_or_closed_stdout_is_one_line(run_dir, images):
+    """`sft predict > /dev/full` and `sft predict >&-`: one line and exit 2, never a traceback or a silent 0."""
+    import subprocess
+    import sys
+
+    _, paths = images
+    cmd = [sys.executable, "-m", "sftcore", "predict", str(run_dir), str(paths[0])]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "cannot write the result to standard output" in proc.stderr
+    closed = subprocess.run(" ".join(cmd) + " >&-", shell=True, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert closed.returncode == 2 and "standard output is closed" in closed.stderr, closed.stderr

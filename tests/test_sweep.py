@@ -273,3 +273,36 @@ def test_ctrl_c_under_ray_stops_the_cell_cleanly(here):
     assert cells["001-epochs=1"]["status"] in ("finished", "pending", "interrupted")  # never left running
     assert not (cell / ".sft-sweep-stop").exists()
     assert "sft: interrupted: Ctrl-C" in (cell / "sweep.log").read_text()  # the cell saved and stopped itself
+
+
+def test_grid_keys_that_differ_only_in_spaces_and_seeds_twice_are_refused(tmp_path):
+    """Hostile sweep files: two keys merged into one (a list of values lost), seeds set twice (one ignored)."""
+    import yaml
+
+    from sftcore._sweep.spec import load_sweep
+    from sftcore.errors import ConfigError
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": tiny.config(pretrain=False),
+                                    "grid": {"finetune.epochs": [1], "finetune.epochs ": [2]}}))
+    with pytest.raises(ConfigError, match="given twice"):
+        load_sweep(path)
+    path.write_text(yaml.safe_dump({"base": tiny.config(pretrain=False), "seeds": 2,
+                                    "grid": {"seeds": [1, 2]}}))
+    with pytest.raises(ConfigError, match="seeds is both a grid key and the sweep's own seeds"):
+        load_sweep(path)
+
+
+def test_a_huge_sweep_file_is_refused_quickly_and_not_called_an_alias_bomb(tmp_path):
+    from sftcore._fileio.yaml_reader import load_yaml
+    from sftcore.errors import ConfigError
+
+    path = tmp_path / "huge.yaml"
+    path.write_text("grid:\n  finetune.epochs: [" + ", ".join(["1"] * 1_000_000) + "]\n")
+    with pytest.raises(ConfigError) as err:  # refused by its size, before PyYAML builds a million nodes
+        load_yaml(path)
+    assert "alias" not in str(err.value) and "bytes" in str(err.value)
+    path.write_text("grid:\n  finetune.epochs: [" + ",".join(["1"] * 100_500) + "]\n")  # under the byte limit
+    with pytest.raises(ConfigError) as err:
+        load_yaml(path)
+    assert "holds over 100,000 values" in str(err.value) and "alias" not in str(err.value)

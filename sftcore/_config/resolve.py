@@ -335,6 +335,12 @@ def resolve(raw: dict, registry=None) -> dict:
 
 
 def dump(cfg: dict) -> str:
+    """The config as YAML a person reads: a value that appears twice (a default shared by two stages) is
+    written out twice, never as an ``&id001`` anchor and ``*id001`` alias."""
     import yaml
 
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None, width=100)
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data) -> bool:
+            return True
+
+    return yaml.dump(cfg, Dumper=Dumper, sort_keys=False, default_flow_style=None, width=100)

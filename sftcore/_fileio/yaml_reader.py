@@ -15,6 +15,7 @@ from sftcore.errors import ConfigError, show
 # nodes than this is refused before it is built: a YAML alias bomb ("billion laughs") expands a few
 # hundred bytes into billions of values, which then hang any code that walks or prints them.
 MAX_YAML_NODES = 100_000
+MAX_YAML_BYTES = 1 << 20  # a config or sweep file is a few KB: a larger one is refused before it is parsed
 
 
 class YamlRefused(ConfigError):
@@ -66,9 +67,11 @@ def _yaml_loader():
             if _recursive(node):
                 raise YamlRefused("an alias refers to the mapping or list that contains it")
             if _expanded_size(node) > MAX_YAML_NODES:
+                aliased = _has_alias(node)
+                why = " with its aliases expanded" if aliased else ""
                 raise YamlRefused(
-                    f"with its aliases expanded it holds over {MAX_YAML_NODES:,} values (an alias "
-                    "bomb?); a config needs a few hundred"
+                    f"it holds over {MAX_YAML_NODES:,} values{why}{' (an alias bomb?)' if aliased else ''}; "
+                    "a config needs a few hundred"
                 )
             return self.construct_document(node)
 
@@ -94,6 +97,27 @@ def _yaml_loader():
         list("-+0123456789"),
     )
     return Loader
+
+
+def _has_alias(root) -> bool:
+    """Whether some node appears twice in the tree (an alias): a large document without one is just large."""
+    import yaml
+
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            return True
+        seen.add(id(node))
+        stack.extend(
+            [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else node.value
+            if isinstance(node, yaml.SequenceNode)
+            else []
+        )
+    return False
 
 
 def _recursive(root) -> bool:
@@ -144,7 +168,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.exists() or p.is_dir():
         raise ConfigError(f"config file '{p}' not found; pass an existing YAML file or omit it for the default")
-    text = read_text(p, "config file")  # a regular file, UTF-8: else one line
+    text = read_text(p, "config file", limit=MAX_YAML_BYTES)  # a regular file, UTF-8, bounded: else one line
     try:
         data = _parse(text, _yaml_loader())
     except YamlRefused as exc:

@@ -22,7 +22,7 @@ from sftcore._runtime import distributed
 from sftcore._runtime.device import resolve_performance
 from sftcore._runtime.interrupt import StopSignals
 from sftcore._train.events import Events
-from sftcore.errors import ConfigError, Interrupted, SftError, show
+from sftcore.errors import ConfigError, Interrupted, SftError, TrainingError, show
 
 from .pipeline import Pipeline
 
@@ -211,10 +211,15 @@ def _run(
 
     try:
         summary = _pipeline(config, run_dir, resume is not None, progress, echo, _events(config, listeners), write)
+        if claim is not None:
+            (run_dir / rundir.FAILED).unlink(missing_ok=True)  # a resumed run that finished is no longer failed
     except SftError as exc:
-        # a new run that failed before it saved anything (a dataset error, say) leaves nothing behind,
-        # so the corrected config can go to the same --out; an interrupted one stays for --resume
-        if (
+        # a new run that failed before it trained (a dataset error, say) leaves nothing behind, so the corrected
+        # config can go to the same --out; an interrupted one stays for --resume; one that failed while training
+        # (a NaN loss) keeps its evidence, marked failed
+        if claim is not None and isinstance(exc, TrainingError):
+            storage.write_json(run_dir / rundir.FAILED, {"error": str(exc), "label": exc.label})
+        elif (
             claim is not None
             and claim.fresh
             and not isinstance(exc, Interrupted)

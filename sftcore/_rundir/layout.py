@@ -22,9 +22,11 @@ PLOTS = "plots"  # `sft plot`'s default output
 LOCK = ".sft-lock"  # the writer's flock (sftcore._run.ownership)
 MARKER = ".sftcore-run"  # sftcore made this folder: what --force may replace
 CHANGES = "config-changes.jsonl"  # each --resume --allow-config-change
+FAILED = "failed.json"  # a run that failed while training (a NaN loss): its error, beside what it trained
 # what a run writes, the built-in callbacks' files included (a plugin's own files are its business):
 # --force removes these and nothing else
 RUN_FILES = (
+    FAILED,
     CONFIG,
     SUMMARY,
     METRICS,

@@ -141,6 +141,14 @@ def _grid(raw: dict, path: Path) -> dict[str, list]:
         cells *= len(values)
     if cells > MAX_CELLS:
         raise _fail(f"'{path}'", f"the grid has {cells} cells, more than {MAX_CELLS}; make it smaller")
+    stripped = [key.strip() for key in grid]
+    twice = sorted({k for k in stripped if stripped.count(k) > 1})
+    if twice:  # `finetune.epochs` and `finetune.epochs ` would be merged, one list of values lost
+        raise _fail(f"'{path}'", f"grid key '{twice[0]}' is given twice (the copies differ only in spaces); keep one")
+    if "seeds" in stripped and raw.get("seeds") is not None:
+        raise _fail(
+            f"'{path}'", "seeds is both a grid key and the sweep's own seeds:, which sets every cell's seeds; keep one"
+        )
     return {key.strip(): list(values) for key, values in grid.items()}
 
 
