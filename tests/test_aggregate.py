@@ -340,3 +340,19 @@ def test_odd_summaries_give_empty_numbers_not_a_traceback(tmp_path, summary):
     row, = aggregate([run])["rows"]
     assert row["finetune"] == {"mean": None, "sd": None, "n": 0} and row["gain"]["ci95"] is None
     assert ok(invoke("compare", run)).splitlines()[2].split()[:3] == ["-", "-", "-"]
+
+
+def test_a_cell_whose_folder_was_deleted_is_reported_not_dropped(tmp_path):
+    """Hostile case: `rm -rf SWEEP/cells/001-...` after the sweep ran it; compare said nothing, even with --all."""
+    import shutil
+
+    sweep = fake_sweep(tmp_path)
+    shutil.rmtree(sweep / "cells" / "001-alpha=0.1")
+    (sweep / "sweep.json").write_text(json.dumps({"cells": [
+        {"name": "000-alpha=0.01", "status": "finished"}, {"name": "001-alpha=0.1", "status": "finished"},
+        {"name": "002-alpha=1", "status": "failed", "error": "sft: error: boom"}]}))
+    result = aggregate([sweep])
+    assert len(result["rows"]) == 1
+    missing = [f for f in result["failed"] if f["run"].endswith("001-alpha=0.1")]
+    assert missing and missing[0]["status"] == "missing" and "folder is gone" in missing[0]["error"]
+    assert "001-alpha=0.1" in ok(invoke("compare", sweep, "--all"))

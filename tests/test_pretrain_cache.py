@@ -208,3 +208,14 @@ def test_a_run_with_callbacks_neither_reads_nor_writes_the_cache(tmp_path, pretr
     assert "pretrain: not using the pretrain cache: the run has callbacks, which see the pretraining" in lines
     assert any(e.startswith("pretrain epoch") for e in epochs)  # it pretrained, and the callback saw it
     assert entries(pretrain_cache_dir) == stored
+
+
+def test_the_cache_lock_never_follows_a_link(tmp_path):
+    """As the run lock: a link planted at <key>.lock is not followed (its target is neither created nor locked)."""
+    from sftcore._run.pretrain_cache import Entry
+
+    entry = Entry("k" * 64, {"format": 1}, root=tmp_path)
+    entry.root.mkdir(parents=True)
+    target = tmp_path / "elsewhere"
+    (entry.root / f"{entry.key}.lock").symlink_to(target)
+    assert entry.problem() is not None and not target.exists()

@@ -232,7 +232,7 @@ def test_ctrl_c_stops_the_running_cell_and_resume_finishes_it(here):
     assert resumed.exit_code == 0, resumed.output
     assert {c["status"] for c in cells_of(here / "sw").values()} == {"finished"}
     log = (first / "sweep.log").read_text()
-    assert "sft: interrupted: Ctrl-C" in log and "pretrain: resuming after epoch" in log  # from its checkpoint
+    assert "sft: interrupted: Ctrl-C" in log and "pretrain: resuming after epoch" in log, log  # from its checkpoint
 
 
 @pytest.mark.slow

@@ -49,14 +49,27 @@ def sweep_of(path) -> Path | None:
 
 
 def expand_sweeps(paths) -> list[Path]:
-    """The paths, each sweep directory (a folder with sweep.json) replaced by its cells in name order."""
+    """The paths, each sweep directory (a folder with sweep.json) replaced by its cells in name order: the
+    folders there, and the cells sweep.json lists whose folder is gone (reported, never dropped silently)."""
     out: list[Path] = []
     for path in map(Path, paths):
         if (path / rundir.SWEEP).is_file():
-            out.extend(sorted(c for c in (path / "cells").glob("*") if c.is_dir()))
+            cells = {c for c in (path / "cells").glob("*") if c.is_dir()}
+            cells |= {path / "cells" / name for name in _listed_cells(path)}
+            out.extend(sorted(cells))
         else:
             out.append(path)
     return out
+
+
+def _listed_cells(sweep: Path) -> list[str]:
+    """The cell names sweep.json lists (none when it cannot be read: the folders alone then)."""
+    try:
+        cells = json.loads((sweep / rundir.SWEEP).read_text()).get("cells")
+    except (OSError, ValueError, AttributeError):
+        return []
+    names = [c.get("name") for c in cells if isinstance(c, dict)] if isinstance(cells, list) else []
+    return [n for n in names if isinstance(n, str) and n and "/" not in n and n not in (".", "..")]
 
 
 def sweep_settings(paths) -> dict:
@@ -145,8 +158,14 @@ def _load(paths: list[Path]) -> tuple[list[dict], list[dict]]:
         seen.add(path.resolve())
         status, error = _sweep_status(path)
         if sweep_of(path) is not None and not rundir.is_run(path):
+            if not path.exists():
+                status, error = "missing", "its folder is gone (deleted after the sweep ran it)"
             failed.append(
-                {"run": str(path), "status": "failed" if status == "failed" else "unfinished", "error": error}
+                {
+                    "run": str(path),
+                    "status": status if status in ("failed", "missing") else "unfinished",
+                    "error": error,
+                }
             )
             continue
         path = rundir.check(path)
@@ -500,7 +519,8 @@ def _pm(stat: dict, signed: bool = False) -> str:
 
 
 def _seeds(seeds: list[int]) -> str:
-    """``0-2``, ``0,3,5``; repeated seeds (runs of one cell sharing a seed) add a count."""
+    """``3: 0-2``, ``3: 0,3,5``, ``1: 0``: how many seeds, then which (a lone ``0`` read as a count of none);
+    repeated seeds (runs of one cell sharing a seed) add the number of results."""
     unique = sorted(set(seeds))
     spans, start = [], None
     for i, s in enumerate(unique):
@@ -508,7 +528,7 @@ def _seeds(seeds: list[int]) -> str:
         if i + 1 == len(unique) or unique[i + 1] != s + 1:
             spans.append(str(s) if s == start else f"{start}-{s}")
             start = None
-    text = ",".join(spans) or "-"
+    text = f"{len(unique)}: {','.join(spans)}" if spans else "-"
     return text if len(unique) == len(seeds) else f"{text} ({len(seeds)} results)"
 
 

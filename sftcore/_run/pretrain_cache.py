@@ -46,6 +46,8 @@ except ImportError:  # Windows: no flock; the atomic rename alone keeps entries 
     fcntl = None  # type: ignore[assignment]
 
 ENV = "SFT_CACHE_DIR"
+# a lock file is never followed through a link (which would create or lock its target), as the run lock
+LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
 DONE = "done"
 
 
@@ -195,7 +197,9 @@ class Entry:
         """Why this cache folder cannot be used (not writable, say), or None."""
         try:
             storage.make_dir(self.root)
-            os.close(os.open(self.root / f"{self.key}.lock", os.O_RDWR | os.O_CREAT, 0o666))
+            os.close(
+                os.open(self.root / f"{self.key}.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            )
         except (OSError, storage.StorageError) as exc:
             return (
                 str(exc)
@@ -208,7 +212,7 @@ class Entry:
     def locked(self, say: Callable[[str], None]) -> Iterator[None]:
         """Hold ``<key>.lock`` while looking up and, on a miss, computing: concurrent runs wait, then hit."""
         storage.make_dir(self.root)
-        fd = os.open(self.root / f"{self.key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(self.root / f"{self.key}.lock", LOCK_FLAGS, 0o666)
         try:
             if fcntl is not None:
                 _flock(fd, say, self.key)
