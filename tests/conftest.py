@@ -3,8 +3,17 @@ import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
+
+# The tests are laid out like the package (tests/<room>/test_*.py); their shared helpers (tiny, fakedata,
+# ddp_probe) live here, in tests/, and a few tests share helpers of another test module (test_resume's
+# StopAfter): tests/ and every room are importable, whichever file pytest is asked to run.
+_TESTS = Path(__file__).resolve().parent
+for _folder in [_TESTS, *sorted(p for p in _TESTS.iterdir() if p.is_dir() and any(p.glob("test_*.py")))]:
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 # Tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -233,7 +233,7 @@ def test_every_test_that_trains_or_starts_a_process_is_marked_slow():
     conftest = ast.parse((ROOT / "tests" / "conftest.py").read_text())
     shared = {n.name: n for n in conftest.body if isinstance(n, ast.FunctionDef) and _is_fixture(n)}
     unmarked = []
-    for path in sorted((ROOT / "tests").glob("test_*.py")):
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
         tree = ast.parse(path.read_text())
         if any("pytestmark" in ast.unparse(n) and "slow" in ast.unparse(n) for n in tree.body if isinstance(n, ast.Assign)):
             continue

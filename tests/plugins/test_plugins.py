@@ -20,7 +20,7 @@ from sftcore._plugins import manager as plugins
 from sftcore.errors import ConfigError, PluginError, SftError
 from sftcore._plugins.registry import KINDS, Component, Registry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_SRC = ROOT / "examples" / "sft-example-plugin"
 
 

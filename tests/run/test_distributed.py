@@ -18,7 +18,7 @@ from sftcore.api import ImageSet
 from sftcore._data.batches import Batches
 
 pytestmark = pytest.mark.slow
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: ddp_probe.py
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # Learns within seconds, so that accuracies say something; augmentation on, so that sharded
 # augmentation is exercised; lp_ft + l2_sp + backbone_lr_mult: the frozen-backbone case under DDP.

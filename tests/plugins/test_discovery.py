@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_SRC = ROOT / "examples" / "sft-example-plugin"
 BUILTINS = ("sftcore.augmentations", "sftcore.backbones", "sftcore.callbacks", "sftcore.datasets", "sftcore.heads",
             "sftcore.optim", "sftcore.param_groups", "sftcore.regularizers")
