@@ -227,15 +227,27 @@ def _run(state: State, cells: list[Cell], echo) -> dict:
     echo(
         f"sweep {state.sweep.name}: {len(cells)} cells, {len(todo)} to run"
         + (f" ({skipped} finished or failed: skipped)" if skipped else "")
-        + f"; directory {state.path}"
+        + f"; {_threads_text(state.options)}; directory {state.path}"
     )
     signals = _execute(state, todo, echo)
     return _finish(state, signals, echo)
 
 
+def _threads(opts: Options) -> int:
+    """Each cell's torch threads (its OMP_NUM_THREADS): --cpus-per-cell, else the cores shared by --jobs."""
+    return opts.cpus_per_cell or max(1, (os.cpu_count() or 1) // opts.jobs)
+
+
+def _threads_text(opts: Options) -> str:
+    """Said in the sweep's first line: a user's own OMP_NUM_THREADS does not reach the cells."""
+    threads, given = _threads(opts), os.environ.get("OMP_NUM_THREADS")
+    ignored = f" (not OMP_NUM_THREADS={given}: --cpus-per-cell sets it)" if given and given != str(threads) else ""
+    return f"{threads} thread(s) per cell{ignored}"
+
+
 def _execute(state: State, todo: list[dict], echo) -> Signals:
     opts, total = state.options, len(state.cells)
-    threads = opts.cpus_per_cell or max(1, (os.cpu_count() or 1) // opts.jobs)
+    threads = _threads(opts)
     by_name = {r["name"]: r for r in state.cells}
     jobs = [Job(r["name"], str((state.path / r["run_dir"]).resolve()), threads) for r in todo]
 

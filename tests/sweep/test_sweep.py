@@ -308,3 +308,13 @@ def test_a_huge_sweep_file_is_refused_quickly_and_not_called_an_alias_bomb(tmp_p
     with pytest.raises(ConfigError) as err:
         load_yaml(path)
     assert "holds over 100,000 values" in str(err.value) and "alias" not in str(err.value)
+
+
+def test_the_sweep_says_the_threads_each_cell_gets(monkeypatch):
+    """A user's OMP_NUM_THREADS does not reach the cells (each gets --cpus-per-cell): the first line says so."""
+    from sftcore._sweep.run import Options, _threads_text
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert _threads_text(Options(cpus_per_cell=1)) == "1 thread(s) per cell (not OMP_NUM_THREADS=7: --cpus-per-cell sets it)"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert _threads_text(Options(cpus_per_cell=1)) == "1 thread(s) per cell"
