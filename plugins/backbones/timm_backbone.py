@@ -106,6 +106,7 @@ def timm_backbone(
         source_classes=source_classes,
         blocks=_blocks(net),
         feature_maps=_feature_maps(net),
+        no_weight_decay=_no_weight_decay(net),
         mean=_per_channel(mean if mean is not None else weights_mean, channels, "mean"),
         std=_per_channel(std if std is not None else weights_std, channels, "std"),
         fixed_input_size=fixed,
@@ -449,8 +450,9 @@ def _rows(head: nn.Module) -> int | None:
 def _blocks(net: nn.Module) -> list[str | list[str]]:
     """timm's coarse ``group_matcher`` groups (stem, stages, ...) as submodule names, input to output.
 
-    A group is given by the fewest submodules holding exactly its parameters. Parameters that sit
-    directly on the model (a ViT's ``cls_token``, ``pos_embed``) have no submodule and are left out.
+    A group is given by the fewest submodules holding exactly its parameters, and by the names of the
+    parameters that sit directly on a module (a ViT's ``cls_token`` and ``pos_embed``, in its stem group
+    with ``patch_embed`` as timm's ``param_groups_layer_decay`` puts them).
     """
     try:
         groups = group_parameters(net, net.group_matcher(coarse=True))  # type: ignore[operator]  # see _native
@@ -475,11 +477,21 @@ def _cover(net: nn.Module, params: set[str]) -> list[str]:
         if prefix and inside == len(own):
             out.append(prefix[:-1])
             return
+        out.extend(prefix + n for n, _ in module.named_parameters(recurse=False) if prefix + n in params)
         for child, sub in module.named_children():
             visit(f"{prefix}{child}.", sub)
 
     visit("", net)
     return out
+
+
+def _no_weight_decay(net: nn.Module) -> list[str]:
+    """timm's ``model.no_weight_decay()`` (names or fnmatch patterns), for the optimizer's weight-decay split."""
+    listed = getattr(net, "no_weight_decay", None)
+    try:
+        return sorted(str(n) for n in listed()) if callable(listed) else []
+    except (NotImplementedError, TypeError, AttributeError):
+        return []
 
 
 def _feature_maps(net: nn.Module) -> list[str]:

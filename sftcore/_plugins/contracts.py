@@ -184,9 +184,12 @@ class Backbone:
     ``features`` maps a normalised batch ``[N, C, H, W]`` to ``[N, num_features]``.
     ``head`` is the classifier that came with pretrained weights (``None`` if there is none);
     ``source_classes`` names its rows when known. ``blocks`` names submodules of ``features``
-    (a name, or a list of names forming one block) from input to output (gradual unfreezing, per-block
-    learning rates); ``feature_maps`` names the submodules whose outputs are stage feature maps
-    (DELTA-style regularizers).
+    (a name, or a list of names forming one block; a name may also be a parameter sitting directly on a
+    module, such as a ViT's ``cls_token``) from input to output (gradual unfreezing, per-block learning
+    rates); ``feature_maps`` names the submodules whose outputs are stage feature maps (DELTA-style
+    regularizers). ``no_weight_decay`` names parameters of ``features`` (or fnmatch patterns) never
+    weight-decayed (timm's ``model.no_weight_decay()``: a ViT's ``cls_token`` and ``pos_embed``); 1-D
+    parameters (biases, norm weights) never are anyway.
     """
 
     features: nn.Module
@@ -196,6 +199,7 @@ class Backbone:
     source_classes: list[str] | None = None
     blocks: list[str | list[str]] = field(default_factory=list)
     feature_maps: list[str] = field(default_factory=list)
+    no_weight_decay: list[str] = field(default_factory=list)
     mean: Sequence[float] | None = None  # normalisation the weights were trained with, if any
     std: Sequence[float] | None = None
     fixed_input_size: bool = True  # False: any spatial size works, no resize needed

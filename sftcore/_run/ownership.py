@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +47,10 @@ from sftcore._rundir.layout import (  # noqa: F401  (the names the lock and mark
 )
 
 _MISSING = object()
+
+
+class Busy(ConfigError):
+    """The run directory's lock is held by another process."""
 
 
 class Lock:
@@ -80,7 +85,7 @@ def lock(run_dir: Path) -> Lock:
             os.close(fd)
             if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # no locks on this file system
                 return Lock(path, None)
-            raise ConfigError(
+            raise Busy(
                 f"run directory '{run_dir}' is in use by another sft run ({_owner(path)}); "
                 "wait for it to finish or stop it, then try again"
             ) from None
@@ -90,6 +95,22 @@ def lock(run_dir: Path) -> Lock:
     except OSError:
         pass  # the lock holds without the pid
     return Lock(path, fd)
+
+
+def wait_free(run_dir: Path, seconds: float, poll: float = 0.2) -> bool:
+    """Whether ``run_dir``'s lock came free within ``seconds`` (it is not kept): a cell that a killed
+    sweep started stops by itself within a second or two, and is then resumed rather than failed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            lock(run_dir).release()
+            return True
+        except Busy:
+            if time.monotonic() >= deadline:
+                return False
+        except ConfigError:
+            return True  # not a lock question: the cell's own start says what is wrong
+        time.sleep(poll)
 
 
 def _owner(path: Path) -> str:

@@ -20,7 +20,7 @@ from sftcore._rundir import layout as rundir
 from sftcore._rundir.outputs import EpochLines
 from sftcore._runtime import distributed
 from sftcore._runtime.device import resolve_performance
-from sftcore._runtime.interrupt import StopSignals
+from sftcore._runtime.interrupt import StopSignals, watch_parent
 from sftcore._train.events import Events
 from sftcore.errors import ConfigError, Interrupted, SftError, TrainingError, show
 
@@ -240,6 +240,7 @@ def _pipeline(config: RunConfig, run_dir: Path, resume: bool, progress, echo, ev
     again = f"resume with: sft run --resume {run_dir}" if config.checkpoints else "start the run again"
     try:
         with StopSignals(catch_repeats=distributed.active()) as stop:
+            watch_parent()
             return Pipeline(config, run_dir, progress, echo, resume=resume, stop=stop, events=events).run(write)
     except KeyboardInterrupt:  # outside the training loop (loading data, evaluating): nothing half-written
         raise Interrupted(f"Ctrl-C; every finished stage and epoch is saved; {again}", signal.SIGINT) from None

@@ -5,12 +5,17 @@ mid-epoch checkpoint before it exits. In one process a second signal is not caug
 twice stops at once. Under torchrun every signal is caught, because one stop often arrives
 twice (SLURM signals torchrun and the workers, and torchrun passes it on).
 SIGTERM is what SLURM and Kubernetes send before they kill a job.
+
+A process started by ``sft sweep`` (``SFT_PARENT_PID`` in its environment) also stops this way when
+its parent is gone: a sweep killed with SIGKILL leaves no cell running on as an orphan.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
@@ -58,3 +63,28 @@ class StopSignals:
     @property
     def name(self) -> str:
         return "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(cast(int, self.signum)).name
+
+
+PARENT_ENV = "SFT_PARENT_PID"
+WATCH_S = 0.25
+_watching = False  # one watcher per process
+
+
+def watch_parent(environ: dict | None = None) -> threading.Thread | None:
+    """When ``SFT_PARENT_PID`` names this process's parent, a daemon thread sends this process SIGTERM
+    once the parent is gone (its parent pid changes), so the run saves its checkpoint and stops."""
+    global _watching
+    wanted = (os.environ if environ is None else environ).get(PARENT_ENV, "")
+    if _watching or not wanted.isdigit():
+        return None
+    parent = int(wanted)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCH_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="sft-parent-watch", daemon=True)
+    thread.start()
+    _watching = True
+    return thread

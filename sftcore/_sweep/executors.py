@@ -3,7 +3,9 @@
 Each cell is one ``python -m sftcore run --resume CELL_DIR`` process (the sweep created the run
 directory, so a first start and a resume are the same command), with its output in
 ``CELL_DIR/sweep.log``. The processes run in their own sessions: a Ctrl-C at the terminal reaches
-only the sweep, which passes each signal on once, so every cell saves its checkpoint and stops.
+only the sweep, which passes each signal on once, so every cell saves its checkpoint and stops. A
+cell also watches its parent: when the sweep is killed outright (SIGKILL), the cell saves and stops
+by itself, and the sweep's rerun resumes it.
 Ray is imported only by the Ray executor.
 """
 
@@ -18,10 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sftcore._run import ownership
+from sftcore._runtime.interrupt import PARENT_ENV
 from sftcore.errors import ConfigError
 
 LOG = "sweep.log"
 POLL_S = 0.2
+LOCK_WAIT_S = 30.0  # how long a cell waits for an orphan of a killed sweep to save and stop
 INTERRUPT_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # what `sft run` exits with when stopped
 
 
@@ -50,7 +55,27 @@ def cell_env(threads: int, base: dict | None = None) -> dict:
     env = dict(os.environ if base is None else base)
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env["PYTHONUNBUFFERED"] = "1"  # the log shows each line as it happens
+    env[PARENT_ENV] = str(os.getpid())  # the cell stops (saving its checkpoint) if this process dies
     return env
+
+
+def start_cell(run_dir: str, threads: int, log, cwd: str | None = None) -> subprocess.Popen:
+    """One cell's process, once its run directory is free: a cell that an earlier, killed sweep started
+    stops by itself (it watches its parent) and is then resumed, not failed as "in use"."""
+    ownership.wait_free(Path(run_dir), LOCK_WAIT_S)
+    try:
+        return subprocess.Popen(
+            cell_argv(run_dir),
+            env=cell_env(threads),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=cwd,
+        )
+    except OSError as exc:
+        log.close()
+        raise ConfigError(f"cannot start a cell process: {exc.strerror or exc}") from None
 
 
 def _open_log(run_dir: str):
@@ -97,18 +122,7 @@ def run_local(jobs: list[Job], parallel: int, signals: Signals, on_start: Callab
         while pending and len(running) < parallel and not signals.received:
             job = pending.pop(0)
             log = _open_log(job.run_dir)
-            try:
-                proc = subprocess.Popen(
-                    cell_argv(job.run_dir),
-                    env=cell_env(job.threads),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                log.close()
-                raise ConfigError(f"cannot start a cell process: {exc.strerror or exc}") from None
+            proc = start_cell(job.run_dir, job.threads, log)
             running[proc] = (job, log, time.perf_counter())
             on_start(job)
         for signum in signals.received[forwarded:]:
@@ -173,15 +187,7 @@ def _ray_cell(run_dir: str, threads: int, cwd: str) -> dict:
         return {"returncode": None, "seconds": 0.0, "started": False}
     log = _open_log(run_dir)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cell_argv(run_dir),
-        env=cell_env(threads),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        cwd=cwd if os.path.isdir(cwd) else None,
-    )
+    proc = start_cell(run_dir, threads, log, cwd=cwd if os.path.isdir(cwd) else None)
     told = False
     try:
         while proc.poll() is None:

@@ -212,7 +212,7 @@ def _record(cell: Cell, status: str, before: dict | None) -> dict:
         "set": cell.set_args(),
         "status": status,
         "run_dir": f"cells/{cell.name}",
-        "error": keep.get("error"),
+        "error": keep.get("error") if status == FAILED else None,  # a cell run again has no error yet
         "seconds": keep.get("seconds"),
         "returncode": keep.get("returncode"),
     }

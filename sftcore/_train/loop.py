@@ -159,7 +159,9 @@ class Stage:
         self.budget = cfg.budget
         self.select = _select(cfg.select, val)
         groups = parameter_groups(ctx, cfg.lr, cfg.backbone_lr_mult, strategy, parts.param_groups, name)
-        self.optimizer = make_optimizer(groups, cfg.optimizer.entry(), registry, f"{ctx.stage}.optimizer")
+        self.optimizer = make_optimizer(
+            groups, cfg.optimizer.entry(), registry, f"{ctx.stage}.optimizer", exempt=model.no_weight_decay()
+        )
         self.lr_scale = 1.0  # epochs: auto lowers it on a plateau of the training loss
         self.scheduler = make_scheduler(
             self.optimizer,

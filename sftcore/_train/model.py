@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from fnmatch import fnmatch
 
 import torch
 from torch import nn
@@ -22,6 +23,14 @@ def _record(name: str):
             maps[name] = output
 
     return hook
+
+
+class _Holding(nn.Module):
+    """One parameter as a module, so that a block may name it (the parameter stays the backbone's)."""
+
+    def __init__(self, parameter: nn.Parameter):
+        super().__init__()
+        self.parameter = parameter
 
 
 class TransferModel(nn.Module):
@@ -83,14 +92,27 @@ class TransferModel(nn.Module):
     def blocks(self) -> list[tuple[str, nn.Module]]:
         """Backbone blocks from input to output (the whole backbone as one block if undeclared).
 
-        A block declared as a list of submodule names becomes one ModuleList over them.
+        A block declared as a list of names becomes one ModuleList over them; a name may also be a
+        parameter sitting directly on a module (a ViT's ``cls_token``), held by a module of its own.
         """
         if not self.spec.blocks:
             return [("backbone", self.backbone)]
         out = []
         for block in self.spec.blocks:
             if isinstance(block, str):
-                out.append((block, self.backbone.get_submodule(block)))
+                out.append((block, self._member(block)))
             else:
-                out.append(("+".join(block), nn.ModuleList(self.backbone.get_submodule(n) for n in block)))
+                out.append(("+".join(block), nn.ModuleList(self._member(n) for n in block)))
         return out
+
+    def _member(self, name: str) -> nn.Module:
+        try:
+            return self.backbone.get_submodule(name)
+        except AttributeError:
+            return _Holding(self.backbone.get_parameter(name))
+
+    def no_weight_decay(self) -> set[int]:
+        """ids of the backbone parameters its spec exempts from weight decay: names or fnmatch patterns, as
+        timm matches its ``no_weight_decay()``."""
+        patterns = list(self.spec.no_weight_decay)
+        return {id(p) for n, p in self.backbone.named_parameters() if any(fnmatch(n, pat) for pat in patterns)}

@@ -4,7 +4,7 @@ weights, the optimizer's factory, and the schedule's factor times the lr scale e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 
@@ -32,12 +32,13 @@ def parameter_groups(
     return groups
 
 
-def split_decay(groups: list[dict]) -> list[dict]:
-    """Each group in two: weights, and biases with norm weights (1-D) at weight decay 0 (fastai, timm)."""
+def split_decay(groups: list[dict], exempt: Collection[int] = ()) -> list[dict]:
+    """Each group in two: weights, and biases with norm weights (1-D) at weight decay 0 (fastai, timm), with
+    the parameters whose ids are in ``exempt`` (what the backbone lists as ``no_weight_decay``)."""
     split = []
     for group in groups:
-        decay = [p for p in group["params"] if p.ndim > 1]
-        no_decay = [p for p in group["params"] if p.ndim <= 1]
+        decay = [p for p in group["params"] if p.ndim > 1 and id(p) not in exempt]
+        no_decay = [p for p in group["params"] if p.ndim <= 1 or id(p) in exempt]
         base = {k: v for k, v in group.items() if k != "params"}
         if decay:
             split.append({**base, "params": decay})
@@ -46,10 +47,13 @@ def split_decay(groups: list[dict]) -> list[dict]:
     return split
 
 
-def make_optimizer(groups: list[dict], cfg: dict, registry=None, path: str = "optimizer") -> torch.optim.Optimizer:
-    """The configured optimizer over ``groups`` (``cfg``: the resolved ``optimizer:`` entry)."""
+def make_optimizer(
+    groups: list[dict], cfg: dict, registry=None, path: str = "optimizer", exempt: Collection[int] = ()
+) -> torch.optim.Optimizer:
+    """The configured optimizer over ``groups`` (``cfg``: the resolved ``optimizer:`` entry); ``exempt``: ids of
+    parameters never weight-decayed besides the 1-D ones."""
     registry = registry if registry is not None else _registry()
-    optimizer = components.build(registry, "optimizers", cfg, path, split_decay(groups))
+    optimizer = components.build(registry, "optimizers", cfg, path, split_decay(groups, exempt))
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise PluginError(f"optimizer '{cfg['name']}' returned {type(optimizer).__name__}, not a torch.optim.Optimizer")
     return optimizer

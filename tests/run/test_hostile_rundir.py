@@ -96,6 +96,18 @@ def test_a_sigkilled_owner_leaves_no_stale_lock(tmp_path):
     assert resumed["finetune"]["epochs"] == 6 and (run / "summary.json").is_file()
 
 
+def test_wait_free_waits_for_a_held_lock_and_returns_once_it_is_released(tmp_path):
+    held = ownership.lock(tmp_path)
+    t0 = time.monotonic()
+    assert ownership.wait_free(tmp_path, 0.3, poll=0.05) is False  # still held after the wait
+    assert time.monotonic() - t0 >= 0.3
+    with pytest.raises(ownership.Busy, match="in use by another sft run"):
+        ownership.lock(tmp_path)
+    held.release()
+    assert ownership.wait_free(tmp_path, 0.3, poll=0.05) is True
+    assert ownership.wait_free(tmp_path / "missing", 0.3) is True  # not a lock question: the run itself says
+
+
 @pytest.mark.slow
 def test_the_lock_is_held_for_the_run_and_released_after(tmp_path, monkeypatch):
     seen = {}

@@ -238,6 +238,45 @@ def test_ctrl_c_stops_the_running_cell_and_resume_finishes_it(here):
 
 
 @pytest.mark.slow
+def test_sigkill_of_the_sweep_stops_its_cell_and_the_rerun_resumes_it(here):
+    """The cell watches its parent: killed outright, the sweep leaves no orphan running beside the next cell,
+    and the rerun resumes the cell from its checkpoint instead of failing it as "in use"."""
+    sweep = write_sweep(here, grid={"pretrain.epochs": [30, 1]}, base_config={**base(), "pretrain_cache": False})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sftcore", "sweep", str(sweep), "--out", "sw"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = here / "sw" / "cells" / "000-epochs=30"
+    deadline = time.time() + 60
+    while not list((first / "checkpoints").glob("*.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    cell_pid = int((first / ".sft-lock").read_text())
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.time() + 30
+    while _alive(cell_pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(cell_pid), "the cell ran on after its sweep was killed"
+    assert "sft: interrupted: SIGTERM" in (first / "sweep.log").read_text()  # it saved and stopped itself
+    assert cells_of(here / "sw")["000-epochs=30"]["status"] == "running"  # what the killed sweep last wrote
+    resumed = tiny.invoke("sweep", "--resume", "sw")
+    assert resumed.exit_code == 0, resumed.output
+    cells = cells_of(here / "sw")
+    assert {c["status"] for c in cells.values()} == {"finished"} and all(c["error"] is None for c in cells.values())
+    assert "pretrain: resuming after epoch" in (first / "sweep.log").read_text()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
 def test_the_ray_executor_runs_the_cells_on_a_local_instance(here):
     ray = pytest.importorskip("ray")
     sweep = write_sweep(here, grid={"finetune.head": ["reinit", "lp_ft"]})

@@ -50,7 +50,15 @@ def save_reference(path, model, model_args, num_classes=7):
 def resolve_block(features, block):
     names = [block] if isinstance(block, str) else block
     assert names and all(isinstance(n, str) for n in names)
-    return [features.get_submodule(n) for n in names]
+    return [_member(features, n) for n in names]
+
+
+def _member(features, name):
+    """A block names a submodule, or a parameter sitting directly on one (a ViT's cls_token)."""
+    try:
+        return features.get_submodule(name)
+    except AttributeError:
+        return features.get_parameter(name)
 
 
 @pytest.mark.parametrize("model,model_args,fixed", FAMILIES + [("convnext_atto", None, False)],

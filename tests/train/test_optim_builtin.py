@@ -431,6 +431,45 @@ def test_layer_decay_on_a_timm_resnet18(resnet18):
     each_once(ctx, groups.values())
 
 
+def test_layer_decay_and_weight_decay_on_a_vit_match_timms_param_groups_layer_decay():
+    """Per parameter, the lr scale and weight decay of sftcore's layer_decay + adamw equal timm's
+    ``param_groups_layer_decay`` with the model's ``no_weight_decay()``: the ViT's cls_token and pos_embed sit in
+    the stem's layer with patch_embed and are not decayed."""
+    import timm
+    from timm.optim._param_groups import param_groups_layer_decay
+
+    from sftcore._train.optim import make_optimizer
+
+    torch.manual_seed(0)
+    vit = registry().get("backbones", "timm").create(BackboneContext(seed=0), model="vit_tiny_patch16_224",
+                                                     pretrained=False)
+    assert vit.blocks[0] == ["cls_token", "pos_embed", "patch_embed"] and vit.blocks[-1] == ["blocks.11", "norm"]
+    assert set(vit.no_weight_decay) >= {"cls_token", "pos_embed"}
+    ctx = train_context(vit, head=nn.Linear(vit.num_features, 3), snapshot=False)
+    lr, decay, wd = 0.1, 0.75, 0.05
+    groups = LayerDecay(decay=decay).groups(ctx, lr, 1.0)
+    entry = {"name": "adamw", "lr": lr, "weight_decay": wd, "betas": [0.9, 0.999]}
+    ours = make_optimizer(groups, entry, registry(), exempt=ctx.model.no_weight_decay())
+    mine = {id(p): (g["lr"] / lr, g["weight_decay"]) for g in ours.param_groups for p in g["params"]}
+
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3)
+    theirs = param_groups_layer_decay(net, weight_decay=wd, no_weight_decay_list=net.no_weight_decay(),
+                                      layer_decay=decay)
+    reference = {id(p): (g["lr_scale"], g["weight_decay"]) for g in theirs for p in g["params"]}
+    timm_named = dict(net.named_parameters())
+    our_named = {**{f"backbone.{n}": p for n, p in ctx.model.backbone.named_parameters()},
+                 **{f"head.{n}": p for n, p in ctx.model.head.named_parameters()}}
+    assert len(our_named) == len(timm_named)
+    for name, p in timm_named.items():
+        ours_name = name if name.startswith("head.") else f"backbone.{name}"
+        scale, weight_decay = mine[id(our_named[ours_name])]
+        assert scale == pytest.approx(reference[id(p)][0], rel=1e-12), name
+        assert weight_decay == reference[id(p)][1], name
+    by_param = {n: mine[id(p)] for n, p in our_named.items()}
+    assert by_param["backbone.cls_token"] == by_param["backbone.patch_embed.proj.bias"]  # one layer, no decay
+    assert by_param["backbone.pos_embed"][0] == by_param["backbone.patch_embed.proj.weight"][0]
+
+
 STRATEGIES = [("reinit", {}), ("linear_probe", {}), ("lp_ft", {"probe_epochs": 1}),
               ("gradual_unfreeze", {}), ("gradual_unfreeze", {"every": 2, "blocks_per_step": 2}),
               ("match_classes", {}), ("imprint", {})]
