@@ -52,8 +52,8 @@ def _magnitudes(bins: int) -> torch.Tensor:
     for name, row in {
         "shear_x": lin(0.99),
         "shear_y": lin(0.99),
-        "translate_x": lin(32.0),
-        "translate_y": lin(32.0),
+        "translate_x": lin(32.0).trunc(),  # torchvision shifts by int(magnitude) of its float32 bins
+        "translate_y": lin(32.0).trunc(),
         "rotate": lin(135.0),
         "solarize": torch.linspace(1.0, 0.0, bins),
         "posterize": 8 - (torch.arange(bins) / ((bins - 1) / 6)).round(),
@@ -70,12 +70,15 @@ FIRST_GEOMETRIC, LAST_GEOMETRIC = OPS.index(GEOMETRIC[0]), OPS.index(GEOMETRIC[-
 @functools.cache
 def _map_table(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """``[ops, 4, 6]``: each op's map (output pixel -> input pixel, as ``[B, 2, 3]`` flattened) as a linear
-    function of ``(1, m, cos m, sin m)`` (m in degrees for the cosine and sine): shear about the top-left
-    corner, translation in pixels, rotation about the centre, identity for the other ops."""
+    function of ``(1, m, cos m, sin m)`` (m in degrees for the cosine and sine): shear about the image's
+    top-left corner (torchvision's ``center=[0, 0]``: pixel (0, 0)'s corner, half a pixel before its centre),
+    translation in pixels, rotation about the centre, identity for the other ops."""
     t = torch.zeros(len(OPS), 4, 6, dtype=torch.float64)
     t[:, 0] = torch.tensor([1.0, 0, 0, 0, 1, 0])
-    for name, k in (("shear_x", 1), ("translate_x", 2), ("shear_y", 3), ("translate_y", 5)):
+    for name, k in (("translate_x", 2), ("translate_y", 5)):
         t[OPS.index(name), 1, k] = -1.0
+    for name, slope, offset in (("shear_x", 1, 2), ("shear_y", 3, 5)):  # x_in = x + m * (y + 0.5), as F.affine
+        t[OPS.index(name), 1, slope], t[OPS.index(name), 1, offset] = 1.0, 0.5
     cx, cy = (w - 1) / 2, (h - 1) / 2
     t[OPS.index("rotate")] = torch.tensor(
         [[0, 0, cx, 0, 0, cy], [0.0] * 6, [1, 0, -cx, 0, 1, -cy], [0, -1, cy, 1, 0, -cx]]
