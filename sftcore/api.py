@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._fileio.reader import open_image  # noqa: F401  (re-exported)
 from ._plugins.contracts import (  # noqa: F401  (re-exported)
     MAX_SEED,
     STAGES,
@@ -59,6 +60,7 @@ __all__ = [
     "Checkpoint",
     "read_checkpoint",
     "check_option",
+    "open_image",
     "suggest",
     "ParamGroups",
     "ScheduleContext",

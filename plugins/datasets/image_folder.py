@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from typing import Any, cast
 
-from sftcore.api import Augment, DatasetContext, DataSplits, FileSet, ImageSet, check_option
+from sftcore.api import Augment, DatasetContext, DataSplits, FileSet, ImageSet, check_option, open_image
 from sftcore.errors import ConfigError, SftError, show
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -233,7 +233,7 @@ def decode(path: str, shape: tuple[int, int, int]):
     channels, height, width = shape
     img: Image.Image
     try:
-        with Image.open(path) as img:
+        with open_image(path, f"image {path} of dataset image_folder") as img:
             # JPEG can decode at 1/2, 1/4, 1/8 scale, never below the requested size: far faster for
             # photos. The scale covers the target whichever way the EXIF orientation turns the image.
             w0, h0 = img.size
@@ -241,7 +241,7 @@ def decode(path: str, shape: tuple[int, int, int]):
             img.draft("RGB" if channels == 3 else "L", (round(w0 * k), round(h0 * k)))
             img = ImageOps.exif_transpose(img)
             img = _to_mode(img, "RGB" if channels == 3 else "L")
-    except MemoryError:
+    except (MemoryError, SftError):
         raise
     except Exception as exc:  # PIL raises many types for broken files  # noqa: BLE001
         raise SftError(f"dataset image_folder: cannot read image {path} ({exc}); fix or remove it") from None

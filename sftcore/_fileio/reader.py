@@ -9,6 +9,7 @@ import io
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -81,21 +82,54 @@ def read_json(path, what: str) -> Any:
         raise StorageError(f"{what} '{path}' is not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
 
-def check_image_pixels(data: bytes, what: str) -> None:
-    """Refuse an image whose header claims more than ``max_image_pixels()`` pixels, before any decoding."""
+_PIL_GUARD = threading.Lock()  # Pillow's own pixel guard is a module global: set aside one open at a time
+
+
+def _open_unguarded(data: bytes):
+    """PIL's ``Image.open`` (the header only: decoding waits for ``load``) without Pillow's own pixel guard:
+    ``max_image_pixels()`` decides, and Pillow's DecompressionBombWarning never leaks on stderr."""
     from PIL import Image  # torchvision's own dependency
 
+    with _PIL_GUARD:
+        guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = guard
+
+
+def _check_size(width: int, height: int, what: str) -> None:
     limit = max_image_pixels()
-    guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header's size is all we read: ours decides
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except Exception:  # noqa: BLE001 - not an image PIL knows: the decoder says so in its own words
-        return
-    finally:
-        Image.MAX_IMAGE_PIXELS = guard
     if width * height > limit:
         raise StorageError(
             f"{what} is {width} x {height} = {width * height} pixels, more than the {limit} sftcore decodes "
             "(set SFT_MAX_IMAGE_PIXELS to allow more)"
         )
+
+
+def check_image_pixels(data: bytes, what: str) -> None:
+    """Refuse an image whose header claims more than ``max_image_pixels()`` pixels, before any decoding."""
+    try:
+        with _open_unguarded(data) as img:
+            width, height = img.size
+    except Exception:  # noqa: BLE001 - not an image PIL knows: the decoder says so in its own words
+        return
+    _check_size(width, height, what)
+
+
+def open_image(path, what: str):
+    """An image file sftcore did not write, opened by PIL (``PIL.Image.Image``, not yet decoded): a regular file
+    of at most ``MAX_FILE_BYTES``, whose header claims at most ``max_image_pixels()`` pixels. A file PIL cannot
+    read is one line naming ``what``."""
+    data = read_bytes(path, what)
+    try:
+        img = _open_unguarded(data)
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for files it cannot read
+        raise StorageError(f"cannot read {what} ({exc}); fix or remove it") from None
+    try:
+        width, height = img.size
+        _check_size(width, height, what)
+    except StorageError:
+        img.close()
+        raise
+    return img

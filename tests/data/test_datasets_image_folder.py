@@ -186,6 +186,25 @@ def test_missing_and_empty_roots(tmp_path):
         image_folder(ctx(), root=str(tmp_path / "empty"))
 
 
+def test_an_image_claiming_too_many_pixels_is_one_line_before_it_is_decoded(tmp_path, recwarn):
+    """The image folder reads through ``sftcore.api.open_image``: a 100-byte PNG claiming 30000 x 30000 pixels is
+    refused by its header (SFT_MAX_IMAGE_PIXELS), without Pillow's warning and without allocating it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    root = make_flat(tmp_path / "imgs", per_class=2)
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+    bomb = root / "cat" / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+    with pytest.raises(SftError, match=r"image .*bomb.png of dataset image_folder is 30000 x 30000") as exc:
+        image_folder(ctx(), root=str(root))
+    assert "\n" not in str(exc.value) and "SFT_MAX_IMAGE_PIXELS" in str(exc.value)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
 def test_broken_image_names_the_file(tmp_path):
     root = make_flat(tmp_path / "imgs", per_class=2)
     (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")

@@ -69,3 +69,36 @@ def test_an_image_claiming_too_many_pixels_is_refused_before_decoding(monkeypatc
     monkeypatch.delenv("SFT_MAX_IMAGE_PIXELS")
     reader.check_image_pixels(b"not an image", "x")  # the decoder reports what is not an image
 
+
+
+def test_open_image_is_the_reader_of_image_files(tmp_path, monkeypatch, recwarn):
+    """``sftcore.api.open_image``: regular files only, the pixel limit before decoding, one line for what PIL
+    cannot read, and Pillow's own DecompressionBombWarning never shown (sftcore's limit decides)."""
+    from PIL import Image
+
+    from sftcore.api import open_image
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header(30000, 30000))
+    with pytest.raises(StorageError, match=r"image bomb.png is 30000 x 30000 = 900000000 pixels") as err:
+        open_image(bomb, "image bomb.png")
+    _one_line(err)
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    with pytest.raises(StorageError, match="is a FIFO"):
+        open_image(fifo, "image fifo.png")
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"\x89PNG not really")
+    with pytest.raises(StorageError, match="cannot read image junk.png .*fix or remove it"):
+        open_image(junk, "image junk.png")
+    big = tmp_path / "big.png"
+    Image.new("L", (200, 100)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow would warn (and refuse past twice its limit)
+    monkeypatch.setenv("SFT_MAX_IMAGE_PIXELS", "20000")
+    with open_image(big, "image big.png") as img:
+        assert img.size == (200, 100) and img.load() is not None
+    assert Image.MAX_IMAGE_PIXELS == 1000  # Pillow's guard is put back
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    monkeypatch.setenv("SFT_MAX_IMAGE_PIXELS", "19999")
+    with pytest.raises(StorageError, match="more than the 19999"):
+        open_image(big, "image big.png")
