@@ -28,6 +28,7 @@ from ._plugins.contracts import (  # noqa: F401  (re-exported)
     Regularizer,
     RunInfo,
     ScheduleContext,
+    Score,
     StageInfo,
     Step,
     TrainContext,
@@ -68,6 +69,7 @@ __all__ = [
     "TransferModel",
     "Augmentation",
     "AugmentBatch",
+    "Score",
 ]
 
 
