@@ -1,5 +1,5 @@
-"""Built-in transferability scores: LogME, LEEP, NCE and H-score as their authors wrote them. Each ranks
-candidate backbones from their features on the target data, without training.
+"""Built-in transferability scores: LogME, LEEP, NCE and H-score as their authors wrote them, plus two cheap
+empirical ones. Each ranks candidate backbones from their features on the target data, without training.
 
 Registered lazily: importing this package does not import torch (``sft list`` stays fast).
 """
@@ -28,4 +28,14 @@ def register_scores(register):
         "hscore",
         "sftcore_plugins.scores.hscore:HScore",
         "H-score: tr(cov(f)^+ cov(E[f|y])), class separation of the features (Bao et al., 2019)",
+    )
+    register(
+        "ncm_accuracy",
+        "sftcore_plugins.scores.empirical:NCMAccuracy",
+        "Leave-one-out accuracy of a cosine nearest-class-mean classifier on the features",
+    )
+    register(
+        "logistic_accuracy",
+        "sftcore_plugins.scores.empirical:LogisticAccuracy",
+        "Stratified k-fold accuracy of an L2-regularised logistic regression on the features (L-BFGS)",
     )

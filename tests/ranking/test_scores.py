@@ -1,5 +1,5 @@
 """The scores kind: LogME, LEEP, NCE and H-score equal to their authors' code (reference_scores.py) on fixed
-features, and the contract every score keeps."""
+features, the empirical scores checked by their definitions, and the contract every score keeps."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 from sftcore._plugins import components
 from sftcore._plugins.manager import get_registry
 from sftcore.api import Score
-from sftcore.errors import PluginError, ScoreUnavailable, SftError
+from sftcore.errors import ConfigError, PluginError, ScoreUnavailable, SftError
 
 RTOL = 1e-4  # the issue's bound; the measured differences are ~1e-13
-BUILTINS = {"logme", "leep", "nce", "hscore"}
+BUILTINS = {"logme", "leep", "nce", "hscore", "ncm_accuracy", "logistic_accuracy"}
 # (N, D, target classes, source classes, seed): N > D and D > N, and the last class has a single example
 CASES = [
     (50, 10, 3, 5, 0),
@@ -179,7 +179,7 @@ def test_a_score_that_needs_the_source_says_so_and_is_unavailable_without_it(nam
     assert issubclass(ScoreUnavailable, SftError)
 
 
-@pytest.mark.parametrize("name", ["logme", "hscore"])
+@pytest.mark.parametrize("name", ["logme", "hscore", "ncm_accuracy"])
 def test_a_score_that_needs_no_source_ignores_it(name):
     f, y, p = case(30, 4, 3, 3, 12)
     assert not score(name).needs_source
@@ -197,8 +197,8 @@ def _bad_inputs():
         ("hscore", (nan, y, None), "features hold NaN or infinite values"),
         ("logme", (f[:, 0], y, None), r"features must be 2-D \[N, D\], got shape \[6\]"),
         ("logme", (f.to(torch.int64), y, None), "features must be floating point"),
-        ("hscore", (f, y.double(), None), "labels must be integer class indices"),
-        ("logme", (f, y - 1, None), "labels must be class indices >= 0, got -1"),
+        ("ncm_accuracy", (f, y.double(), None), "labels must be integer class indices"),
+        ("ncm_accuracy", (f, y - 1, None), "labels must be class indices >= 0, got -1"),
         ("leep", (f, y, p[:5]), "source_probs has 5 rows for 6 feature rows"),
         ("leep", (f, y, p * 4), r"source_probs must be probabilities \(rows >= 0 summing to 1\)"),
         ("nce", (f, y, p - 0.25 + torch.eye(6, 4)), "must be probabilities"),
@@ -212,3 +212,86 @@ def test_bad_inputs_are_one_sftcore_error_line(name, args, message):
         score(name)(*args)
     assert type(caught.value) is SftError and str(caught.value).startswith(f"score '{name}': ")
     assert "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- the empirical scores
+def test_ncm_accuracy_is_leave_one_out_nearest_cosine_class_mean():
+    f, y, _ = case(45, 6, 4, 3, 13)
+    unit = torch.nn.functional.normalize(torch.from_numpy(f), dim=1)
+    right = 0
+    for i in range(len(y)):  # the definition, one example at a time
+        others = torch.arange(len(y)) != i
+        sims = [
+            float(unit[i] @ torch.nn.functional.normalize(unit[others & (torch.from_numpy(y) == c)].mean(0), dim=0))
+            if ((torch.from_numpy(y) == c) & others).any()
+            else -np.inf
+            for c in range(4)
+        ]
+        right += int(np.argmax(sims) == y[i])
+    assert ours("ncm_accuracy", f, y) == pytest.approx(right / len(y))
+
+
+@pytest.mark.parametrize("name", ["ncm_accuracy", "logistic_accuracy"])
+def test_the_accuracies_are_1_on_separated_classes_and_near_chance_on_noise(name, one_thread):
+    g = torch.Generator().manual_seed(14)
+    y = torch.arange(4).repeat(25)
+    separated = 10 * torch.eye(4, 8)[y] + torch.randn(100, 8, generator=g)
+    assert score(name)(separated, y) == 1.0
+    assert 0.0 <= score(name)(torch.randn(100, 8, generator=g), y) <= 0.5
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_logistic_accuracy_trains_when_called_without_gradients(mode, one_thread):
+    f, y, _ = case(40, 4, 2, 2, 17)
+    expected = ours("logistic_accuracy", f, y)
+    with mode():
+        features = torch.from_numpy(f).float()  # an inference tensor under inference_mode
+        assert score("logistic_accuracy")(features, torch.from_numpy(y)) == pytest.approx(expected, abs=1 / 40)
+
+
+def test_logistic_accuracy_deals_stratified_folds_from_its_seed():
+    from sftcore_plugins.scores.empirical import stratified_folds
+
+    y = torch.tensor([0] * 11 + [1] * 7 + [2] * 2)
+    folds = stratified_folds(y, 5, seed=3)
+    assert torch.bincount(folds).tolist() == [4, 4, 4, 4, 4]
+    assert all(
+        torch.bincount(folds[y == c], minlength=5).max() - torch.bincount(folds[y == c], minlength=5).min() <= 1
+        for c in range(3)
+    )
+    assert torch.equal(folds, stratified_folds(y, 5, seed=3)) and not torch.equal(folds, stratified_folds(y, 5, 4))
+
+
+def test_logistic_accuracy_agrees_with_sklearns_logistic_regression(one_thread):
+    """Same folds, same objective (sklearn's C = 1 / (l2 * n_train)): the same accuracy, give or take an
+    example near a boundary."""
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    from sftcore_plugins.scores.empirical import stratified_folds
+
+    f, y, _ = case(150, 10, 3, 3, 15)
+    folds = stratified_folds(torch.from_numpy(y), 5, 0).numpy()
+    right = 0
+    for k in range(5):
+        train, test = folds != k, folds == k
+        mean, std = f[train].mean(0), f[train].std(0)
+        model = sklearn.LogisticRegression(C=1 / (1e-3 * train.sum()), tol=1e-10, max_iter=10_000)
+        model.fit((f[train] - mean) / std, y[train])
+        right += int((model.predict((f[test] - mean) / std) == y[test]).sum())
+    assert abs(ours("logistic_accuracy", f, y) - right / len(y)) <= 2 / len(y)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"folds": 1}, "folds must be an integer from 2 to 100, got 1"),
+        ({"l2": -1.0}, "l2 must be a finite number >= 0.0, got -1.0"),
+        ({"max_iter": "many"}, "max_iter must be an integer from 1 to 100000, got 'many'"),
+        ({"seed": True}, "seed must be an integer"),
+    ],
+)
+def test_logistic_accuracy_options_are_checked(options, message):
+    from sftcore.testing import rejects
+
+    assert message in rejects("scores", "logistic_accuracy", **options)
+    with pytest.raises(ConfigError, match=rf"config: scores\[x\]\.{message.split()[0]} "):
+        components.build(get_registry(), "scores", {"name": "logistic_accuracy", **options}, "scores[x]")
