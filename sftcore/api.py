@@ -29,6 +29,7 @@ from ._plugins.contracts import (  # noqa: F401  (re-exported)
     Regularizer,
     RunInfo,
     ScheduleContext,
+    Score,
     StageInfo,
     Step,
     TrainContext,
@@ -70,6 +71,7 @@ __all__ = [
     "TransferModel",
     "Augmentation",
     "AugmentBatch",
+    "Score",
 ]
 
 

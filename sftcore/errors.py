@@ -29,6 +29,11 @@ class TrainingError(SftError):
     """Training cannot go on (the loss became NaN or infinite); the last good checkpoint is kept."""
 
 
+class ScoreUnavailable(SftError):
+    """A transferability score cannot be computed from what it was handed: LEEP and NCE without the source
+    classifier's probabilities (``Score.needs_source``). `sft rank` shows such a score as null."""
+
+
 class Interrupted(SftError):
     """Ctrl-C (SIGINT) or SIGTERM: progress was saved where possible; exit 128 + the signal number."""
 

@@ -63,5 +63,10 @@ def register_augmentations(register):
 
 
 @hookspec
+def register_scores(register):
+    """Register scores: ``factory(**options) -> Score``."""
+
+
+@hookspec
 def register_commands(cli):
     """Add commands to ``sft``: ``cli`` is its click group (``@cli.command()``)."""

@@ -89,6 +89,7 @@ def _contract(kind: str) -> type | None:
         "regularizers": contracts.Regularizer,
         "heads": contracts.HeadStrategy,
         "param_groups": contracts.ParamGroups,
+        "scores": contracts.Score,
     }.get(kind)
 
 

@@ -514,6 +514,26 @@ class Checkpoint:
     std: list[float] | None = None
 
 
+# --------------------------------------------------------------------------- scores
+class Score:
+    """A transferability score: how well a backbone's features should transfer to a labelled target set,
+    computed without training; higher means better transfer (`sft rank` orders candidates by it).
+
+    ``__call__(features, labels, source_probs=None)`` takes float features ``[N, D]`` of the target examples,
+    their int64 labels ``[N]`` and, where the backbone came with a classifier, its class probabilities
+    ``[N, source classes]`` on the same examples, and returns a Python float. ``needs_source`` says beforehand
+    whether the score reads ``source_probs`` (LEEP, NCE): a caller without them reports such a score as
+    unavailable instead of calling it, and a call without them raises ``sftcore.errors.ScoreUnavailable``.
+    Bad inputs (shapes that disagree, fewer than 2 examples or classes, non-finite values) raise one
+    ``sftcore.errors.SftError`` line."""
+
+    #: True: the score needs the source classifier's probabilities (``source_probs`` may not be None)
+    needs_source: bool = False
+
+    def __call__(self, features: torch.Tensor, labels: torch.Tensor, source_probs: torch.Tensor | None = None) -> float:
+        raise NotImplementedError  # pragma: no cover - the contract
+
+
 # --------------------------------------------------------------------------- checking options
 def suggest(word: str, choices) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``word``, or ``""``: for one-line errors."""
