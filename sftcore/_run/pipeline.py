@@ -389,6 +389,23 @@ class Pipeline:
                 for seed in self.seeds if per_seed else [self.seed]:
                     self.stage_data(stage, backbone, seed)
 
+    def _probe_regularizers(self, backbone: Backbone) -> None:
+        """The regularizers of the stages after pretraining, built and set up on a copy of the model and asked
+        for one penalty on one batch of the first seed's finetune data (``Stage.probe``), before pretraining:
+        a plugin's wrong return type is one line in seconds. The caller's random state is left untouched."""
+        if self.config.pretrain is None:
+            return  # the first stage's first step checks them at once
+        for name in ("finetune", "baseline"):
+            scfg = getattr(self.config, name)
+            if scfg is None or not scfg.regularizers:
+                continue
+            devices = [self.perf.device] if self.perf.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                copied = copy.deepcopy(backbone)
+                data = self.stage_data("finetune", copied, self.seeds[0])
+                seed = self.seeds[0]
+                self.build_stage(name, scfg, copied, data, seed=seed, tag=name, validate=False).probe()
+
     def _label(self, name: str, seed: int) -> str:
         return name if len(self.seeds) == 1 else f"{name} (seed {seed})"
 
@@ -483,6 +500,7 @@ class Pipeline:
         backbone = self.build_backbone()
         random_start = config.pretrain is None and config.baseline is not None and self._starts_random(backbone)
         self._check_data(backbone)
+        self._probe_regularizers(backbone)
         self._check_stop()
         shared: Start | None = Start(backbone, backbone.head, backbone.source_classes)
         if config.pretrain is not None:

@@ -199,6 +199,23 @@ class Stage:
         self.info.model, self.info.history, self.info.epochs = model, self.history, self.budget
         self.info.has_validation = val is not None and len(val.data) > 0
 
+    def probe(self) -> None:
+        """One batch through the model and every regularizer's ``penalty``, checked as a step checks it but
+        without a step: the pipeline asks it of the later stages before pretraining, so that a plugin returning
+        the wrong type fails in seconds, not after hours."""
+        if not self.regularizers:
+            return
+        x, y = next(iter(self.train.iter_from(0)))
+        inputs, targets = self.train_transform.augmented(x, y, self.generator, None)
+        assert targets is not None  # targets in, targets out
+        soft = targets.is_floating_point()
+        with self.perf.autocast():
+            logits, features, maps = self.net(inputs, all_outputs=True, feature_maps=self.needs_maps)
+            labels = targets.argmax(1) if soft else targets
+            step = Step(self.ctx, 0, inputs, labels, logits, features, maps, soft_targets=targets if soft else None)
+            for r in self.regularizers:
+                _penalty(r, step)
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, epoch: int, batch: int = 0, sums: list | None = None, rng: list | None = None) -> dict:
         """The stage at the start of batch ``batch`` of epoch ``epoch`` (both counted from 0).

@@ -583,3 +583,42 @@ def test_a_penalty_that_is_not_a_scalar_tensor_is_one_line(plugin, name, shape):
     with pytest.raises(PluginError, match=shape) as err:
         _penalty(reg, make_step(ctx))
     assert "not a scalar tensor" in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_bad_penalty_of_the_finetune_stage_fails_before_pretraining(plugin, tmp_path):
+    """The pipeline probes the later stages' regularizers on one batch before pretraining (Stage.probe): the
+    error is the one line a step would give, and no pretraining epoch ran."""
+    import sftcore
+    from sftcore.api import Callback
+    from sftcore.errors import PluginError
+    from sftcore.testing import tiny_config
+
+    plugin(_WrongKind, "wrong-kind")
+    cfg = tiny_config(regularizers=[{"name": "float_penalty"}], pretrain={"epochs": 50})
+    events = []
+
+    class Watch(Callback):
+        def on_epoch_end(self, stage, record):
+            events.append((stage.stage, record.get("epoch")))
+
+    with pytest.raises(PluginError, match="FloatPenalty.penalty returned float, not a scalar tensor"):
+        sftcore.run(cfg, out=tmp_path / "run", callbacks=[Watch()])
+    assert events == []  # not one pretraining epoch
+
+
+def test_probing_the_regularizers_leaves_the_random_state_alone():
+    """The probe builds a stage (which seeds torch) inside fork_rng: a run with it draws what it drew without."""
+    import torch
+
+    from sftcore._config import resolve as cfgmod
+    from sftcore._run.pipeline import Pipeline
+    from sftcore.testing import registry, tiny_config
+
+    cfg = cfgmod.resolve(tiny_config(regularizers=[{"name": "l2_sp", "alpha": 0.01}], pretrain=True), registry())
+    pipe = Pipeline(cfg, None, False, None)
+    backbone = pipe.build_backbone()
+    before = torch.get_rng_state()
+    pipe._probe_regularizers(backbone)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert pipe._splits  # it used the stage data the run loads anyway
