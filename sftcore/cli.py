@@ -80,8 +80,11 @@ class SftGroup(click.Group):
         return super().list_commands(ctx)
 
     def invoke(self, ctx):
+        from sftcore._runtime.held_warnings import held
+
         try:
-            return super().invoke(ctx)
+            with held(show_on_error=lambda: bool(ctx.obj and ctx.obj.get("debug"))):
+                return super().invoke(ctx)
         except SftError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise

@@ -23,7 +23,7 @@ from sftcore._plugins.manager import get_registry
 from sftcore._rundir import checkpoints
 from sftcore._rundir import layout as rundir
 from sftcore._rundir.outputs import MetricsLog, write_predictions
-from sftcore._runtime import distributed
+from sftcore._runtime import distributed, held_warnings
 from sftcore._runtime.device import environment, resolve_performance
 from sftcore._runtime.interrupt import StopSignals
 from sftcore._train.evaluate import evaluate
@@ -501,6 +501,7 @@ class Pipeline:
         random_start = config.pretrain is None and config.baseline is not None and self._starts_random(backbone)
         self._check_data(backbone)
         self._probe_regularizers(backbone)
+        held_warnings.release()  # the checks passed: a library's warning is no longer in front of an error line
         self._check_stop()
         shared: Start | None = Start(backbone, backbone.head, backbone.source_classes)
         if config.pretrain is not None:
