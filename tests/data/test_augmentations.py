@@ -484,6 +484,8 @@ def test_ctrl_c_inside_an_augmentation_chunk_resumes_exactly(tmp_path, monkeypat
     ("[{name: random_resized_crop, scale: [0.5, 1.5]}]", "config: finetune.augment[0]: scale must be"),
     ("[{name: mixup, alpha: 0}]", "config: finetune.augment[0]: alpha must be a number > 0"),
     ("[{name: cutmix, alpha: -1}]", "config: finetune.augment[0]: alpha must be a number > 0"),
+    ("[{name: mixup, alpha: 1e300}]", "config: finetune.augment[0]: alpha must be a number > 0 and <= 1000"),
+    ("[{name: cutmix, alpha: .inf}]", "config: finetune.augment[0]: alpha must be a number > 0 and <= 1000"),
     ("[{name: flip, p: 2}]", "config: finetune.augment[0]: p must be a probability"),
     ("flip", "config: finetune.augment must be a list"),
 ])
