@@ -72,6 +72,7 @@ class BatchTransform:
         lead = next((i for i, a in enumerate(augment) if not a.moves_pixels_only), len(augment))
         self.on_uint8, self.on_float = augment[:lead], augment[lead:]  # crop and flip: on the cheap uint8 batch
         self.mixes_labels = any(a.mixes_labels for a in augment)
+        self.augments = bool(augment)  # False: the training inputs are a fixed function of the images
         self.num_classes = num_classes
         self.in_channels, self.out_channels = in_shape[0], out_shape[0]
         self.out_hw = tuple(out_shape[1:])
@@ -266,6 +267,18 @@ class Batches:
     def __iter__(self):
         return self.iter_from(0)
 
+    def batch_indices(self, first: int) -> list[torch.Tensor]:
+        """The example indices of this epoch's batches from number ``first`` on, in the order ``iter_from``
+        yields them (a stage training on cached features walks the same order)."""
+        index = self._indices(first)
+        if index is None:
+            everything = torch.arange(len(self.data))
+            index = [
+                everything[s : s + self.batch_size]
+                for s in range(first * self.batch_size, len(self.data), self.batch_size)
+            ]
+        return index
+
     def iter_from(self, batch: int):
         """This epoch's batches from number ``batch`` on (a run resumed mid-epoch skips the ones done)."""
         index = self._indices(batch)
@@ -279,11 +292,7 @@ class Batches:
                 yield self.images[idx], self.labels[idx]
             return
         if index is None:
-            everything = torch.arange(len(self.data))
-            index = [
-                everything[s : s + self.batch_size]
-                for s in range(batch * self.batch_size, len(self.data), self.batch_size)
-            ]
+            index = self.batch_indices(batch)
         loader = torch.utils.data.DataLoader(
             _FileDataset(self.data),  # type: ignore[arg-type]  # not in memory: a FileSet
             batch_sampler=[i.tolist() for i in index],

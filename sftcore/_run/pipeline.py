@@ -234,6 +234,7 @@ class Pipeline:
             events=self.events if events is None else events,
             info=info,
             registry=self.registry,
+            say=self.say if validate else None,
         )
         return Stage(parts)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -90,6 +91,17 @@ def _penalty(regularizer: Regularizer, step: Step) -> torch.Tensor:
     return value
 
 
+FROZEN_FEATURES_MAX_BYTES = 2 << 30  # a frozen backbone's cached features of a stage's training split, at most
+
+
+def _random_in_training(module: torch.nn.Module) -> bool:
+    """Whether the module's output in training mode is random: dropout, or timm's stochastic depth."""
+    if not module.training:
+        return False
+    rate = module.p if isinstance(module, torch.nn.modules.dropout._DropoutNd) else getattr(module, "drop_prob", 0.0)
+    return isinstance(rate, (int, float)) and rate > 0
+
+
 def start_epoch(strategy: HeadStrategy, epoch: int, ctx: TrainContext) -> None:
     """The model as epoch ``epoch`` trains it: the strategy's freezing, train mode, and norm layers whose
     parameters are all frozen kept in eval mode (the loop, `sft lr-find` and sftcore.testing share this)."""
@@ -133,6 +145,7 @@ class StageParts:
     events: Events = NO_EVENTS
     info: StageInfo | None = None
     registry: Any = None  # the component registry (None: the installed plugins)
+    say: Callable[[str], None] | None = None  # a line for the user (the pipeline's echo)
 
 
 class Stage:
@@ -197,6 +210,9 @@ class Stage:
             run=RunInfo(config={}),
         )
         self.info.model, self.info.history, self.info.epochs = model, self.history, self.budget
+        self.say = parts.say or (lambda _line: None)
+        self._features: tuple[torch.Tensor, torch.Tensor] | None = None  # a frozen backbone's, computed once
+        self._said_uncached = False
         self.info.has_validation = val is not None and len(val.data) > 0
 
     def probe(self) -> None:
@@ -326,8 +342,10 @@ class Stage:
         self._wrap()
         self.train.set_epoch(epoch)
         first, sums = self.epoch_start(epoch)
-        for k, inputs, targets in self._augmented(epoch, first):
-            self._train_step(epoch, k, inputs, targets, sums)
+        cached = self._frozen_features()
+        batches = self._cached_batches(first, cached) if cached is not None else self._augmented(epoch, first)
+        for k, inputs, targets in batches:
+            self._train_step(epoch, k, inputs, targets, sums, on_features=cached is not None)
             if self._stopping() and k + 1 < len(self.train):
                 self._check_finite(epoch, sums)
                 sums["seconds"] += time.perf_counter() - t0
@@ -354,6 +372,59 @@ class Stage:
                 if k + i >= first:
                     yield k + i, inputs, targets
             k += len(group)
+
+    # ------------------------------------------------------------------ a frozen backbone, computed once
+    def _uncached_reason(self) -> str | None:
+        """Why this epoch cannot train the head on cached features: "" when the backbone trains (nothing to
+        say), a reason worth a line when it is frozen but what it sees or computes changes between epochs,
+        None when it can."""
+        backbone = self.model.backbone
+        if any(p.requires_grad for p in backbone.parameters()):
+            return ""
+        if self.train_transform.augments:
+            return "augmentation changes the pixels every epoch"
+        if self.regularizers:
+            return "regularizers see the images"
+        if self.train.world > 1:
+            return "each process computes its own under torch.distributed"
+        if any(_random_in_training(m) for m in backbone.modules()):
+            return "dropout or stochastic depth in the backbone is active"
+        if len(self.train.data) * self.model.spec.num_features * 4 > FROZEN_FEATURES_MAX_BYTES:
+            return f"they would take more than {FROZEN_FEATURES_MAX_BYTES >> 30} GiB"
+        return None
+
+    def _frozen_features(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(features, labels)`` of every training example while the epoch trains the head alone on a frozen,
+        deterministic backbone, computed once and reused while that holds; else None (and one line saying why,
+        once, when the backbone is frozen)."""
+        why = self._uncached_reason()
+        if why is not None:
+            self._features = None
+            if why and not self._said_uncached:
+                self._said_uncached = True
+                self.say(f"{self.name}: the backbone is frozen, but its features are computed every epoch: {why}")
+            return None
+        if self._features is None:
+            self._features = self._extract_features()
+        return self._features
+
+    def _extract_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen backbone's features of the training examples in dataset order, and their labels: batched,
+        on the device, in the run's precision, with the backbone in the mode training put it in."""
+        data = Batches(self.train.data, self.cfg.eval_batch_size, self.perf.device, shuffle=False)
+        features, labels = [], []
+        with torch.no_grad(), self.perf.autocast():
+            for x, y in data:
+                features.append(self.model.backbone(self.train_transform(x)))
+                labels.append(y)
+        return torch.cat(features), torch.cat(labels)
+
+    def _cached_batches(self, first: int, cached: tuple[torch.Tensor, torch.Tensor]):
+        """``(k, features, labels)`` for batch ``k`` from ``first`` on, in the order the images would come."""
+        features, labels = cached
+        for k, index in enumerate(self.train.batch_indices(first), start=first):
+            index = index.to(features.device)
+            yield k, features[index], labels[index]
 
     def _batches(self, epoch: int, first: int):
         batches = self.train.iter_from(first)
@@ -401,14 +472,20 @@ class Stage:
         assert targets is not None  # targets in, targets out
         self._train_step(epoch, k, inputs, targets, sums)
 
-    def _train_step(self, epoch: int, k: int, inputs: torch.Tensor, targets: torch.Tensor, sums: dict) -> None:
-        """One optimizer step on batch ``k``; its loss, hits and first non-finite loss go into ``sums``."""
+    def _train_step(
+        self, epoch: int, k: int, inputs: torch.Tensor, targets: torch.Tensor, sums: dict, on_features: bool = False
+    ) -> None:
+        """One optimizer step on batch ``k``; its loss, hits and first non-finite loss go into ``sums``.
+        ``on_features``: ``inputs`` are the frozen backbone's cached features, and only the head runs."""
         if self.events.per_step:
             self.events("on_step_start", self.info, epoch + 1, k)
         soft = targets.is_floating_point()  # mixup/cutmix: class probabilities; y is then each image's larger share
         y = targets.argmax(1) if soft else targets
         with self.perf.autocast():
-            logits, features, maps = self.net(inputs, all_outputs=True, feature_maps=self.needs_maps)
+            if on_features:
+                logits, features, maps = self.model.head(inputs), inputs, {}
+            else:
+                logits, features, maps = self.net(inputs, all_outputs=True, feature_maps=self.needs_maps)
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.cfg.label_smoothing)
             if self.regularizers:
                 step = Step(self.ctx, epoch, inputs, y, logits, features, maps, soft_targets=targets if soft else None)

@@ -1,0 +1,106 @@
+"""A stage that trains the head alone on a frozen, deterministic backbone computes the backbone's features once and
+trains on them (sftcore/_train/loop.py, Stage._frozen_features): the same training as recomputing them every epoch,
+the same order, resume and callbacks, with one backbone pass over the training split instead of one per epoch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import sftcore
+import tiny
+from sftcore._train import loop as training
+from sftcore.api import Callback
+from sftcore.testing import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class CountTrainingPasses(Callback):
+    """Counts the backbone's forward passes with autograd on (training steps), and the batches seen."""
+
+    def __init__(self):
+        self.passes, self.steps = 0, 0
+
+    def on_stage_start(self, stage):
+        if stage.stage == "finetune":
+            stage.model.backbone.register_forward_hook(self._count)
+
+    def _count(self, _module, _inputs, _output):
+        self.passes += int(torch.is_grad_enabled())
+
+    def on_step_end(self, stage, epoch, step, loss):
+        self.steps += stage.stage == "finetune"
+
+
+def _config(epochs: int = 3) -> dict:
+    return tiny_config(epochs=epochs, head="linear_probe", augment=[], select="last")
+
+
+def _head(run_dir) -> dict:
+    state = torch.load(run_dir / "checkpoints" / "finetune.pt", weights_only=True)["model"]
+    return {name: tensor for name, tensor in state.items() if name.startswith("head.")}
+
+
+@pytest.mark.slow
+def test_linear_probe_trains_on_features_computed_once_as_it_would_on_recomputed_ones(tmp_path, monkeypatch):
+    cached_count = CountTrainingPasses()
+    cached = sftcore.run(_config(), out=tmp_path / "cached", callbacks=[cached_count])
+    assert cached_count.passes == 0 and cached_count.steps > 0  # no backbone pass in a training step
+    with monkeypatch.context() as m:
+        m.setattr(training.Stage, "_uncached_reason", lambda self: "")  # today's path: a pass per step
+        every_count = CountTrainingPasses()
+        every = sftcore.run(_config(), out=tmp_path / "every", callbacks=[every_count])
+    assert every_count.passes == every_count.steps == cached_count.steps
+    assert cached["finetune"]["test_accuracy"] == every["finetune"]["test_accuracy"]
+    ours, theirs = tiny.read_metrics(tmp_path / "cached"), tiny.read_metrics(tmp_path / "every")
+    losses = [(a["train_loss"], b["train_loss"]) for a, b in zip(ours, theirs) if a.get("stage") == "finetune"]
+    assert losses and all(math.isclose(a, b, rel_tol=1e-5) for a, b in losses), losses
+    assert _head(tmp_path / "cached")
+    for name, tensor in _head(tmp_path / "cached").items():
+        torch.testing.assert_close(tensor, _head(tmp_path / "every")[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_lp_ft_caches_its_probe_epochs_only_and_augmentation_is_said(tmp_path):
+    count = CountTrainingPasses()
+    lines: list[str] = []
+    sftcore.run(tiny_config(epochs=4, head={"name": "lp_ft", "probe_epochs": 2}, augment=[]),
+                out=tmp_path / "lpft", callbacks=[count], echo=lines.append)
+    per_epoch = count.steps // 4
+    assert count.passes == 2 * per_epoch  # the two finetuning epochs pass through the backbone, the probe ones not
+    assert not [line for line in lines if "computed every epoch" in line]  # nothing to say: the backbone trains
+    sftcore.run(tiny_config(epochs=2, head="linear_probe", augment=["flip"]), out=tmp_path / "aug",
+                echo=lines.append)
+    said = [line for line in lines if "computed every epoch" in line]
+    assert said == ["finetune: the backbone is frozen, but its features are computed every epoch: augmentation "
+                    "changes the pixels every epoch"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_cached_stage_resumes_exactly(tmp_path):
+    from sftcore.errors import Interrupted
+    from test_loop_plugins import StopThenInterrupt
+
+    config = _config(epochs=4)
+    ref = sftcore.run(config, out=tmp_path / "ref", callbacks=[StopThenInterrupt(kill=False)])
+    with pytest.raises(Interrupted):
+        sftcore.run(config, out=tmp_path / "cut", callbacks=[StopThenInterrupt(kill=True)])
+    resumed = sftcore.run(resume=tmp_path / "cut", callbacks=[StopThenInterrupt(kill=False)])
+    assert resumed["finetune"]["test_accuracy"] == ref["finetune"]["test_accuracy"]
+    assert tiny.without_seconds(tiny.read_metrics(tmp_path / "cut")) == \
+        tiny.without_seconds(tiny.read_metrics(tmp_path / "ref"))
+
+
+def test_what_keeps_the_features_from_being_cached():
+    from torch import nn
+
+    assert training._random_in_training(nn.Dropout(0.1)) and not training._random_in_training(nn.Dropout(0.0))
+    assert not training._random_in_training(nn.Dropout(0.5).eval())
+
+    class DropPath(nn.Module):
+        drop_prob = 0.1
+
+    assert training._random_in_training(DropPath()) and not training._random_in_training(nn.Linear(2, 2))
