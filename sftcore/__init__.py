@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._inference.load import Model, Prediction
     from .api import Callback
 
-__all__ = ["hookimpl", "run", "load", "Model", "Prediction", "__version__"]
+__all__ = ["hookimpl", "run", "rank", "load", "Model", "Prediction", "__version__"]
 
 
 def __getattr__(name: str):
@@ -71,4 +71,37 @@ def run(
         echo=echo,
         epoch_echo=echo,
         callbacks=callbacks,
+    )
+
+
+def rank(
+    config: dict | str | os.PathLike | None = None,
+    *,
+    candidates: Sequence[Any] = (),
+    scores: Sequence[str] | str | None = None,
+    by: str = "logme",
+    out: str | os.PathLike | None = None,
+    force: bool = False,
+    seed: int | None = None,
+    overrides: Sequence[str] = (),
+    echo: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
+    """Rank candidate backbones on the config's finetune training split before any training (`sft rank`).
+
+    ``candidates``: run directories, weights files, backbone names or entries (dicts, or YAML flow strings).
+    Returns ``{by, scores, seed, target, rows, out}``, the rows best first by ``by``; writes rank.json and
+    rank.csv into ``out`` (default a new folder under runs/). See docs/ranking.md.
+    """
+    from ._rank.rank import rank as _rank
+
+    return _rank(
+        config,
+        candidates,
+        overrides=overrides,
+        scores=scores,
+        by=by,
+        out=out,
+        force=force,
+        seed=seed,
+        echo=echo,
     )

@@ -483,6 +483,57 @@ def lr_find_cmd(config, stage, overrides, start_lr, end_lr, steps, epoch, out, f
     click.echo(f"plot: {target}" if skipped is None else f"plot: skipped, {skipped}")
 
 
+@cli.command("rank")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--candidate",
+    "candidates",
+    multiple=True,
+    metavar="CANDIDATE",
+    help="A run directory (its pretrained backbone), a weights file (the config's backbone with those weights), "
+    "or a backbone entry in YAML flow syntax, e.g. '{name: timm, model: resnet18, pretrained: true}'. Repeatable.",
+)
+@click.option("--by", default="logme", show_default=True, metavar="SCORE", help="The score the table is ranked by.")
+@click.option("--scores", default=None, metavar="A,B", help="The scores to compute (default: every registered one).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override a config value (YAML syntax), as for `sft run`. Repeatable.",
+)
+@click.option(
+    "--seed", default=None, metavar="N", help="Draw the few-label subset with seed N (default: the run's first)."
+)
+@click.option("--out", metavar="DIR", help="Where rank.json and rank.csv go (default runs/<name>-rank-<timestamp>).")
+@click.option("--force", is_flag=True, help="Overwrite rank.json and rank.csv in --out.")
+def rank_cmd(config, candidates, by, scores, overrides, seed, out, force):
+    """Rank candidate backbones on the target's few labelled images, before training.
+
+    Each candidate's features of the finetune stage's training split (the images `sft run` finetunes on
+    for its first seed, prepared as finetuning would see them) are scored by transferability scores
+    (LogME by default; LEEP and NCE need the candidate's own source head, else n/a). Prints one table,
+    best first, and writes rank.json and rank.csv. A bad candidate is one error line and does not stop
+    the others. See docs/ranking.md.
+    """
+    from ._rank.rank import rank, table
+
+    number = None if seed is None else _lr_find_number("--seed", seed, int)
+    result = rank(
+        config,
+        candidates,
+        overrides=overrides,
+        scores=scores,
+        by=by,
+        out=out,
+        force=force,
+        seed=number,
+        echo=lambda line: click.echo(line, err=True),
+    )
+    click.echo(table(result), nl=False)
+    click.echo(f"wrote {result['out']}/rank.json and rank.csv", err=True)
+
+
 @cli.group("config")
 def config_group():
     """Write a starter config (init) or print one resolved (show)."""

@@ -42,7 +42,7 @@ KIND_TABLE = (
     Kind("callbacks", "callback", "factory(**options) -> Callback", None, "callbacks"),
     Kind("augmentations", "augmentation", "factory(**options) -> Augmentation", None, "<stage>.augment"),
     # named by `sft rank`, not by a run config: scores rank candidate backbones before any training
-    Kind("scores", "score", "factory(**options) -> Score", None, "sft rank"),
+    Kind("scores", "score", "factory(**options) -> Score", None, "sft rank --scores"),
 )
 KINDS = tuple(k.name for k in KIND_TABLE)
 BY_NAME = {k.name: k for k in KIND_TABLE}

@@ -381,6 +381,26 @@ class Pipeline:
             self._splits[stage] = load_splits(stage, ds_cfg, backbone, self.seed, self.registry)
         return subset_stage_data(self._splits[stage], stage, ds_cfg, seed)
 
+    def stage_features(self, name: str, backbone: Backbone, data: StageData, seed: int):
+        """Features ``[N, D]`` and labels of the stage's training examples exactly as its head strategies see
+        them (``ctx.extract_features``: eval mode, no gradient, the stage's evaluation transform): what `sft rank`
+        scores a candidate backbone on."""
+        scfg = self.config.stage(name)
+        _, eval_tf = self.transforms(data, backbone, scfg, name)
+        stage_seed = seed + STAGE_SEED_OFFSET.get(name, 3)
+        on_device = data.train.to(self.perf.device) if isinstance(data.train, ImageSet) else data.train
+        backbone.features.to(self.perf.device)
+        ctx = TrainContext(
+            stage=name,
+            backbone=backbone,
+            classes=data.classes,
+            epochs=scfg.budget,
+            device=self.perf.device,
+            seed=stage_seed,
+            train_batches=self._train_batches(on_device, scfg.eval_batch_size, eval_tf, stage_seed),
+        )
+        return ctx.extract_features()
+
     def _check_data(self, backbone: Backbone) -> None:
         """Every stage's data, for every seed, before any training: a mistake in the finetune data
         fails in seconds, not after pretraining (and leaves no run behind)."""
