@@ -1,7 +1,7 @@
 """LogME (You et al., "LogME: Practical Assessment of Pre-trained Models for Transfer Learning", ICML 2021;
 "Ranking and Tuning Pre-trained Models", JMLR 2022), as thuml/LogME's ``LogME.fit`` computes it for
 classification: the fixed-point iteration, its stopping rule and its 1e-5 guards, so that the numbers match
-the authors' (tests/ranking checks them), vectorised over classes instead of a loop.
+the authors' (tests/rank checks them), vectorised over classes instead of a loop.
 
 One deliberate difference: log|A| counts all D eigenvalues of A = alpha I + beta F^T F, the D - k beyond the
 rank of F being alpha, as thuml/LogME issue #23 (fix in its pull request #24, not merged at the reference

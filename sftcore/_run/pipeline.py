@@ -297,24 +297,10 @@ class Pipeline:
         eval_tf: BatchTransform,
     ):
         """The stage's context, head strategy, model (with the strategy's head) and training batches."""
-        perf, stage_seed = self.perf, seed + STAGE_SEED_OFFSET.get(name, 3)
-        on_device = data.train.to(perf.device) if isinstance(data.train, ImageSet) else data.train  # once
-        train = Batches(on_device, scfg.batch_size, perf.device, shuffle=True, seed=stage_seed, sharded=True)
-        backbone.features.to(perf.device)
-        ctx = TrainContext(
-            stage=name,
-            backbone=backbone,
-            classes=data.classes,
-            epochs=scfg.budget,
-            epochs_auto=scfg.epochs == "auto",
-            device=perf.device,
-            seed=stage_seed,
-            source_classes=source_classes,
-            source_head=source_head,
-            train_batches=self._train_batches(on_device, scfg.eval_batch_size, eval_tf, stage_seed),
-        )
+        ctx, on_device = self._context(name, scfg, backbone, data, seed, eval_tf, source_head, source_classes)
+        train = Batches(on_device, scfg.batch_size, self.perf.device, shuffle=True, seed=ctx.seed, sharded=True)
         strategy = components.build(self.registry, "heads", scfg.head.entry(), f"{name}.head")
-        torch.manual_seed(stage_seed)
+        torch.manual_seed(ctx.seed)
         model = self._model(backbone, strategy.build_head(ctx))
         return ctx, strategy, model, train
 
@@ -387,19 +373,27 @@ class Pipeline:
         scores a candidate backbone on."""
         scfg = self.config.stage(name)
         _, eval_tf = self.transforms(data, backbone, scfg, name)
-        stage_seed = seed + STAGE_SEED_OFFSET.get(name, 3)
-        on_device = data.train.to(self.perf.device) if isinstance(data.train, ImageSet) else data.train
-        backbone.features.to(self.perf.device)
+        return self._context(name, scfg, backbone, data, seed, eval_tf)[0].extract_features()
+
+    def _context(self, name, scfg, backbone, data, seed, eval_tf, source_head=None, source_classes=None):
+        """``(TrainContext, the training split on the device)``: what a stage's head strategy and regularizers
+        see (the backbone moved to the device; the split moved once)."""
+        perf, stage_seed = self.perf, seed + STAGE_SEED_OFFSET.get(name, 3)
+        on_device = data.train.to(perf.device) if isinstance(data.train, ImageSet) else data.train  # once
+        backbone.features.to(perf.device)
         ctx = TrainContext(
             stage=name,
             backbone=backbone,
             classes=data.classes,
             epochs=scfg.budget,
-            device=self.perf.device,
+            epochs_auto=scfg.epochs == "auto",
+            device=perf.device,
             seed=stage_seed,
+            source_classes=source_classes,
+            source_head=source_head,
             train_batches=self._train_batches(on_device, scfg.eval_batch_size, eval_tf, stage_seed),
         )
-        return ctx.extract_features()
+        return ctx, on_device
 
     def _check_data(self, backbone: Backbone) -> None:
         """Every stage's data, for every seed, before any training: a mistake in the finetune data
@@ -422,10 +416,16 @@ class Pipeline:
                 continue
             devices = [self.perf.device] if self.perf.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
-                copied = copy.deepcopy(backbone)
-                data = self.stage_data("finetune", copied, self.seeds[0])
-                seed = self.seeds[0]
-                self.build_stage(name, scfg, copied, data, seed=seed, tag=name, validate=False).probe()
+                copied, seed = copy.deepcopy(backbone), self.seeds[0]
+                data = self.stage_data("finetune", copied, seed)
+                source: dict = {}
+                if name == "finetune":  # a stand-in for the head pretraining will give it, with its classes
+                    classes = self.stage_data("pretrain", copied, self.seed).classes
+                    source = {
+                        "source_head": torch.nn.Linear(copied.num_features, len(classes)),
+                        "source_classes": classes,
+                    }
+                self.build_stage(name, scfg, copied, data, **source, seed=seed, tag=name, validate=False).probe()
 
     def _label(self, name: str, seed: int) -> str:
         return name if len(self.seeds) == 1 else f"{name} (seed {seed})"

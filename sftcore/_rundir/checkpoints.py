@@ -51,6 +51,21 @@ def stage_files(run_dir: Path, stage: str) -> list[Path]:
     return [*folder.glob(f"{stage}.pt"), *folder.glob(f"{stage}-*.pt")]
 
 
+def digest(named) -> str:
+    """sha256 of named tensors' names, dtypes, shapes and bytes: the frozen weights a progress checkpoint leaves
+    out, so that a resume checks that it rebuilt the same ones."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in named:
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_progress(state: dict, path: Path) -> None:
     storage.save(state, path)
 
@@ -79,8 +94,18 @@ def load_run_file(path: Path, map_location) -> dict:
 def load_model(model, state: dict, path: Path, fix: str | None = None) -> None:
     """The file's weights into ``model``; weights of another architecture are one line naming the difference."""
     fix = fix or "resume only with the run's own config.yaml, or start a new run"
+    left_out = set((state.get("frozen") or {}).get("names", []))  # a progress file without never-trained weights
     try:
-        model.load_state_dict(state["model"])
+        if left_out:
+            missing, unexpected = (
+                set(model.state_dict()) - set(state["model"]),
+                set(state["model"]) - set(model.state_dict()),
+            )
+            if unexpected or missing != left_out:
+                raise RuntimeError(
+                    f"x\nMissing key(s): {sorted(missing - left_out)[:3]}, unexpected: {sorted(unexpected)[:3]}"
+                )
+        model.load_state_dict(state["model"], strict=not left_out)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else "")

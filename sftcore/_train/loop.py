@@ -91,6 +91,10 @@ def _penalty(regularizer: Regularizer, step: Step) -> torch.Tensor:
     return value
 
 
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 FROZEN_FEATURES_MAX_BYTES = 2 << 30  # a frozen backbone's cached features of a stage's training split, at most
 
 
@@ -212,7 +216,10 @@ class Stage:
         self.info.model, self.info.history, self.info.epochs = model, self.history, self.budget
         self.say = parts.say or (lambda _line: None)
         self._features: tuple[torch.Tensor, torch.Tensor] | None = None  # a frozen backbone's, computed once
+        self._val_features: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # and the validation split's
         self._said_uncached = False
+        self._trained: set[str] = set()  # parameters trainable at some epoch of this stage so far
+        self._frozen_digest: tuple[frozenset, str] | None = None  # (never-trained names, their digest)
         self.info.has_validation = val is not None and len(val.data) > 0
 
     def probe(self) -> None:
@@ -241,14 +248,14 @@ class Stage:
             "stage": self.name,
             "epoch": epoch,
             "batch": batch,
-            "model": self.model.state_dict(),
+            **self._model_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "strategy": self.strategy.state_dict(),
             "regularizers": [r.state_dict() for r in self.regularizers],
             "start_state": self.ctx.start_state_dict(),
-            "best": self.best,
+            "best": self._without_frozen(self.best),
             "history": self.history,
             "rng": rng if rng is not None else [rng_state()],
             **self._generator_state(batch),
@@ -256,6 +263,49 @@ class Stage:
             "callbacks": self.events.state_dict(),
             "stopped": self.info.stop_reason,
         }
+
+    def _never_trained(self) -> frozenset:
+        return frozenset(n for n, _ in self.model.named_parameters() if n not in self._trained)
+
+    def _model_state(self) -> dict:
+        """The model's state without the parameters no epoch of this stage has trained (a frozen backbone, an
+        adapter's base): they still equal the stage's start, which a resume rebuilds; their names and a digest
+        go into the checkpoint so that the resume can check it (a linear probe's checkpoint is the head)."""
+        frozen = self._never_trained()
+        if self._frozen_digest is None or self._frozen_digest[0] != frozen:
+            params = dict(self.model.named_parameters())
+            self._frozen_digest = (frozen, checkpoints.digest([(n, params[n]) for n in sorted(frozen)]))
+        model = {k: v for k, v in self.model.state_dict().items() if k not in frozen}
+        return {
+            "model": model,
+            "frozen": {"names": sorted(frozen), "digest": self._frozen_digest[1]},
+            "trained": sorted(self._trained),
+        }
+
+    def _without_frozen(self, best: dict | None) -> dict | None:
+        if best is None or self._frozen_digest is None:
+            return best
+        return {**best, "state": {k: v for k, v in best["state"].items() if k not in self._frozen_digest[0]}}
+
+    def _load_model_state(self, state: dict) -> None:
+        """The checkpoint's model; the parameters it left out (never trained) are checked to be the ones it
+        was saved against: the rebuilt start of the stage, bit for bit."""
+        frozen = state.get("frozen") or {"names": [], "digest": None}
+        if frozen["names"]:
+            params = dict(self.model.named_parameters())
+            names = [n for n in frozen["names"] if n in params]
+            if (
+                len(names) != len(frozen["names"])
+                or checkpoints.digest([(n, params[n]) for n in names]) != frozen["digest"]
+            ):
+                raise TrainingError(
+                    f"{self.name}: the frozen weights this checkpoint was saved against differ from the ones the "
+                    "run rebuilt (the pretrained weights changed?); delete the checkpoint to redo the stage"
+                )
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        if unexpected or set(missing) != set(frozen["names"]):
+            raise TrainingError(f"{self.name}: the checkpoint's model does not match the stage's: {missing[:3]}")
+        self._trained = set(state.get("trained", [n for n, _ in self.model.named_parameters()]))
 
     def _generator_state(self, batch: int) -> dict:
         """The augmentation generator for a checkpoint at the start of batch ``batch``: its state where the
@@ -269,7 +319,7 @@ class Stage:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where ``state`` stopped; the strategy re-derives the freeze state from the epoch."""
-        self.model.load_state_dict(state["model"])
+        self._load_model_state(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -307,7 +357,7 @@ class Stage:
             epoch += 1
         selected = len(self.history)
         if self.best is not None:
-            self.model.load_state_dict(self.best["state"])
+            self.model.load_state_dict({**self.model.state_dict(), **self.best["state"]})  # resumed: frozen left out
             selected = self.best["epoch"]
         last = self.history[-1] if self.history else {}
         chosen = next((h for h in self.history if h["epoch"] == selected), {})
@@ -339,6 +389,7 @@ class Stage:
     def _epoch(self, epoch: int) -> None:
         t0 = time.perf_counter()
         start_epoch(self.strategy, epoch, self.ctx)
+        self._trained.update(n for n, p in self.model.named_parameters() if p.requires_grad)
         self._wrap()
         self.train.set_epoch(epoch)
         first, sums = self.epoch_start(epoch)
@@ -399,7 +450,7 @@ class Stage:
         once, when the backbone is frozen)."""
         why = self._uncached_reason()
         if why is not None:
-            self._features = None
+            self._features = self._val_features = None
             if why and not self._said_uncached:
                 self._said_uncached = True
                 self.say(f"{self.name}: the backbone is frozen, but its features are computed every epoch: {why}")
@@ -418,6 +469,21 @@ class Stage:
                 features.append(self.model.backbone(self.train_transform(x)))
                 labels.append(y)
         return torch.cat(features), torch.cat(labels)
+
+    def _validate(self) -> dict:
+        """The validation split's loss and accuracy: while the epoch trained on cached features, the head alone on
+        the validation split's cached features (the frozen backbone's output does not change); else the model."""
+        assert self.val is not None  # asked only when there is a validation split
+        if self._features is None:
+            return evaluate(self.model, self.val, self.eval_transform, self.perf)
+        if self._val_features is None:
+            was_training = self.model.training
+            self.model.eval()
+            with torch.inference_mode(), self.perf.autocast():
+                self._val_features = [(self.model.backbone(self.eval_transform(x)), y) for x, y in self.val]
+            self.model.train(was_training)
+        head = cast(TransferModel, self.model.head)  # evaluate needs only a module from inputs to logits
+        return evaluate(head, cast(Batches, self._val_features), cast(BatchTransform, _unchanged), self.perf)
 
     def _cached_batches(self, first: int, cached: tuple[torch.Tensor, torch.Tensor]):
         """``(k, features, labels)`` for batch ``k`` from ``first`` on, in the order the images would come."""
@@ -529,7 +595,7 @@ class Stage:
         # each rank updated batch-norm statistics on its own slice: evaluate and keep rank 0's everywhere
         distributed.broadcast_buffers_(model)
         if self.val is not None and len(self.val.data):
-            ev = evaluate(model, self.val, self.eval_transform, self.perf)
+            ev = self._validate()
             record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
             rank_key = (ev["accuracy"], -ev["loss"])
             if self.select == "best" and (self.best is None or rank_key > tuple(self.best["key"])):

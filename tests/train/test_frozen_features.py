@@ -56,7 +56,8 @@ def test_linear_probe_trains_on_features_computed_once_as_it_would_on_recomputed
     assert every_count.passes == every_count.steps == cached_count.steps
     assert cached["finetune"]["test_accuracy"] == every["finetune"]["test_accuracy"]
     ours, theirs = tiny.read_metrics(tmp_path / "cached"), tiny.read_metrics(tmp_path / "every")
-    losses = [(a["train_loss"], b["train_loss"]) for a, b in zip(ours, theirs) if a.get("stage") == "finetune"]
+    losses = [(a[key], b[key]) for a, b in zip(ours, theirs) if a.get("stage") == "finetune"
+              for key in ("train_loss", "val_loss", "val_accuracy")]  # validation on cached features too
     assert losses and all(math.isclose(a, b, rel_tol=1e-5) for a, b in losses), losses
     assert _head(tmp_path / "cached")
     for name, tensor in _head(tmp_path / "cached").items():
@@ -104,3 +105,24 @@ def test_what_keeps_the_features_from_being_cached():
         drop_prob = 0.1
 
     assert training._random_in_training(DropPath()) and not training._random_in_training(nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_a_frozen_stage_checkpoints_what_it_trained_and_resume_checks_the_rest(tmp_path):
+    """A progress checkpoint leaves out the parameters no epoch of the stage has trained (they equal the stage's
+    start, which a resume rebuilds) and carries their digest: a resume whose rebuilt start differs is one line."""
+    from sftcore.errors import Interrupted, SftError
+    from test_loop_plugins import StopThenInterrupt
+
+    with pytest.raises(Interrupted):
+        sftcore.run(tiny_config(epochs=4, head="linear_probe", augment=[], select="best"), out=tmp_path / "cut",
+                    callbacks=[StopThenInterrupt(kill=True)])
+    progress = tmp_path / "cut" / "checkpoints" / "finetune-last.pt"
+    state = torch.load(progress, weights_only=True)
+    assert state["model"] and all(k.startswith("head.") for k in state["model"])  # the backbone is left out
+    assert state["frozen"]["names"] and all(n.startswith("backbone.") for n in state["frozen"]["names"])
+    assert len(state["frozen"]["digest"]) == 64 and all(k.startswith("head.") for k in state["best"]["state"])
+    state["frozen"]["digest"] = "0" * 64  # as if the frozen weights the run rebuilds had changed since
+    torch.save(state, progress)
+    with pytest.raises(SftError, match="frozen weights this checkpoint was saved against differ"):
+        sftcore.run(resume=tmp_path / "cut")
