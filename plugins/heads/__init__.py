@@ -9,6 +9,8 @@ _STRATEGIES = {
     "gradual_unfreeze": "Unfreeze backbone blocks from the top, one more every `every` epochs",
     "match_classes": "Copy source head rows for target classes with matching names; new rows for the rest",
     "imprint": "Head rows from the normalised mean feature of each class (Qi et al., CVPR 2018), then train",
+    "ncm": "Nearest class mean (cosine) of the frozen backbone's features; epochs: 0 uses it as it is",
+    "logistic": "L-BFGS logistic regression on the frozen features, L2 chosen on the validation split (CLIP)",
 }
 _CLASSES = {
     "reinit": "Reinit",
@@ -17,10 +19,13 @@ _CLASSES = {
     "gradual_unfreeze": "GradualUnfreeze",
     "match_classes": "MatchClasses",
     "imprint": "Imprint",
+    "ncm": "fast:NCM",
+    "logistic": "fast:Logistic",
 }
 
 
 @hookimpl
 def register_heads(register):
     for name, description in _STRATEGIES.items():
-        register(name, f"sftcore_plugins.heads.strategies:{_CLASSES[name]}", description)
+        where = _CLASSES[name] if ":" in _CLASSES[name] else f"strategies:{_CLASSES[name]}"
+        register(name, f"sftcore_plugins.heads.{where}", description)

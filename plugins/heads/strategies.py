@@ -31,6 +31,8 @@ class LinearProbe(HeadStrategy):
         unfreeze(ctx.model.head)
 
 
+PROBE_HEADS = ("linear", "ncm", "logistic")  # lp_ft's probe: trained from scratch, or computed (heads/fast.py)
+
 # under epochs: auto the stage's length is unknown (ctx.epochs is its cap): probe for a fixed number of epochs
 AUTO_PROBE_EPOCHS = 10
 
@@ -39,12 +41,31 @@ class LPFT(HeadStrategy):
     """Linear probe for ``probe_epochs`` (default: half the stage; 10 under ``epochs: auto``), then finetune
     everything."""
 
-    def __init__(self, probe_epochs: int | None = None):
+    def __init__(self, probe_epochs: int | None = None, probe_head: str = "linear"):
         if probe_epochs is not None and (not _is_int(probe_epochs) or probe_epochs < 0):
             raise ConfigError(
                 f"config: head lp_ft: probe_epochs must be a non-negative integer, got {show(probe_epochs)}"
             )
-        self.probe_epochs = probe_epochs
+        if probe_head not in PROBE_HEADS:
+            raise ConfigError(
+                f"config: head lp_ft: probe_head must be one of {', '.join(PROBE_HEADS)}, got {show(probe_head)}"
+            )
+        self.probe_epochs, self.probe_head = probe_epochs, probe_head
+
+    @property
+    def usable_untrained(self) -> bool:  # type: ignore[override]
+        """A computed probe head is usable as it is (``epochs: 0``)."""
+        return self.probe_head != "linear"
+
+    def build_head(self, ctx: TrainContext) -> nn.Module:
+        """The probe's head: a new linear layer, or one computed from the features (``ncm``, ``logistic``)."""
+        from .fast import logistic_head, ncm_head
+
+        if self.probe_head == "ncm":
+            return ncm_head(ctx, 10.0)
+        if self.probe_head == "logistic":
+            return logistic_head(ctx, None, 200)[0]
+        return super().build_head(ctx)
 
     def on_epoch_start(self, epoch: int, ctx: TrainContext) -> None:
         default = AUTO_PROBE_EPOCHS if getattr(ctx, "epochs_auto", False) else ctx.epochs // 2

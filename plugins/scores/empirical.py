@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from sftcore.api import MAX_SEED, Score, check_option
+from sftcore.api import MAX_SEED, Score, check_option, fit_logistic
 
 from ._inputs import prepare
 
@@ -62,19 +62,8 @@ class LogisticAccuracy(Score):
         """Fit on (f, y), predict f_test's classes."""
         mean, std = f.mean(0), f.std(0, correction=0).clamp_min(1e-12)
         f, f_test = (f - mean) / std, (f_test - mean) / std
-        weight = torch.zeros(f.shape[1], classes, dtype=f.dtype, requires_grad=True)
-        bias = torch.zeros(classes, dtype=f.dtype, requires_grad=True)
-        optim = torch.optim.LBFGS([weight, bias], max_iter=self.max_iter, line_search_fn="strong_wolfe")
-
-        def closure():
-            optim.zero_grad()
-            loss = torch.nn.functional.cross_entropy(f @ weight + bias, y) + 0.5 * self.l2 * weight.pow(2).sum()
-            loss.backward()
-            return loss
-
-        optim.step(closure)
-        with torch.no_grad():
-            return (f_test @ weight + bias).argmax(1)
+        weight, bias = fit_logistic(f, y, classes, self.l2, self.max_iter)
+        return (f_test @ weight.T + bias).argmax(1)
 
 
 def stratified_folds(y: torch.Tensor, folds: int, seed: int) -> torch.Tensor:

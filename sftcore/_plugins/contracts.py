@@ -231,6 +231,7 @@ class TrainContext:
         source_classes: list[str] | None = None,
         source_head: nn.Module | None = None,
         epochs_auto: bool = False,
+        val_batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None,
     ):
         self.stage = stage
         self.epochs_auto = epochs_auto  # epochs: auto: the stage may stop before ``epochs`` (its cap)
@@ -245,6 +246,7 @@ class TrainContext:
         self.model: TransferModel = None  # type: ignore[assignment]
         self._extract_features = extract_features
         self._train_batches = train_batches
+        self._val_batches = val_batches
         self._start_state: dict | None = None
         self._start_params: dict | None = None
         self._start_model: TransferModel | None = None
@@ -258,13 +260,22 @@ class TrainContext:
         evaluation transforms, no gradient."""
         if self._extract_features is not None:
             return self._extract_features()
+        return self._features_of(self._train_batches)
+
+    def extract_val_features(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Features ``[N, D]`` and labels ``[N]`` of the stage's validation split (current backbone, evaluation
+        transforms, no gradient), or None when it has none: what a head strategy may choose its own
+        hyperparameters on (the ``logistic`` head's L2 strength)."""
+        return None if self._val_batches is None else self._features_of(self._val_batches)
+
+    def _features_of(self, batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]):
         import torch
 
         features = self.backbone.features
         was = features.training
         features.eval()
         with torch.inference_mode():
-            pairs = [(features(x).float(), y) for x, y in self._train_batches()]
+            pairs = [(features(x).float(), y) for x, y in batches()]
         features.train(was)
         return torch.cat([f for f, _ in pairs]), torch.cat([y for _, y in pairs])
 
@@ -353,6 +364,30 @@ class Regularizer:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def fit_logistic(features: torch.Tensor, labels: torch.Tensor, classes: int, l2: float, max_iter: int = 100):
+    """A multinomial logistic regression fitted by L-BFGS (strong Wolfe line search) from zero weights: the mean
+    cross-entropy of ``features @ W.T + b`` for ``labels`` in [0, classes), plus ``l2``/2 * ||W||^2 (the bias is
+    not penalised), in the features' dtype and on their device, even when called under no_grad or inference
+    mode. Returns ``(W [classes, D], b [classes])``, an ``nn.Linear``'s layout. The ``logistic`` head and the
+    ``logistic_accuracy`` score share it."""
+    import torch
+
+    with torch.inference_mode(False), torch.enable_grad():
+        f, y = features.detach().clone(), labels.detach().clone()  # tensors made in inference mode cannot train
+        weight = torch.zeros(f.shape[1], classes, dtype=f.dtype, device=f.device, requires_grad=True)
+        bias = torch.zeros(classes, dtype=f.dtype, device=f.device, requires_grad=True)
+        optim = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure():
+            optim.zero_grad()
+            loss = torch.nn.functional.cross_entropy(f @ weight + bias, y) + 0.5 * l2 * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optim.step(closure)
+    return weight.detach().T.contiguous(), bias.detach()
 
 
 class HeadStrategy:

@@ -143,6 +143,17 @@ class Pipeline:
 
         return batches
 
+    def _val_batches(self, data: StageData, batch_size: int, transform: BatchTransform):
+        """``ctx.extract_val_features``' batches: the validation split once, un-augmented; None without one."""
+        if data.val is None or not len(data.val):
+            return None
+
+        def batches():
+            for x, y in Batches(data.val, batch_size, self.perf.device, shuffle=False):
+                yield transform(x), y
+
+        return batches
+
     def _model(self, backbone: Backbone, head: torch.nn.Module) -> TransferModel:
         model = TransferModel(backbone, head).to(self.perf.device)
         if self.perf.channels_last:
@@ -392,6 +403,7 @@ class Pipeline:
             source_classes=source_classes,
             source_head=source_head,
             train_batches=self._train_batches(on_device, scfg.eval_batch_size, eval_tf, stage_seed),
+            val_batches=self._val_batches(data, scfg.eval_batch_size, eval_tf),
         )
         return ctx, on_device
 
