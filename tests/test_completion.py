@@ -81,5 +81,5 @@ def test_bash_really_completes_with_the_generated_script(tmp_path):
     probe = f'source {script}; COMP_WORDS=(sft list heads ""); COMP_CWORD=3; _sft_completion sft; ' \
             'echo "${COMPREPLY[*]}"'
     out = subprocess.run(["bash", "-c", probe], env=env, capture_output=True, text=True, timeout=60)
-    assert out.stdout.split() == ["gradual_unfreeze", "imprint", "linear_probe", "lp_ft", "match_classes",
-                                  "reinit"], out.stderr
+    assert out.stdout.split() == ["gradual_unfreeze", "imprint", "linear_probe", "logistic", "lp_ft",
+                                  "match_classes", "ncm", "reinit"], out.stderr

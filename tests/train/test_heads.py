@@ -21,7 +21,7 @@ from sftcore._train.loop import MetricsLog, Performance, Stage, StageParts, _fre
 
 CPU = torch.device("cpu")
 LENET_BLOCKS = ["stage1", "stage2", "fc1", "fc2"]
-BUILTIN_HEADS = ["gradual_unfreeze", "imprint", "linear_probe", "lp_ft", "match_classes", "reinit"]
+BUILTIN_HEADS = ["gradual_unfreeze", "imprint", "linear_probe", "logistic", "lp_ft", "match_classes", "ncm", "reinit"]
 
 
 # --------------------------------------------------------------------------- helpers

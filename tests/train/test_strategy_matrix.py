@@ -65,7 +65,7 @@ def head_cfg(name: str) -> dict:
 
 def expected_trainable(head: str, epoch: int, total: int) -> int | None:
     """Trainable parameters in (1-based) ``epoch`` for lenet with a 5-class head, where known exactly."""
-    if head == "linear_probe" or (head == "lp_ft" and epoch <= 2 // 2):
+    if head in ("linear_probe", "ncm", "logistic") or (head == "lp_ft" and epoch <= 2 // 2):
         return HEAD_PARAMS
     if head == "gradual_unfreeze":
         return {1: HEAD_PARAMS, 2: HEAD_PARAMS + FC2_PARAMS}[epoch]
@@ -112,7 +112,7 @@ def test_head_strategy_with_regularizers(tmp_path, pretrained, head, regs):
     assert state["classes"] == ["star", "crescent", "arrow", "ell", "ellipse"]
     assert state["model"]["head.weight"].shape == (5, 84)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
-    if head == "linear_probe":
+    if head in ("linear_probe", "ncm", "logistic"):
         pre = torch.load(pretrained, weights_only=True)["model"]
         for k, v in state["model"].items():
             if k.startswith("backbone."):
@@ -120,7 +120,8 @@ def test_head_strategy_with_regularizers(tmp_path, pretrained, head, regs):
 
 
 def test_the_matrix_covers_every_builtin():
-    assert set(HEADS) == {"reinit", "linear_probe", "lp_ft", "gradual_unfreeze", "match_classes", "imprint"}
+    assert set(HEADS) == {"reinit", "linear_probe", "lp_ft", "gradual_unfreeze", "match_classes", "imprint", "ncm",
+                          "logistic"}
     assert set(REGULARIZERS) == {"l2", "l2_sp"}
 
 
