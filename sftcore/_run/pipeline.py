@@ -18,7 +18,7 @@ from sftcore._config.schema import RunConfig, StageConfig
 from sftcore._data.batches import Batches, BatchTransform
 from sftcore._data.stage import StageData, load_splits, subset_stage_data
 from sftcore._plugins import components
-from sftcore._plugins.contracts import Augment, Backbone, ImageSet, RunInfo, StageInfo, TrainContext
+from sftcore._plugins.contracts import Augment, Backbone, ImageSet, RunInfo, StageInfo, TrainContext, pin_frozen
 from sftcore._plugins.manager import get_registry
 from sftcore._rundir import checkpoints
 from sftcore._rundir import layout as rundir
@@ -268,6 +268,8 @@ class Pipeline:
             **data.sizes(),
             head=scfg.head.name,
             regularizers=[r.name for r in scfg.regularizers],
+            adapter=None if scfg.adapter is None else scfg.adapter.name,
+            **model.parameter_counts(),
         )
         self._test(tag, model, data, scfg, eval_tf, result)
         result["seconds"] = round(time.perf_counter() - t0, 3)
@@ -299,6 +301,7 @@ class Pipeline:
         perf, stage_seed = self.perf, seed + STAGE_SEED_OFFSET.get(name, 3)
         on_device = data.train.to(perf.device) if isinstance(data.train, ImageSet) else data.train  # once
         train = Batches(on_device, scfg.batch_size, perf.device, shuffle=True, seed=stage_seed, sharded=True)
+        self._adapt(name, scfg, backbone, stage_seed)
         backbone.features.to(perf.device)
         ctx = TrainContext(
             stage=name,
@@ -316,6 +319,22 @@ class Pipeline:
         torch.manual_seed(stage_seed)
         model = self._model(backbone, strategy.build_head(ctx))
         return ctx, strategy, model, train
+
+    def _adapt(self, name: str, scfg: StageConfig, backbone: Backbone, seed: int) -> None:
+        """The stage's adapter applied to its backbone (its own copy), before the head strategy and the parameter
+        groups see it; what the adapter left frozen is pinned, so no head strategy's unfreeze trains it."""
+        if scfg.adapter is None:
+            return
+        adapter = components.build(self.registry, "adapters", scfg.adapter.entry(), f"{name}.adapter")
+        with torch.random.fork_rng(devices=[]):  # its new weights (LoRA's A) from the stage's seed, not the run's
+            torch.manual_seed(seed)
+            adapter.apply(backbone)
+        if not any(p.requires_grad for p in backbone.features.parameters()):
+            raise ConfigError(
+                f"config: {name}.adapter '{scfg.adapter.name}' left no backbone parameter trainable; "
+                f"use head: linear_probe to train the head alone"
+            )
+        pin_frozen(backbone.features)
 
     def _val(self, data: StageData, scfg: StageConfig) -> Batches | None:
         if data.val is None:
