@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from sftcore.api import Adapter, Backbone, check_option
-from sftcore.errors import ConfigError, show
+from sftcore.errors import ConfigError, OptionError, show
 
 # the layer types peft's LoRA wraps, of those a vision backbone has
 _WRAPPABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -26,14 +26,15 @@ def _target(value) -> re.Pattern | None:
         return None
     parts = value if isinstance(value, list) else [value]
     if not parts or not all(isinstance(p, str) and p for p in parts):
-        raise ConfigError(
-            f"config: adapter lora: target must be a regular expression over layer names, e.g. 'qkv|fc1|fc2', "
-            f"a list of them, or null (every Linear layer); got {show(value)}"
+        raise OptionError(
+            "target",
+            "must be a regular expression over layer names, e.g. 'qkv|fc1|fc2', a list of them, or null "
+            f"(every Linear layer); got {show(value)}",
         )
     try:
         return re.compile("|".join(f"(?:{p})" for p in parts))
     except re.error as exc:
-        raise ConfigError(f"config: adapter lora: target {show(value)} is not a regular expression ({exc})") from None
+        raise OptionError("target", f"must be a regular expression, got {show(value)} ({exc})") from None
 
 
 def targets(features: nn.Module, pattern: re.Pattern | None) -> list[str]:
@@ -73,7 +74,7 @@ class LoRA(Adapter):
         self.pattern = _target(target)
         self.target = target
         if importlib.util.find_spec("peft") is None:
-            raise ConfigError("adapter lora needs peft, an optional extra: pip install 'sftcore[peft]'")
+            raise ConfigError("lora needs peft, an optional extra: pip install 'sftcore[peft]'")
 
     def apply(self, backbone: Backbone) -> None:
         import peft
@@ -82,9 +83,7 @@ class LoRA(Adapter):
         names = targets(features, self.pattern)
         if not names:
             what = "no Linear layer" if self.pattern is None else f"no Linear or Conv layer named {show(self.target)}"
-            raise ConfigError(
-                f"config: adapter lora: the backbone has {what}; its Linear and Conv layers: {_candidates(features)}"
-            )
+            raise ConfigError(f"lora: the backbone has {what}; its Linear and Conv layers: {_candidates(features)}")
         config = peft.LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=names)
         peft.inject_adapter_in_model(config, features)
         for n, p in features.named_parameters():  # peft leaves the LoRA factors trainable and freezes the rest

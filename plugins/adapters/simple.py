@@ -23,7 +23,7 @@ class BitFit(Adapter):
         freeze(backbone.features)
         biases = [p for n, p in backbone.features.named_parameters() if n.rpartition(".")[2] == "bias"]
         if not biases:
-            raise ConfigError("config: adapter bitfit: the backbone has no bias parameters to train")
+            raise ConfigError("bitfit: the backbone has no bias parameters to train")
         for p in biases:
             p.requires_grad_(True)
 
@@ -36,8 +36,7 @@ class NormOnly(Adapter):
         params = [p for m in backbone.features.modules() if is_norm(m) for p in m.parameters(recurse=False)]
         if not params:
             raise ConfigError(
-                "config: adapter norm_only: the backbone has no normalisation layer with affine parameters; "
-                "try bitfit or lora"
+                "norm_only: the backbone has no normalisation layer with affine parameters; try bitfit or lora"
             )
         for p in params:
             p.requires_grad_(True)

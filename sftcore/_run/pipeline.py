@@ -328,7 +328,8 @@ class Pipeline:
         adapter = components.build(self.registry, "adapters", scfg.adapter.entry(), f"{name}.adapter")
         with torch.random.fork_rng(devices=[]):  # its new weights (LoRA's A) from the stage's seed, not the run's
             torch.manual_seed(seed)
-            adapter.apply(backbone)
+            with components.located(f"{name}.adapter"):
+                adapter.apply(backbone)
         if not any(p.requires_grad for p in backbone.features.parameters()):
             raise ConfigError(
                 f"config: {name}.adapter '{scfg.adapter.name}' left no backbone parameter trainable; "

@@ -101,7 +101,7 @@ def test_a_lora_target_matching_nothing_is_one_line_naming_candidates(vit):
 
 
 def test_lora_on_a_backbone_without_linear_layers_is_one_line():
-    with pytest.raises(ConfigError, match="no Linear layer; its Linear and Conv layers: stage1.0, stage2.0"):
+    with pytest.raises(ConfigError, match="^lora: the backbone has no Linear layer; its Linear and Conv layers: stage1.0, stage2.0$"):
         adapted("lora")
 
 
