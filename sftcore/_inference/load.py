@@ -9,7 +9,7 @@ matter.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,12 +127,34 @@ def _build_backbone(path: Path, entry: Any, seed: Any, plugin: dict):
     return components.build_backbone(checked, registry, cfgmod._int(seed, "seed", 0, cfgmod.MAX_SEED), random_init=True)
 
 
+def _adapter(path: Path, state: dict, backbone):
+    """A stage trained under an adapter (its config's ``adapter:``): the adapter, applied to the rebuilt backbone as
+    in the run so that the file's keys fit (LoRA's factors); None without one."""
+    entry = (state.get("config") or {}).get("adapter")
+    if not entry:
+        return None
+    from sftcore._plugins import components
+    from sftcore._plugins.manager import get_registry
+
+    registry = get_registry()
+    if entry.get("name") not in registry.components["adapters"]:
+        raise ConfigError(
+            f"'{path}' was trained with adapter {show(entry.get('name'))}, and no installed plugin provides it: "
+            "install the plugin the run was trained with"
+        )
+    adapter = components.build(registry, "adapters", entry, "adapter")
+    with components.located("adapter"):
+        adapter.apply(backbone)
+    return adapter
+
+
 class Model:
     """A trained stage's model, ready to use outside sftcore's runs (what :func:`sftcore.load` returns).
 
     Attributes:
       ``module``: the ``torch.nn.Module`` (backbone + linear head) in eval mode on ``device``: normalised
-        float images ``[N, *input_shape]`` in, logits ``[N, len(classes)]`` out.
+        float images ``[N, *input_shape]`` in, logits ``[N, len(classes)]`` out. A stage trained under an
+        adapter is rebuilt with it, then merged (``Adapter.merge``: LoRA folded into the weights).
       ``classes``: the class names, in the order of the logits.
       ``input_shape``: ``(C, H, W)`` the module takes; ``image_shape``: ``(C, H, W)`` of the dataset's
         images (new images are brought to it first, as the run's test images were).
@@ -157,6 +179,7 @@ class Model:
         # tta: flip in the stage config: the run scored the mean of each image and its mirror, and so does this
         self.tta = str((state.get("config") or {}).get("tta", "none"))
         backbone = _build_backbone(self.path, *_backbone_entry(self.path, state))  # random: the file's weights follow
+        adapter = _adapter(self.path, state, backbone)
         self.classes = [str(c) for c in state["classes"]]
         self.module = TransferModel(backbone, nn.Linear(backbone.num_features, len(self.classes)))
         checkpoints.load_model(
@@ -166,6 +189,9 @@ class Model:
             "the file does not fit the model its backbone entry "
             "builds (sftcore rebuilds linear heads); was config.yaml edited after the run?",
         )
+        if adapter is not None:  # one plain module (LoRA folded into the weights): what predict and export use
+            merged = replace(backbone, features=adapter.merge(backbone.features))
+            self.module = TransferModel(merged, self.module.head)
         self.image_shape, self.input_shape = _shapes(self.path, state, backbone)
         self.mean, self.std = [float(m) for m in state["mean"]], [float(s) for s in state["std"]]
         self.module.eval()
