@@ -161,3 +161,24 @@ def test_a_lora_target_matching_nothing_stops_the_run_before_training_with_one_l
         "Conv layers: stage1.0, stage2.0, fc1.0, fc2.0"
     )
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+# --------------------------------------------------------------------------- sweeps
+@pytest.mark.slow
+def test_a_sweep_grids_over_adapters(tmp_path, monkeypatch):
+    import tiny
+
+    monkeypatch.chdir(tmp_path)
+    tiny.write_yaml(tmp_path / "base.yaml", tiny_config())
+    tiny.write_yaml(tmp_path / "s.yaml", {"name": "s", "base": "base.yaml", "grid": {
+        "finetune.adapter": [None, {"name": "lora", "r": 2}, {"name": "bitfit"}]}})
+    result = tiny.invoke("sweep", "s.yaml", "--out", "sw")
+    assert result.exit_code == 0, result.output
+    cells = json.loads((tmp_path / "sw" / "sweep.json").read_text())["cells"]
+    assert [c["name"] for c in cells] == ["000-adapter=null", "001-adapter=lora_r2", "002-adapter=bitfit"]
+    counts = {}
+    for cell in cells:
+        result = json.loads((tmp_path / "sw" / cell["run_dir"] / "summary.json").read_text())["finetune"]
+        counts[result["adapter"]] = (result["trainable_params"], result["total_params"])
+    assert counts[None][0] == counts[None][1] == counts["bitfit"][1]
+    assert counts["bitfit"][0] < counts[None][0] and counts["lora"][0] < counts["lora"][1]
