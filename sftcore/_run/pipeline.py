@@ -172,8 +172,9 @@ class Pipeline:
 
     def model_file(self, name, tag, seed, model, data, train_tf, scfg, result) -> dict:
         """A stage's model file (checkpoints.save_model_file's fields): weights, classes and the preprocessing
-        `sft predict` repeats on new images."""
-        return dict(
+        `sft predict` repeats on new images. Under an adapter, compact: without the frozen base, whose hash it
+        records with where the base comes from (``_base_start``), for sftcore.load to rebuild it."""
+        parts = dict(
             stage=name,
             tag=tag,
             seed=seed,
@@ -190,6 +191,18 @@ class Pipeline:
             run_seed=self.seed,
             backbone_plugin=self._backbone_plugin(),
         )
+        if scfg.adapter is not None:
+            parts[checkpoints.FROZEN_BASE] = {"start": self._base_start(name, tag, seed)}
+        return checkpoints.compact(parts, model)
+
+    def _base_start(self, name: str, tag: str, seed: int) -> dict:
+        """Where a stage's backbone started, so that sftcore.load can rebuild a compact file's frozen base: the
+        pretrain stage's model file (its tag), or the backbone as built (with weights, or a random init) and seed."""
+        if name == "baseline":
+            return {"random_init": True, "seed": seed}
+        if self.config.pretrain is not None:
+            return {"pretrain": "pretrain" + (tag[len(name) :] if self.config.pretrain_per_seed else "")}
+        return {"random_init": False, "seed": self.seed}
 
     def build_stage(
         self,
@@ -272,6 +285,7 @@ class Pipeline:
             **model.parameter_counts(),
         )
         self._test(tag, model, data, scfg, eval_tf, result)
+        result["checkpoint_bytes"] = checkpoints.model_bytes(model)
         result["seconds"] = round(time.perf_counter() - t0, 3)
         if final is not None and distributed.is_main():
             checkpoints.save_model_file(final, **self.model_file(name, tag, seed, model, data, train_tf, scfg, result))

@@ -277,7 +277,7 @@ class Stage:
         rng = distributed.all_gather_objects(rng_state())
         every = distributed.all_gather_objects({k: v.detach().cpu() for k, v in sums.items()}) if sums else None
         if self.checkpoint is not None and distributed.is_main():
-            checkpoints.save_progress(self.state_dict(epoch, batch, every, rng), self.checkpoint)
+            checkpoints.save_progress(self.state_dict(epoch, batch, every, rng), self.checkpoint, self.model)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
