@@ -84,8 +84,19 @@ class LoRA(Adapter):
         if not names:
             what = "no Linear layer" if self.pattern is None else f"no Linear or Conv layer named {show(self.target)}"
             raise ConfigError(f"lora: the backbone has {what}; its Linear and Conv layers: {_candidates(features)}")
+        grouped = [n for n in names if getattr(features.get_submodule(n), "groups", 1) > 1]
+        if grouped:  # peft trains them but cannot fold them into the weights: sftcore.load and export would fail
+            raise ConfigError(
+                f"lora: peft cannot merge LoRA into grouped convolutions ({', '.join(grouped[:3])}); leave them out "
+                "of target"
+            )
         config = peft.LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=names)
-        peft.inject_adapter_in_model(config, features)
+        try:
+            peft.inject_adapter_in_model(config, features)
+        except (ValueError, TypeError, NotImplementedError) as exc:  # a layer type or option peft refuses
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            layers = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise ConfigError(f"lora: peft cannot wrap this backbone's layers ({layers}): {reason}") from None
         for n, p in features.named_parameters():  # peft leaves the LoRA factors trainable and freezes the rest
             p.requires_grad_(".lora_" in f".{n}")
 

@@ -189,3 +189,18 @@ def test_lora_starts_from_the_backbone_s_own_function(vit):
     backbone.features.eval(), vit.features.eval()
     with torch.no_grad():
         torch.testing.assert_close(backbone.features(images), vit.features(images), rtol=0, atol=0)
+
+
+def test_layers_peft_cannot_wrap_or_merge_are_one_line():
+    from torch import nn
+
+    from sftcore.api import Backbone
+
+    def grouped():
+        features = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Flatten(), nn.Linear(144, 8))
+        return Backbone(features=features, num_features=8, input_size=(4, 8, 8))
+
+    with pytest.raises(ConfigError, match=r"^lora: peft cannot merge LoRA into grouped convolutions \(0\)"):
+        adapted("lora", grouped(), r=4, target="0")
+    backbone, _ = adapted("lora", grouped(), r=4, target="2")  # the Linear layer alone is fine
+    assert trainable(backbone.features) == {"2.lora_A.default.weight", "2.lora_B.default.weight"}
