@@ -100,7 +100,8 @@ def frozen_base(model) -> tuple[list[str], str]:
 
 def compact(state: dict, model) -> dict:
     """``state`` (a progress file, or a model file's parts) without the pinned tensors of ``model`` in its
-    ``model`` and ``start_state``, plus ``frozen_base``: their hash and count. Unchanged without an adapter."""
+    ``model``, ``start_state`` and ``best`` copy, plus ``frozen_base``: their hash and count. Unchanged without
+    an adapter."""
     keys, digest = frozen_base(model)
     if not keys:
         return state
@@ -108,6 +109,8 @@ def compact(state: dict, model) -> dict:
     out = {**state, "model": {k: v for k, v in state["model"].items() if k not in drop}}
     if out.get("start_state") is not None:
         out["start_state"] = {k: v for k, v in out["start_state"].items() if k not in drop}
+    if isinstance(out.get("best"), dict) and isinstance(out["best"].get("state"), dict):  # select: best's copy
+        out["best"] = {**out["best"], "state": {k: v for k, v in out["best"]["state"].items() if k not in drop}}
     out[FROZEN_BASE] = {"sha256": digest, "tensors": len(keys), **state.get(FROZEN_BASE, {})}
     return out
 
@@ -135,6 +138,8 @@ def _filled(model, state: dict, path: Path, fix: str) -> dict:
     out = {**state, "model": {**{k: own[k] for k in keys}, **state["model"]}}
     if out.get("start_state") is not None:
         out["start_state"] = {**{k: own[k].detach().clone() for k in keys}, **out["start_state"]}
+    if isinstance(out.get("best"), dict) and isinstance(out["best"].get("state"), dict):
+        out["best"] = {**out["best"], "state": {**{k: own[k].detach().clone() for k in keys}, **out["best"]["state"]}}
     return out
 
 

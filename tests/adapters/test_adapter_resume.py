@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+import torch
 
 import sftcore
 import tiny
@@ -21,7 +22,8 @@ CFG = {
     "name": "resume-lora", "seed": 0, "seeds": 1, "backbone": {"name": "lenet", "img_size": 24}, "device": "cpu",
     "finetune": {"dataset": tiny.shapes("target", train_per_class=30, size=24), "epochs": 4, "batch_size": 8,
                  "head": {"name": "lp_ft", "probe_epochs": 1}, "regularizers": [{"name": "l2_sp", "params": "all"}],
-                 "adapter": {"name": "lora", "r": 2, "dropout": 0.2, "target": "fc1\\.0|fc2\\.0"}},
+                 "adapter": {"name": "lora", "r": 2, "dropout": 0.2, "target": "fc1\\.0|fc2\\.0"},
+                 "select": "best"},  # the progress file then also holds the best epoch's weights, compact
 }
 
 
@@ -33,6 +35,9 @@ def test_ctrl_c_mid_epoch_under_lora_resumes_exactly(tmp_path, monkeypatch, one_
         m.setattr(runner, "StopSignals", lambda **_: StopAfter(looks))
         with pytest.raises(Interrupted):
             sftcore.run(copy.deepcopy(CFG), out=tmp_path / "cut")
+    progress = torch.load(tmp_path / "cut" / "checkpoints" / "finetune-last.pt", weights_only=True)
+    for part in (progress["model"], progress["start_state"], (progress["best"] or {}).get("state", {})):
+        assert not any(k.endswith("base_layer.weight") or k == "backbone.stage1.0.weight" for k in part)
     resumed = sftcore.run(resume=tmp_path / "cut")
     assert resumed["finetune"]["test_accuracy"] == reference["finetune"]["test_accuracy"]
     assert resumed["finetune"]["trainable_params"] == reference["finetune"]["trainable_params"]
