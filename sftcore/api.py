@@ -13,6 +13,7 @@ from ._fileio.reader import open_image  # noqa: F401  (re-exported)
 from ._plugins.contracts import (  # noqa: F401  (re-exported)
     MAX_SEED,
     STAGES,
+    Adapter,
     Augment,
     Augmentation,
     AugmentBatch,
@@ -74,6 +75,7 @@ __all__ = [
     "Augmentation",
     "AugmentBatch",
     "Score",
+    "Adapter",
 ]
 
 

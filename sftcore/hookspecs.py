@@ -63,6 +63,11 @@ def register_augmentations(register):
 
 
 @hookspec
+def register_adapters(register):
+    """Register adapters: ``factory(**options) -> Adapter``."""
+
+
+@hookspec
 def register_scores(register):
     """Register scores: ``factory(**options) -> Score``."""
 

@@ -55,7 +55,7 @@ def test_commands_and_options_complete():
 @pytest.mark.slow
 def test_list_completes_kinds_then_names_of_that_kind():
     assert complete("sft list ") == ["datasets", "backbones", "regularizers", "heads", "param_groups", "optimizers",
-                                     "schedules", "callbacks", "augmentations", "scores"]
+                                     "schedules", "callbacks", "augmentations", "adapters", "scores"]
     assert complete("sft list he") == ["heads"]
     assert complete("sft list heads lp") == ["lp_ft"]
     assert complete("sft list backbone ") == ["lenet", "timm"]

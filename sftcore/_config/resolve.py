@@ -226,10 +226,24 @@ def _stage(value: Any, path: str, registry, base: dict | None = None) -> dict:
     ]
     if stage["param_groups"] is not None:
         stage["param_groups"] = _built(stage["param_groups"], "param_groups", f"{path}.param_groups", registry)[0]
+    stage["adapter"] = _adapter(stage["adapter"], path, registry)
     _plain_keys(stage, StageConfig, path, first="backbone_lr_mult", last="tta")
     stage["augment"] = _augment(stage["augment"], path, registry)
     _plain_keys(stage, StageConfig, path, first="augment_chunk")
     return stage
+
+
+def _adapter(value: Any, path: str, registry) -> dict | None:
+    """The stage's adapter, built now (a bad option fails before anything trains). Pretraining trains the
+    whole backbone that later stages start from: an adapter there would change what they transfer."""
+    if value is None:
+        return None
+    if path == "pretrain":
+        raise ConfigError(
+            "config: pretrain.adapter must be null: adapters apply to finetune (and baseline), "
+            "pretraining trains the whole backbone"
+        )
+    return _built(value, "adapters", f"{path}.adapter", registry)[0]
 
 
 def _augment(value: Any, path: str, registry) -> list[dict] | None:
@@ -276,6 +290,7 @@ def _baseline(value: Any, finetune: dict | None, registry) -> dict | None:
         "regularizers": [],
         "backbone_lr_mult": 1.0,
         "param_groups": None,
+        "adapter": None,
         "epochs": "auto",
     }
     options = {k: v for k, v in value.items() if k != "name"}

@@ -268,6 +268,13 @@ class StageConfig:
         "layer_decay; null: the head strategy's groups (backbone at lr * backbone_lr_mult, head at lr)",
         allowed="a param_groups name, or {name: ..., its options}, or null",
     )
+    adapter: Component | None = key(
+        None,
+        "component or null",
+        "parameter-efficient finetuning (sft list adapters), e.g. lora or bitfit: applied to the backbone before "
+        "the head strategy and param_groups, it decides which backbone parameters can train at all; null: all",
+        allowed="an adapter name, or {name: ..., its options}, or null; finetune and baseline only",
+    )
     backbone_lr_mult: float = key(
         1.0,
         "number",
@@ -317,6 +324,7 @@ class StageConfig:
         for name in ("optimizer", "schedule", "head"):
             values[name] = Component.of(given[name])
         values["param_groups"] = None if given["param_groups"] is None else Component.of(given["param_groups"])
+        values["adapter"] = None if given["adapter"] is None else Component.of(given["adapter"])
         values["regularizers"] = _components(given["regularizers"]) or []
         values["augment"] = _components(given["augment"])
         return cls(**values, raw=stage)

@@ -9,7 +9,7 @@ matter.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +101,32 @@ def _backbone_entry(path: Path, state: dict) -> tuple[dict, int, dict]:
     return raw.get("backbone", cfgmod.RUN_DEFAULTS["backbone"]), raw.get("seed", cfgmod.RUN_DEFAULTS["seed"]), {}
 
 
-def _build_backbone(path: Path, entry: Any, seed: Any, plugin: dict):
+def _start(path: Path, state: dict) -> dict:
+    """Where a compact model file's frozen base comes from (``{}``: a whole file, the backbone's weights follow)."""
+    base = state.get(checkpoints.FROZEN_BASE)
+    start = base.get("start") if isinstance(base, dict) else None
+    if base is not None and not isinstance(start, dict):
+        raise SftError(f"'{path}' is damaged or was edited: frozen_base does not say where its base comes from")
+    return start or {}
+
+
+def _base_weights(path: Path, start: dict, backbone) -> None:
+    """A compact file of a finetune after pretraining: the frozen base is the pretrain stage's backbone."""
+    tag = start.get("pretrain")
+    if not isinstance(tag, str):
+        return
+    source = path.parent / f"{tag}.pt"
+    if not source.is_file():
+        raise SftError(
+            f"'{path}' holds only what its adapter trained; its frozen base is the run's {tag} model: keep "
+            f"checkpoints/{tag}.pt beside it, or load from the run directory"
+        )
+    state = checkpoints.read_model_file(source, "checkpoint", "use the run's own checkpoints folder")
+    features, _ = checkpoints.split_state(state["model"])
+    backbone.features.load_state_dict(features)
+
+
+def _build_backbone(path: Path, entry: Any, seed: Any, plugin: dict, start: dict | None = None):
     from sftcore._config import resolve as cfgmod
     from sftcore._plugins import components
     from sftcore._plugins.manager import get_registry
@@ -124,7 +149,32 @@ def _build_backbone(path: Path, entry: Any, seed: Any, plugin: dict):
             f"'{path}' needs backbone {show(entry['name'])}, and no installed plugin provides it: install {source}"
         ) from None
     checked = components.check(entry, "backbones", "backbone", registry)
-    return components.build_backbone(checked, registry, cfgmod._int(seed, "seed", 0, cfgmod.MAX_SEED), random_init=True)
+    start = start or {}  # a whole file: a random init, its weights follow; a compact one: its base as the run had it
+    seed, random_init = start.get("seed", seed), start.get("random_init", True) is not False
+    return components.build_backbone(checked, registry, cfgmod._int(seed, "seed", 0, cfgmod.MAX_SEED), random_init)
+
+
+def _adapter(path: Path, state: dict, backbone):
+    """A stage trained under an adapter (its config's ``adapter:``): the adapter, applied to the rebuilt backbone as
+    in the run so that the file's keys fit (LoRA's factors); None without one."""
+    entry = (state.get("config") or {}).get("adapter")
+    if not entry:
+        return None
+    from sftcore._plugins import components
+    from sftcore._plugins.contracts import pin_frozen
+    from sftcore._plugins.manager import get_registry
+
+    registry = get_registry()
+    if entry.get("name") not in registry.components["adapters"]:
+        raise ConfigError(
+            f"'{path}' was trained with adapter {show(entry.get('name'))}, and no installed plugin provides it: "
+            "install the plugin the run was trained with"
+        )
+    adapter = components.build(registry, "adapters", entry, "adapter")
+    with components.located("adapter"):
+        adapter.apply(backbone)
+    pin_frozen(backbone.features)  # as in the run: a compact file's frozen base is what the adapter left frozen
+    return adapter
 
 
 class Model:
@@ -132,7 +182,8 @@ class Model:
 
     Attributes:
       ``module``: the ``torch.nn.Module`` (backbone + linear head) in eval mode on ``device``: normalised
-        float images ``[N, *input_shape]`` in, logits ``[N, len(classes)]`` out.
+        float images ``[N, *input_shape]`` in, logits ``[N, len(classes)]`` out. A stage trained under an
+        adapter is rebuilt with it, then merged (``Adapter.merge``: LoRA folded into the weights).
       ``classes``: the class names, in the order of the logits.
       ``input_shape``: ``(C, H, W)`` the module takes; ``image_shape``: ``(C, H, W)`` of the dataset's
         images (new images are brought to it first, as the run's test images were).
@@ -156,7 +207,10 @@ class Model:
         self.stage = str(state.get("tag") or self.path.stem)
         # tta: flip in the stage config: the run scored the mean of each image and its mirror, and so does this
         self.tta = str((state.get("config") or {}).get("tta", "none"))
-        backbone = _build_backbone(self.path, *_backbone_entry(self.path, state))  # random: the file's weights follow
+        start = _start(self.path, state)
+        backbone = _build_backbone(self.path, *_backbone_entry(self.path, state), start)
+        _base_weights(self.path, start, backbone)
+        adapter = _adapter(self.path, state, backbone)
         self.classes = [str(c) for c in state["classes"]]
         self.module = TransferModel(backbone, nn.Linear(backbone.num_features, len(self.classes)))
         checkpoints.load_model(
@@ -166,6 +220,9 @@ class Model:
             "the file does not fit the model its backbone entry "
             "builds (sftcore rebuilds linear heads); was config.yaml edited after the run?",
         )
+        if adapter is not None:  # one plain module (LoRA folded into the weights): what predict and export use
+            merged = replace(backbone, features=adapter.merge(backbone.features))
+            self.module = TransferModel(merged, self.module.head)
         self.image_shape, self.input_shape = _shapes(self.path, state, backbone)
         self.mean, self.std = [float(m) for m in state["mean"]], [float(s) for s in state["std"]]
         self.module.eval()

@@ -90,6 +90,7 @@ def _contract(kind: str) -> type | None:
         "heads": contracts.HeadStrategy,
         "param_groups": contracts.ParamGroups,
         "scores": contracts.Score,
+        "adapters": contracts.Adapter,
     }.get(kind)
 
 

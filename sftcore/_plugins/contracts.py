@@ -534,8 +534,31 @@ def freeze(module: nn.Module) -> None:
 
 
 def unfreeze(module: nn.Module) -> None:
+    """Every parameter of ``module`` trainable, except those an adapter pinned (``pinned``): under an adapter,
+    a head strategy's "unfreeze the backbone" unfreezes what the adapter left trainable, never its frozen base."""
+    keep = pinned(module)
     for p in module.parameters():
-        p.requires_grad_(True)
+        p.requires_grad_(id(p) not in keep)
+
+
+# the attribute naming, on a module, the names of its own parameters an adapter pinned (a module attribute, not
+# one of the parameter's: deepcopy and `.to()` keep it, and the state dict does not see it)
+PINNED = "_sft_pinned"
+
+
+def pin_frozen(module: nn.Module) -> None:
+    """Pin every parameter of ``module`` that is frozen now (what an adapter's ``apply`` left frozen)."""
+    for m in module.modules():
+        frozen = {n for n, p in m.named_parameters(recurse=False) if not p.requires_grad}
+        if frozen:
+            setattr(m, PINNED, frozenset(getattr(m, PINNED, frozenset()) | frozen))
+
+
+def pinned(module: nn.Module) -> set[int]:
+    """ids of the parameters of ``module`` that an adapter pinned: ``unfreeze`` leaves them frozen."""
+    return {
+        id(p) for m in module.modules() for n, p in m.named_parameters(recurse=False) if n in getattr(m, PINNED, ())
+    }
 
 
 @dataclass
@@ -547,6 +570,28 @@ class Checkpoint:
     classes: list[str] | None
     mean: list[float] | None = None  # the normalisation the weights were trained with
     std: list[float] | None = None
+
+
+# --------------------------------------------------------------------------- adapters
+class Adapter:
+    """Parameter-efficient finetuning (config ``<stage>.adapter``): changes a stage's backbone before its head
+    strategy builds the head and before the parameter groups and optimizer are made, so it composes with them.
+
+    ``apply(backbone)`` changes ``backbone.features`` in place (adds modules, such as LoRA's low-rank factors)
+    and leaves ``requires_grad`` True on exactly the parameters that should train, False on the rest. sftcore
+    then *pins* every parameter it left frozen: ``unfreeze`` never makes a pinned parameter trainable again,
+    so a head strategy's "unfreeze the backbone" (the loop's reset before each epoch, ``lp_ft`` after its
+    probe, ``gradual_unfreeze``) means "unfreeze what the adapter left trainable"; ``freeze`` still freezes
+    everything. A bad option or a backbone the adapter cannot change raises one ``SftError`` line.
+
+    ``merge(features)`` returns the features as a plain module computing the same function, for export
+    (LoRA folded into the weights); the default returns them unchanged (an adapter that adds no module)."""
+
+    def apply(self, backbone: Backbone) -> None:
+        raise NotImplementedError  # pragma: no cover - the contract
+
+    def merge(self, features: nn.Module) -> nn.Module:
+        return features
 
 
 # --------------------------------------------------------------------------- scores

@@ -41,6 +41,7 @@ KIND_TABLE = (
     ),
     Kind("callbacks", "callback", "factory(**options) -> Callback", None, "callbacks"),
     Kind("augmentations", "augmentation", "factory(**options) -> Augmentation", None, "<stage>.augment"),
+    Kind("adapters", "adapter", "factory(**options) -> Adapter", None, "<stage>.adapter"),
     # named by `sft rank`, not by a run config: scores rank candidate backbones before any training
     Kind("scores", "score", "factory(**options) -> Score", None, "sft rank --scores"),
 )

@@ -18,7 +18,7 @@ from sftcore._config.schema import RunConfig, StageConfig
 from sftcore._data.batches import Batches, BatchTransform
 from sftcore._data.stage import StageData, load_splits, subset_stage_data
 from sftcore._plugins import components
-from sftcore._plugins.contracts import Augment, Backbone, ImageSet, RunInfo, StageInfo, TrainContext
+from sftcore._plugins.contracts import Augment, Backbone, ImageSet, RunInfo, StageInfo, TrainContext, pin_frozen
 from sftcore._plugins.manager import get_registry
 from sftcore._rundir import checkpoints
 from sftcore._rundir import layout as rundir
@@ -183,8 +183,9 @@ class Pipeline:
 
     def model_file(self, name, tag, seed, model, data, train_tf, scfg, result) -> dict:
         """A stage's model file (checkpoints.save_model_file's fields): weights, classes and the preprocessing
-        `sft predict` repeats on new images."""
-        return dict(
+        `sft predict` repeats on new images. Under an adapter, compact: without the frozen base, whose hash it
+        records with where the base comes from (``_base_start``), for sftcore.load to rebuild it."""
+        parts = dict(
             stage=name,
             tag=tag,
             seed=seed,
@@ -201,6 +202,18 @@ class Pipeline:
             run_seed=self.seed,
             backbone_plugin=self._backbone_plugin(),
         )
+        if scfg.adapter is not None:
+            parts[checkpoints.FROZEN_BASE] = {"start": self._base_start(name, tag, seed)}
+        return checkpoints.compact(parts, model)
+
+    def _base_start(self, name: str, tag: str, seed: int) -> dict:
+        """Where a stage's backbone started, so that sftcore.load can rebuild a compact file's frozen base: the
+        pretrain stage's model file (its tag), or the backbone as built (with weights, or a random init) and seed."""
+        if name == "baseline":
+            return {"random_init": True, "seed": seed}
+        if self.config.pretrain is not None:
+            return {"pretrain": "pretrain" + (tag[len(name) :] if self.config.pretrain_per_seed else "")}
+        return {"random_init": False, "seed": self.seed}
 
     def build_stage(
         self,
@@ -280,8 +293,11 @@ class Pipeline:
             **data.sizes(),
             head=scfg.head.name,
             regularizers=[r.name for r in scfg.regularizers],
+            adapter=None if scfg.adapter is None else scfg.adapter.name,
+            **model.parameter_counts(),
         )
         self._test(tag, model, data, scfg, eval_tf, result)
+        result["checkpoint_bytes"] = checkpoints.model_bytes(model)
         result["seconds"] = round(time.perf_counter() - t0, 3)
         if final is not None and distributed.is_main():
             checkpoints.save_model_file(final, **self.model_file(name, tag, seed, model, data, train_tf, scfg, result))
@@ -308,12 +324,30 @@ class Pipeline:
         eval_tf: BatchTransform,
     ):
         """The stage's context, head strategy, model (with the strategy's head) and training batches."""
+        self._adapt(name, scfg, backbone, seed + STAGE_SEED_OFFSET.get(name, 3))  # before the head and groups
         ctx, on_device = self._context(name, scfg, backbone, data, seed, eval_tf, source_head, source_classes)
         train = Batches(on_device, scfg.batch_size, self.perf.device, shuffle=True, seed=ctx.seed, sharded=True)
         strategy = components.build(self.registry, "heads", scfg.head.entry(), f"{name}.head")
         torch.manual_seed(ctx.seed)
         model = self._model(backbone, strategy.build_head(ctx))
         return ctx, strategy, model, train
+
+    def _adapt(self, name: str, scfg: StageConfig, backbone: Backbone, seed: int) -> None:
+        """The stage's adapter applied to its backbone (its own copy), before the head strategy and the parameter
+        groups see it; what the adapter left frozen is pinned, so no head strategy's unfreeze trains it."""
+        if scfg.adapter is None:
+            return
+        adapter = components.build(self.registry, "adapters", scfg.adapter.entry(), f"{name}.adapter")
+        with torch.random.fork_rng(devices=[]):  # its new weights (LoRA's A) from the stage's seed, not the run's
+            torch.manual_seed(seed)
+            with components.located(f"{name}.adapter"):
+                adapter.apply(backbone)
+        if not any(p.requires_grad for p in backbone.features.parameters()):
+            raise ConfigError(
+                f"config: {name}.adapter '{scfg.adapter.name}' left no backbone parameter trainable; "
+                f"use head: linear_probe to train the head alone"
+            )
+        pin_frozen(backbone.features)
 
     def _val(self, data: StageData, scfg: StageConfig) -> Batches | None:
         if data.val is None:

@@ -1,5 +1,10 @@
 """The checkpoint files of a run, written and parsed here only.
 
+Under an adapter, both files hold only the tensors the stage can change (what the adapter left trainable,
+the head, every buffer) and ``frozen_base``: the sha256 of the pinned tensors they apply to, the frozen base
+(``compact``). Reading one fills the base back from the model it is loaded into, after checking its hash
+(``load_model``), so a LoRA checkpoint of a ViT is a few MB and resuming stays exact.
+
 ``checkpoints/<tag>-last.pt`` is a stage's progress: the state ``Stage.state_dict`` returns (model,
 optimizer, schedule, RNGs, position, history, callbacks), rewritten after every epoch and on a stop.
 ``checkpoints/<tag>.pt`` is a finished stage's model file: MODEL_KEYS below, read by ``--resume``, by
@@ -8,11 +13,13 @@ optimizer, schedule, RNGs, position, history, callbacks), rewritten after every 
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from pathlib import Path
 from typing import Any
 
 from sftcore._fileio import storage
-from sftcore._plugins.contracts import Checkpoint
+from sftcore._plugins.contracts import Checkpoint, pinned
 from sftcore.errors import ConfigError
 
 from . import layout
@@ -35,6 +42,10 @@ MODEL_KEYS = (
     "run_seed",
     "backbone_plugin",
 )
+# a model file of a stage under an adapter also holds frozen_base (older files and other stages lack it)
+OPTIONAL_MODEL_KEYS = ("frozen_base",)
+FROZEN_BASE = "frozen_base"
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (pinned keys, sha256): computed once
 
 
 def paths(run_dir: Path | None, tag: str, enabled: bool = True) -> tuple[Path | None, Path | None]:
@@ -66,16 +77,85 @@ def digest(named) -> str:
     return h.hexdigest()
 
 
-def save_progress(state: dict, path: Path) -> None:
+def save_progress(state: dict, path: Path, model=None) -> None:
+    """A stage's progress; with ``model``, its frozen base (and the start snapshot's copy of it) left out."""
+    if model is not None:
+        state = compact(state, model)
     storage.save(state, path)
 
 
 def save_model_file(path: Path, **parts) -> None:
-    """A finished stage: every key of MODEL_KEYS, nothing else."""
+    """A finished stage: every key of MODEL_KEYS, nothing else but OPTIONAL_MODEL_KEYS."""
     missing = [k for k in MODEL_KEYS if k not in parts]
-    if missing or len(parts) != len(MODEL_KEYS):
-        raise ValueError(f"model file parts: missing {missing}, unknown {sorted(set(parts) - set(MODEL_KEYS))}")
+    unknown = sorted(set(parts) - set(MODEL_KEYS) - set(OPTIONAL_MODEL_KEYS))
+    if missing or unknown:
+        raise ValueError(f"model file parts: missing {missing}, unknown {unknown}")
     storage.save(parts, path)
+
+
+# --------------------------------------------------------------------------- the frozen base
+def frozen_base(model) -> tuple[list[str], str]:
+    """``(keys, sha256)`` of the parameters of ``model`` that an adapter pinned (``([], "")`` without any). The
+    pinned tensors never change while the model lives (nothing steps them), so this is computed once per model."""
+    import torch
+
+    if model in _DIGESTS:
+        return _DIGESTS[model]
+    keep = pinned(model)
+    params = [(n, p) for n, p in model.named_parameters(remove_duplicate=False) if id(p) in keep]
+    h = hashlib.sha256()
+    for name, p in sorted(params, key=lambda item: item[0]):
+        t = p.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    found = ([n for n, _ in params], h.hexdigest() if params else "")
+    _DIGESTS[model] = found
+    return found
+
+
+def compact(state: dict, model) -> dict:
+    """``state`` (a progress file, or a model file's parts) without the pinned tensors of ``model`` in its
+    ``model``, ``start_state`` and ``best`` copy, plus ``frozen_base``: their hash and count. Unchanged without
+    an adapter."""
+    keys, digest = frozen_base(model)
+    if not keys:
+        return state
+    drop = set(keys)
+    out = {**state, "model": {k: v for k, v in state["model"].items() if k not in drop}}
+    if out.get("start_state") is not None:
+        out["start_state"] = {k: v for k, v in out["start_state"].items() if k not in drop}
+    if isinstance(out.get("best"), dict) and isinstance(out["best"].get("state"), dict):  # select: best's copy
+        out["best"] = {**out["best"], "state": {k: v for k, v in out["best"]["state"].items() if k not in drop}}
+    out[FROZEN_BASE] = {"sha256": digest, "tensors": len(keys), **state.get(FROZEN_BASE, {})}
+    return out
+
+
+def model_bytes(model) -> int:
+    """Bytes of the tensors a model file of ``model`` holds (its compact state under an adapter): summary.json's
+    ``checkpoint_bytes``, the file's size less its few kB of metadata."""
+    state = compact({"model": model.state_dict()}, model)["model"]
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def _filled(model, state: dict, path: Path, fix: str) -> dict:
+    """A compact ``state`` made whole again from ``model``'s own frozen base, after checking it is the same base."""
+    base = state.get(FROZEN_BASE)
+    if not isinstance(base, dict):
+        return state
+    keys, digest = frozen_base(model)
+    if digest != base.get("sha256"):
+        got = f"sha256 {digest[:12]}" if digest else "no frozen base (no adapter)"
+        raise ConfigError(
+            f"checkpoint '{path}' holds only what its adapter trained, for a frozen base with sha256 "
+            f"{str(base.get('sha256'))[:12]}; the model built here has {got}; {fix}"
+        )
+    own = model.state_dict()
+    out = {**state, "model": {**{k: own[k] for k in keys}, **state["model"]}}
+    if out.get("start_state") is not None:
+        out["start_state"] = {**{k: own[k].detach().clone() for k in keys}, **out["start_state"]}
+    if isinstance(out.get("best"), dict) and isinstance(out["best"].get("state"), dict):
+        out["best"] = {**out["best"], "state": {**{k: own[k].detach().clone() for k in keys}, **out["best"]["state"]}}
+    return out
 
 
 def load_run_file(path: Path, map_location) -> dict:
@@ -92,9 +172,12 @@ def load_run_file(path: Path, map_location) -> dict:
 
 
 def load_model(model, state: dict, path: Path, fix: str | None = None) -> None:
-    """The file's weights into ``model``; weights of another architecture are one line naming the difference."""
+    """The file's weights into ``model``; weights of another architecture are one line naming the difference. A
+    compact file (``frozen_base``) is made whole in place from ``model``'s own base, once its hash matches."""
     fix = fix or "resume only with the run's own config.yaml, or start a new run"
-    left_out = set((state.get("frozen") or {}).get("names", []))  # a progress file without never-trained weights
+    state.update(_filled(model, state, path, fix))
+    # a progress file also leaves out what its stage never trained (Stage.state_dict), beside an adapter's base
+    left_out = {n for n in (state.get("frozen") or {}).get("names", []) if n not in state["model"]}
     try:
         if left_out:
             missing, unexpected = (
@@ -177,6 +260,11 @@ def split_state(model: dict) -> tuple[dict, dict]:
 
 def as_checkpoint(raw: Any) -> Checkpoint | None:
     """The parts of a loaded sftcore model file; None when ``raw`` is not one (another library's file)."""
+    if isinstance(raw, dict) and FROZEN_BASE in raw:
+        raise ConfigError(
+            "config: weights: a model file of a stage trained under an adapter holds only the adapter's tensors; "
+            "export it merged (sft export --format safetensors) and start from that"
+        )
     model = raw.get("model") if isinstance(raw, dict) else None
     if not isinstance(model, dict) or not any(isinstance(k, str) and k.startswith(BACKBONE) for k in model):
         return None

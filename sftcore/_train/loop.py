@@ -303,7 +303,7 @@ class Stage:
                     "run rebuilt (the pretrained weights changed?); delete the checkpoint to redo the stage"
                 )
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
-        if unexpected or set(missing) != set(frozen["names"]):
+        if unexpected or not set(missing) <= set(frozen["names"]):  # an adapter's base may be filled in already
             raise TrainingError(f"{self.name}: the checkpoint's model does not match the stage's: {missing[:3]}")
         self._trained = set(state.get("trained", [n for n, _ in self.model.named_parameters()]))
 
@@ -343,7 +343,7 @@ class Stage:
         rng = distributed.all_gather_objects(rng_state())
         every = distributed.all_gather_objects({k: v.detach().cpu() for k, v in sums.items()}) if sums else None
         if self.checkpoint is not None and distributed.is_main():
-            checkpoints.save_progress(self.state_dict(epoch, batch, every, rng), self.checkpoint)
+            checkpoints.save_progress(self.state_dict(epoch, batch, every, rng), self.checkpoint, self.model)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:

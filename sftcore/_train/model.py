@@ -9,7 +9,7 @@ from fnmatch import fnmatch
 import torch
 from torch import nn
 
-from sftcore._plugins.contracts import Backbone
+from sftcore._plugins.contracts import PINNED, Backbone, pinned
 from sftcore._plugins.registry import suggest
 from sftcore.errors import ConfigError
 
@@ -109,7 +109,20 @@ class TransferModel(nn.Module):
         try:
             return self.backbone.get_submodule(name)
         except AttributeError:
-            return _Holding(self.backbone.get_parameter(name))
+            holding = _Holding(self.backbone.get_parameter(name))
+            owner, _, leaf = name.rpartition(".")
+            if leaf in getattr(self.backbone.get_submodule(owner), PINNED, ()):  # an adapter pinned it
+                setattr(holding, PINNED, frozenset({"parameter"}))
+            return holding
+
+    def parameter_counts(self) -> dict[str, int]:
+        """``trainable_params``: what the stage can train (every parameter but those an adapter pinned; a head
+        strategy's per-epoch freezing aside), and ``total_params``, for the summary."""
+        keep, params = pinned(self), list(self.parameters())
+        return {
+            "trainable_params": sum(p.numel() for p in params if id(p) not in keep),
+            "total_params": sum(p.numel() for p in params),
+        }
 
     def no_weight_decay(self) -> set[int]:
         """ids of the backbone parameters its spec exempts from weight decay: names or fnmatch patterns, as

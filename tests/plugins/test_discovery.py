@@ -21,15 +21,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_SRC = ROOT / "examples" / "sft-example-plugin"
-BUILTINS = ("sftcore.augmentations", "sftcore.backbones", "sftcore.callbacks", "sftcore.datasets", "sftcore.heads",
-            "sftcore.optim", "sftcore.param_groups", "sftcore.regularizers", "sftcore.scores")
+BUILTINS = ("sftcore.adapters", "sftcore.augmentations", "sftcore.backbones", "sftcore.callbacks", "sftcore.datasets",
+            "sftcore.heads", "sftcore.optim", "sftcore.param_groups", "sftcore.regularizers", "sftcore.scores")
 KINDS = ("datasets", "backbones", "regularizers", "heads", "param_groups", "optimizers", "schedules", "callbacks",
-         "augmentations", "scores")
+         "augmentations", "adapters", "scores")
 EXAMPLE_COMPONENTS = {"datasets": ["npz", "stripes"], "backbones": ["tiny_cnn"],
                       "regularizers": ["bss", "delta", "l1"], "heads": ["zero_init"],
                       "param_groups": ["discriminative"], "optimizers": [], "schedules": [],
                       "callbacks": ["stop_at_accuracy"],
-                      "augmentations": ["gaussian_noise"], "scores": []}
+                      "augmentations": ["gaussian_noise"], "adapters": [], "scores": []}
 HOOKS = ["register_augmentations", "register_backbones", "register_callbacks", "register_commands",
          "register_datasets", "register_heads", "register_param_groups", "register_regularizers"]
 HEAVY = ("torch", "torchvision", "timm")
