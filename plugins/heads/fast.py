@@ -54,8 +54,8 @@ class Logistic(FrozenBackbone):
 
 
 def ncm_head(ctx: TrainContext, scale: float) -> nn.Linear:
-    features, labels = (t.cpu() for t in ctx.extract_features())
-    features = features.double()
+    features, labels = ctx.extract_features()
+    features, labels = features.cpu().double(), labels.cpu().long()
     unit = nn.functional.normalize(features, dim=1)
     sums = nn.functional.one_hot(labels, ctx.num_classes).to(unit.dtype).T @ unit  # [C, D]
     rows = nn.functional.normalize(sums, dim=1) * scale / features.norm(dim=1).mean().clamp_min(1e-6)
@@ -68,11 +68,12 @@ def ncm_head(ctx: TrainContext, scale: float) -> nn.Linear:
 
 def logistic_head(ctx: TrainContext, l2: float | None, max_iter: int) -> tuple[nn.Linear, float]:
     """The fitted head and its L2 strength."""
-    f, y = (t.cpu().double() if t.is_floating_point() else t.cpu() for t in ctx.extract_features())
+    f, y = ctx.extract_features()
+    f, y = f.cpu().double(), y.cpu().long()
     mean, std = f.mean(0), f.std(0, correction=0).clamp_min(1e-12)
     val = ctx.extract_val_features()
     if l2 is None and val is not None:
-        fv, yv = val[0].cpu().double(), val[1].cpu()
+        fv, yv = val[0].cpu().double(), val[1].cpu().long()
         hits = {}
         for k in L2_GRID:
             w, b = fit_logistic((f - mean) / std, y, ctx.num_classes, k, max_iter)

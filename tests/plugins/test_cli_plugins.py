@@ -294,7 +294,8 @@ def test_list_kind_name_json():
     assert data["options"][0] == {"name": "alpha", "default": 0.1, "type": "float"}
     assert {"name": "match", "default": None, "type": "str | None"} in data["options"]
     head = json.loads(invoke("list", "heads", "lp_ft", "--json").stdout)
-    assert head["options"] == [{"name": "probe_epochs", "default": None, "type": "int | None"}]
+    assert head["options"] == [{"name": "probe_epochs", "default": None, "type": "int | None"},
+                               {"name": "probe_head", "default": "linear", "type": "str"}]
 
 
 class Odd:
@@ -336,7 +337,7 @@ def test_list_kind_wildcard_still_lists(pattern, names):
     assert result.exit_code == 0
     assert result.stdout.splitlines()[0] == "heads:"
     found = [line.split()[0] for line in result.stdout.splitlines()[1:]]
-    assert found == (names or ["linear_probe", "lp_ft", "match_classes"])
+    assert found == (names or ["linear_probe", "logistic", "lp_ft", "match_classes"])
     assert list(json.loads(invoke("list", "heads", pattern, "--json").stdout)) == ["heads"]
 
 
