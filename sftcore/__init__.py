@@ -85,8 +85,10 @@ def rank(
     seed: int | None = None,
     overrides: Sequence[str] = (),
     echo: Callable[[str], Any] | None = None,
+    top: int | None = None,
 ) -> dict[str, Any]:
     """Rank candidate backbones on the config's finetune training split before any training (`sft rank`).
+    With ``top``, also writes ``sweep.yaml`` (``sweep_file``), finetuning the ``top`` best: `sft sweep` runs it.
 
     ``candidates``: run directories, weights files, backbone names or entries (dicts, or YAML flow strings).
     Returns ``{by, scores, seed, target, rows, out}``, the rows best first by ``by``; writes rank.json and
@@ -104,4 +106,5 @@ def rank(
         force=force,
         seed=seed,
         echo=echo,
+        top=top,
     )

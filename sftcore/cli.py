@@ -507,7 +507,14 @@ def lr_find_cmd(config, stage, overrides, start_lr, end_lr, steps, epoch, out, f
 )
 @click.option("--out", metavar="DIR", help="Where rank.json and rank.csv go (default runs/<name>-rank-<timestamp>).")
 @click.option("--force", is_flag=True, help="Overwrite rank.json and rank.csv in --out.")
-def rank_cmd(config, candidates, by, scores, overrides, seed, out, force):
+@click.option(
+    "--sweep",
+    "then_sweep",
+    is_flag=True,
+    help="Then finetune the --top best candidates with `sft sweep` over the config's seeds (OUT/sweep).",
+)
+@click.option("--top", default=None, metavar="K", help="How many of the best candidates --sweep finetunes (default 3).")
+def rank_cmd(config, candidates, by, scores, overrides, seed, out, force, then_sweep, top):
     """Rank candidate backbones on the target's few labelled images, before training.
 
     Each candidate's features of the finetune stage's training split (the images `sft run` finetunes on
@@ -519,6 +526,9 @@ def rank_cmd(config, candidates, by, scores, overrides, seed, out, force):
     from ._rank.rank import rank, table
 
     number = None if seed is None else _lr_find_number("--seed", seed, int)
+    if top is not None and not then_sweep:
+        raise SftError("--top K says how many candidates --sweep finetunes; add --sweep, or drop --top")
+    k = (3 if top is None else _lr_find_number("--top", top, int)) if then_sweep else None
     result = rank(
         config,
         candidates,
@@ -529,9 +539,15 @@ def rank_cmd(config, candidates, by, scores, overrides, seed, out, force):
         force=force,
         seed=number,
         echo=lambda line: click.echo(line, err=True),
+        top=k,
     )
     click.echo(table(result), nl=False)
     click.echo(f"wrote {result['out']}/rank.json and rank.csv", err=True)
+    if then_sweep:
+        from ._sweep.run import Options, sweep
+
+        click.echo(f"finetuning the top {k} with sft sweep {result['sweep_file']}", err=True)
+        sweep(result["sweep_file"], Options(out=os.path.join(result["out"], "sweep")), echo=click.echo)
 
 
 @cli.group("config")

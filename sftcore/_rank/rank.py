@@ -26,7 +26,8 @@ from .candidates import Candidate, parse
 # the keys every row of rank.json carries (null where not computed), in this order
 SCORE_KEYS = ("logme", "leep", "nce", "hscore", "ncm_accuracy", "logistic_accuracy")
 DEFAULT_BY = "logme"
-JSON, CSV = "rank.json", "rank.csv"
+JSON, CSV, SWEEP = "rank.json", "rank.csv", "sweep.yaml"
+MAX_TOP = 100
 
 
 @dataclass
@@ -53,9 +54,13 @@ def rank(
     force: bool = False,
     seed: int | None = None,
     echo: Callable[[str], None] | None = None,
+    top: int | None = None,
 ) -> dict:
-    """Score every candidate on the config's finetune data; write rank.json and rank.csv into ``out``."""
-    plan = _plan(config, candidates, overrides, scores, by, out, force, seed)
+    """Score every candidate on the config's finetune data; write rank.json and rank.csv into ``out``. With
+    ``top``, also a sweep file (``sweep_file`` in the result) that finetunes the ``top`` best over the seeds."""
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= MAX_TOP):
+        raise ConfigError(f"--top must be a whole number from 1 to {MAX_TOP}, got {top!r}")
+    plan = _plan(config, candidates, overrides, scores, by, out, force, seed, top is not None)
     rows = []
     for i, cand in enumerate(plan.candidates, 1):
         row = measure(plan, cand)
@@ -69,7 +74,28 @@ def rank(
         "rows": order(rows, plan.by),
     }
     _write(plan, result)
-    return {**result, "out": str(plan.out)}
+    if top is None:
+        return {**result, "out": str(plan.out)}
+    spec = sweep_spec(plan, result, top)
+    import yaml
+
+    storage.write_text(plan.files[SWEEP], yaml.safe_dump(spec, sort_keys=False))
+    return {**result, "out": str(plan.out), "sweep_file": str(plan.files[SWEEP])}
+
+
+def sweep_spec(plan: Plan, result: dict, top: int) -> dict:
+    """`sft sweep`'s file for the ``top`` best candidates: the config without its pretraining (each candidate
+    is already the backbone to finetune) and one cell per candidate's backbone entry, over the config's seeds,
+    so that the ranking is checked by finetuning."""
+    chosen = [r for r in result["rows"] if r["error"] is None and r.get(plan.by) is not None][:top]
+    if not chosen:
+        raise SftError(f"no candidate has a {plan.by} score, so there is nothing to finetune; see {plan.out}")
+    base = {k: v for k, v in plan.raw.items() if k != "pretrain"}
+    return {
+        "name": f"{plan.config.name}-rank-top{len(chosen)}",
+        "base": {**base, "pretrain": None},
+        "grid": {"backbone": [r["backbone"] for r in chosen]},
+    }
 
 
 def _say(echo, text: str) -> None:
@@ -81,7 +107,7 @@ def _row_text(row: dict) -> str:
     return f"{row['examples']} examples, {row['feature_dim']} features"
 
 
-def _plan(config, candidates, overrides, scores, by, out, force: bool, seed: int | None) -> Plan:
+def _plan(config, candidates, overrides, scores, by, out, force: bool, seed: int | None, sweep: bool = False) -> Plan:
     """The user's mistakes, each one line, before any work: the config, the scores, ``by``, the output files."""
     registry = get_registry()
     extra = [f"seed={seed}", "seeds=1"] if seed is not None else []
@@ -102,7 +128,8 @@ def _plan(config, candidates, overrides, scores, by, out, force: bool, seed: int
     where = Path(out) if out is not None else _new_folder(cfg.name)
     if where.exists() and not where.is_dir():
         raise ConfigError(f"--out '{where}' is a file; pass a directory path")
-    files = {name: storage.output_file(where / name, force, None, make_folder=True) for name in (JSON, CSV)}
+    names = (JSON, CSV, SWEEP) if sweep else (JSON, CSV)
+    files = {name: storage.output_file(where / name, force, None, make_folder=True) for name in names}
     parsed = [parse(c, cfg.backbone.entry()) for c in candidates]
     return Plan(raw, cfg, parsed, built, by, where, files)
 

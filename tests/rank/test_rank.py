@@ -112,6 +112,9 @@ def test_the_cli_prints_the_table_and_writes_the_files(tmp_path):
     (["--candidate", "lenet", "--scores", "logme,lepe"], "unknown score 'lepe' (did you mean 'leep'?)"),
     (["--candidate", "lenet", "--scores", "leep", "--by", "logme"], "--by logme"),
     (["--candidate", "lenet", "--seed", "x"], "--seed must be an integer"),
+    (["--candidate", "lenet", "--top", "2"], "--top K says how many candidates --sweep finetunes"),
+    (["--candidate", "lenet", "--sweep", "--top", "0"], "--top must be a whole number from 1 to 100"),
+    (["--candidate", "lenet", "--sweep", "--top", "x"], "--top must be an integer"),
 ])
 def test_user_errors_are_one_line_before_any_work(tmp_path, args, message, monkeypatch):
     from sftcore._rank import rank as rankmod
@@ -155,3 +158,23 @@ def test_a_finished_run_is_a_candidate_with_its_source_head(finished_run, tmp_pa
     assert by_name["lenet"]["leep"] is None
     assert "not a run directory" in by_name[str(tmp_path)]["error"]
     assert result["rows"][-1]["candidate"] == str(tmp_path)
+
+
+@pytest.mark.slow
+def test_top_k_sweep_finetunes_the_best_candidates_over_the_seeds(tmp_path):
+    """`sft rank --sweep --top 1`: the best candidate's backbone entry is the one cell of a sweep of the config
+    without its pretraining, run into OUT/sweep, so the ranking is checked by finetuning in one command."""
+    import yaml
+
+    cfg = tiny.config(baseline=False, finetune={"epochs": 1})
+    config = tiny.write_yaml(tmp_path / "c.yaml", cfg)
+    out = tmp_path / "out"
+    result = tiny.invoke("rank", config, "--candidate", FLOW, "--candidate", "{name: lenet, img_size: 24}",
+                         "--candidate", BAD, "--sweep", "--top", "1", "--out", out)
+    assert result.exit_code == 0, result.output
+    ranked = json.loads((out / "rank.json").read_text())["rows"]
+    spec = yaml.safe_load((out / "sweep.yaml").read_text())
+    assert spec["grid"] == {"backbone": [ranked[0]["backbone"]]} and spec["base"]["pretrain"] is None
+    cells = json.loads((out / "sweep" / "sweep.json").read_text())["cells"]
+    assert [c["status"] for c in cells] == ["finished"]
+    assert (out / "sweep" / cells[0]["run_dir"] / "summary.json").is_file()
