@@ -124,7 +124,7 @@ def validate_options(
     """Every option's type and range, checked when the config is resolved (before anything is built)."""
     if dataset is None:
         raise ConfigError(f"{where} torchvision needs dataset: one of {', '.join(DATASETS)}")
-    if dataset not in DATASETS:
+    if not isinstance(dataset, str) or dataset not in DATASETS:
         near = [name for name in DATASETS if name.lower() == str(dataset).lower()]
         hint = f"did you mean {near[0]}? " if near else ""
         raise ConfigError(f"{where}.dataset is {show(dataset)}; {hint}use one of {', '.join(DATASETS)}")
@@ -323,7 +323,8 @@ def _check(dataset: str, split: str, part: tuple[Any, list[int]], classes: list[
 
 def _hold_out(part: tuple[list[str], list[int]], test_ratio: float, seed: int) -> dict:
     """A seeded stratified test split for a dataset that comes without an official one."""
-    paths, labels = part
+    pairs = sorted(zip(*part))  # SUN397 lists its files in the file system's order: sorted, the split is seeded
+    paths, labels = [p for p, _ in pairs], [y for _, y in pairs]
     train, test = stratified_split(labels, test_ratio, seed)
     out = {"train": ([paths[i] for i in train], [labels[i] for i in train])}
     if test:
