@@ -26,6 +26,11 @@ def register_datasets(register):
         "torchvision's classification datasets (Flowers102, DTD, MNIST, ...) by class name, official splits",
     )
     register(
+        "manifest",
+        "sftcore_plugins.datasets.manifest:manifest",
+        "A CSV (or parquet) table of image paths and labels per split, paths relative to the table",
+    )
+    register(
         "shapes",
         "sftcore_plugins.datasets.shapes:shapes",
         "Embedded procedural shapes, generated from a seed: task source or target, no files",
