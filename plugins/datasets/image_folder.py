@@ -1,9 +1,10 @@
 """Your own images, one sub-folder per class, resized once to the backbone's input size.
 
-Resizing happens here, once per image, rather than per batch: user images come in any size and
-mode, and decoding a 4000x3000 JPEG every epoch would dominate training. Images are held in
-memory as uint8 when they fit in ``ctx.max_memory_bytes``; otherwise a FileSet decodes them on
-demand in the runner's DataLoader workers.
+Resizing happens once per image, rather than per batch: user images come in any size and mode, and
+decoding a 4000x3000 JPEG every epoch would dominate training. The decoding path is shared with the
+torchvision and manifest datasets (``sftcore.api.images_from_files``): images are held in memory as uint8
+when they fit in ``ctx.max_memory_bytes``; otherwise a FileSet decodes them on demand in the runner's
+DataLoader workers.
 """
 
 from __future__ import annotations

@@ -216,6 +216,11 @@ def _build(dataset: str, spec: _Spec, kwargs: dict, root: Path, download: bool):
 
     where = f"dataset torchvision {dataset}"
     expected = f"torchvision expects {root.resolve()}/{spec.layout}"
+    if not download and not root.is_dir():  # before torchvision, which makes folders there (Caltech101)
+        raise SftError(
+            f"{where} not found: {root.resolve()} is not a folder; {expected}; set download: true (needs "
+            "internet) or copy the files there"
+        )
     try:
         return getattr(tv, dataset)(root=str(root), download=download, **kwargs)
     except (MemoryError, KeyboardInterrupt):
