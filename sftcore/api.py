@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._data.images import decode_image, fits_in_memory, images_from_files, stratified_split  # noqa: F401
 from ._fileio.reader import open_image  # noqa: F401  (re-exported)
+from ._fileio.reader import read_text as _read_text
 from ._plugins.contracts import (  # noqa: F401  (re-exported)
     MAX_SEED,
     STAGES,
@@ -65,6 +67,11 @@ __all__ = [
     "check_option",
     "fit_logistic",
     "open_image",
+    "read_text",
+    "decode_image",
+    "images_from_files",
+    "fits_in_memory",
+    "stratified_split",
     "suggest",
     "ParamGroups",
     "ScheduleContext",
@@ -86,6 +93,12 @@ def __getattr__(name: str):
 
         return TransferModel
     raise AttributeError(f"module 'sftcore.api' has no attribute {name!r}")
+
+
+def read_text(path, what: str) -> str:
+    """A text file a plugin did not write (a manifest table, an annotation list): a regular file of at most
+    64 MiB, UTF-8; anything else is one line naming ``what``."""
+    return _read_text(path, what)
 
 
 def read_checkpoint(path: str) -> Checkpoint:

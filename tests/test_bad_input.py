@@ -229,6 +229,42 @@ def test_image_folder_unreadable_image(tmp_path, capsys):
     one_line_error(code, err, "broken.png")
 
 
+def test_torchvision_dataset_missing(tmp_path, capsys):
+    cfg = tiny_yaml(tmp_path, pretrain=False, baseline=False,
+                    finetune={"dataset": {"name": "torchvision", "dataset": "Flowers102", "root": str(tmp_path / "d")}})
+    code, _, err = cli(capsys, "run", cfg, "--out", tmp_path / "run")
+    one_line_error(code, err, "Flowers102", "imagelabels.mat", "download: true")
+
+
+def test_torchvision_dataset_corrupt_image(tmp_path, capsys):
+    from PIL import Image
+
+    for c, cls in enumerate(("AnnualCrop", "Forest")):
+        for i in range(3):
+            Image.new("RGB", (16, 16), (60 * c, 90, 90)).save(_mkdir(tmp_path, cls) / f"{cls}_{i}.jpg")
+    (_mkdir(tmp_path, "Forest") / "Forest_9.jpg").write_bytes(b"\xff\xd8\xffnot really a jpeg")
+    cfg = tiny_yaml(tmp_path, pretrain=False, baseline=False,
+                    finetune={"dataset": {"name": "torchvision", "dataset": "EuroSAT", "root": str(tmp_path / "d")}})
+    code, _, err = cli(capsys, "run", cfg, "--out", tmp_path / "run")
+    one_line_error(code, err, "Forest_9.jpg")
+
+
+def _mkdir(tmp_path: Path, cls: str) -> Path:
+    folder = tmp_path / "d" / "eurosat" / "2750" / cls
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_manifest_path_escaping_its_folder(tmp_path, capsys):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.png").write_bytes(b"")
+    (tmp_path / "t" / "train.csv").write_text("path,label\na.png,cat\n../secret.png,dog\n")
+    cfg = tiny_yaml(tmp_path, pretrain=False, baseline=False,
+                    finetune={"dataset": {"name": "manifest", "train": str(tmp_path / "t" / "train.csv")}})
+    code, _, err = cli(capsys, "run", cfg, "--out", tmp_path / "run")
+    one_line_error(code, err, "train.csv line 3", "stay inside")
+
+
 # --------------------------------------------------------------------------- weights and checkpoints
 def test_weights_file_missing(tmp_path, capsys):
     cfg = tiny_yaml(tmp_path, pretrain=False, baseline=False,

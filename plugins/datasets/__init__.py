@@ -1,4 +1,4 @@
-"""Built-in datasets: CIFAR-10/100, image folders and the embedded procedural shapes."""
+"""Built-in datasets: CIFAR-10/100, torchvision's datasets, image folders, manifest tables and the embedded shapes."""
 
 from sftcore import hookimpl
 
@@ -19,6 +19,16 @@ def register_datasets(register):
         "image_folder",
         "sftcore_plugins.datasets.image_folder:image_folder",
         "Your own images: one sub-folder per class, any size, resized to the backbone's input",
+    )
+    register(
+        "torchvision",
+        "sftcore_plugins.datasets.torchvision_datasets:torchvision",
+        "torchvision's classification datasets (Flowers102, DTD, MNIST, ...) by class name, official splits",
+    )
+    register(
+        "manifest",
+        "sftcore_plugins.datasets.manifest:manifest",
+        "A CSV (or parquet) table of image paths and labels per split, paths relative to the table",
     )
     register(
         "shapes",

@@ -1,9 +1,10 @@
 """Your own images, one sub-folder per class, resized once to the backbone's input size.
 
-Resizing happens here, once per image, rather than per batch: user images come in any size and
-mode, and decoding a 4000x3000 JPEG every epoch would dominate training. Images are held in
-memory as uint8 when they fit in ``ctx.max_memory_bytes``; otherwise a FileSet decodes them on
-demand in the runner's DataLoader workers.
+Resizing happens once per image, rather than per batch: user images come in any size and mode, and
+decoding a 4000x3000 JPEG every epoch would dominate training. The decoding path is shared with the
+torchvision and manifest datasets (``sftcore.api.images_from_files``): images are held in memory as uint8
+when they fit in ``ctx.max_memory_bytes``; otherwise a FileSet decodes them on demand in the runner's
+DataLoader workers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ import stat
 from pathlib import Path
 from typing import Any, cast
 
-from sftcore.api import Augment, DatasetContext, DataSplits, FileSet, ImageSet, check_option, open_image
+from sftcore.api import (
+    Augment,
+    DatasetContext,
+    DataSplits,
+    check_option,
+    decode_image,
+    images_from_files,
+    stratified_split,
+)
 from sftcore.errors import ConfigError, SftError, show
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -78,9 +87,13 @@ def image_folder(
     classes, splits = _scan(root_path, exts, test_ratio, ctx.seed)
     shape = (channels, height, width)
     total = sum(len(items) for items in splits.values() if items) * channels * height * width
-    memory = total <= ctx.max_memory_bytes if in_memory == "auto" else in_memory
-    make = _decode_all if memory else _file_set
-    sets = {name: make(items, shape) if items else None for name, items in splits.items()}
+    memory = total <= ctx.max_memory_bytes if in_memory == "auto" else bool(in_memory)
+    sets = {
+        name: images_from_files([p for p, _ in items], [y for _, y in items], shape, memory, "dataset image_folder")
+        if items
+        else None
+        for name, items in splits.items()
+    }
     train = sets["train"]
     assert train is not None  # _scan gives every class at least one training image
     return DataSplits(
@@ -209,105 +222,12 @@ def _scan(root: Path, exts, test_ratio: float, seed: int):
 
 def _stratified_split(found: dict[str, list[str]], index: dict[str, int], test_ratio: float, seed: int):
     """Per class, a seeded shuffle; round(n * test_ratio) to test, at least one left for training."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    train: list[tuple[str, int]] = []
-    test: list[tuple[str, int]] = []
-    for c in sorted(found):
-        files = found[c]
-        order = torch.randperm(len(files), generator=g).tolist()
-        n = min(len(files) - 1, max(1, round(len(files) * test_ratio))) if test_ratio > 0 and len(files) > 1 else 0
-        test.extend((files[i], index[c]) for i in sorted(order[:n]))
-        train.extend((files[i], index[c]) for i in sorted(order[n:]))
-    return train, test or None
+    items = [(p, index[c]) for c in sorted(found) for p in found[c]]
+    train, test = stratified_split([y for _, y in items], test_ratio, seed)
+    return [items[i] for i in train], [items[i] for i in test] or None
 
 
 # --------------------------------------------------------------------------- decoding
 def decode(path: str, shape: tuple[int, int, int]):
-    """One image file -> uint8 [C, H, W]: upright, RGB or L, shorter side scaled to cover H x W, center crop."""
-    import numpy as np
-    import torch
-    from PIL import Image, ImageOps
-
-    channels, height, width = shape
-    img: Image.Image
-    try:
-        with open_image(path, f"image {path} of dataset image_folder") as img:
-            # JPEG can decode at 1/2, 1/4, 1/8 scale, never below the requested size: far faster for
-            # photos. The scale covers the target whichever way the EXIF orientation turns the image.
-            w0, h0 = img.size
-            k = max(height, width) / min(w0, h0)
-            img.draft("RGB" if channels == 3 else "L", (round(w0 * k), round(h0 * k)))
-            img = ImageOps.exif_transpose(img)
-            img = _to_mode(img, "RGB" if channels == 3 else "L")
-    except (MemoryError, SftError):
-        raise
-    except Exception as exc:  # PIL raises many types for broken files  # noqa: BLE001
-        raise SftError(f"dataset image_folder: cannot read image {path} ({exc}); fix or remove it") from None
-    w0, h0 = img.size
-    scale = max(height / h0, width / w0)
-    w1, h1 = max(width, round(w0 * scale)), max(height, round(h0 * scale))
-    left, top = (w1 - width) // 2, (h1 - height) // 2
-    if (w1, h1) != (w0, h0):
-        img = img.resize((w1, h1), Image.Resampling.BICUBIC)
-    img = img.crop((left, top, left + width, top + height))
-    array = np.asarray(img, dtype=np.uint8)  # read-only view of PIL's buffer: copied once below
-    array = array[None].copy() if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
-    return torch.from_numpy(array)
-
-
-def _to_mode(img, mode: str):
-    """Convert to RGB or L. Transparent images go onto white (PIL's convert would expose whatever lies
-    under alpha 0); 16-bit and float images are scaled to 8 bits (PIL's convert clips them to white)."""
-    import numpy as np
-    from PIL import Image
-
-    if img.mode.startswith("I") or img.mode == "F":
-        a = np.asarray(img, dtype=np.float32)
-        if img.mode.startswith("I;16") or (img.mode == "I" and a.size and a.max() > 255):
-            a = a / 257.0
-        elif img.mode == "F" and a.size and a.max() <= 1.0:
-            a = a * 255.0
-        img = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))  # 2-D uint8: mode L
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img if img.mode == mode else img.convert(mode)
-
-
-def _decode_all(items: list[tuple[str, int]], shape) -> ImageSet:
-    """Decode into one preallocated tensor with a thread pool (PIL releases the GIL while decoding)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
-    images = torch.empty((len(items), *shape), dtype=torch.uint8)
-
-    def one(i: int) -> None:
-        images[i] = decode(items[i][0], shape)
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(one, range(len(items))))
-    return ImageSet(images=images, labels=torch.tensor([y for _, y in items], dtype=torch.int64))
-
-
-class ImageLoader:
-    """``load(i)`` for a FileSet; a plain class so DataLoader workers can pickle it."""
-
-    def __init__(self, paths: list[str], shape: tuple[int, int, int]):
-        self.paths, self.shape = paths, cast("tuple[int, int, int]", tuple(shape))
-
-    def __call__(self, i: int):
-        return decode(self.paths[i], self.shape)
-
-
-def _file_set(items: list[tuple[str, int]], shape) -> FileSet:
-    import torch
-
-    return FileSet(
-        load=ImageLoader([p for p, _ in items], shape),
-        labels=torch.tensor([y for _, y in items], dtype=torch.int64),
-        image_shape=tuple(shape),
-    )
+    """One image file -> uint8 [C, H, W], as every file-backed dataset decodes it (``sftcore.api.decode_image``)."""
+    return decode_image(path, shape, "dataset image_folder")

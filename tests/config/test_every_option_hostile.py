@@ -50,7 +50,8 @@ def test_every_key_takes_hostile_values_as_one_line_or_accepts_them(key):
 PLACED = {**KINDS_IN_STAGES, "datasets": "dataset", "backbones": "backbone", "callbacks": "callbacks"}
 # what a component needs besides the option under test (its required options), and the tiny config's shapes task
 REQUIRED = {"shapes": {"task": "target"}, "image_folder": {"root": "."}, "cifar10": {"root": "."},
-            "cifar100": {"root": "."}, "timm": {"model": "resnet18"}, "csv": {}}
+            "cifar100": {"root": "."}, "torchvision": {"dataset": "MNIST"}, "manifest": {"train": "train.csv"},
+            "timm": {"model": "resnet18"}, "csv": {}}
 
 
 def _component_options() -> list[tuple[str, str, str]]:

@@ -10,7 +10,8 @@ from PIL import Image
 from fakedata import write_image
 from sftcore.api import Augment, DatasetContext, FileSet, ImageSet
 from sftcore.errors import ConfigError, SftError
-from sftcore_plugins.datasets.image_folder import ImageLoader, decode, image_folder
+from sftcore._data.images import ImageLoader
+from sftcore_plugins.datasets.image_folder import decode, image_folder
 
 
 def ctx(c=3, h=16, w=16, seed=0, max_memory=4 << 30):

@@ -1,0 +1,145 @@
+"""Image files to the backbone's input size: the one decoding path every file-backed dataset shares
+(image_folder, torchvision, manifest), public as ``sftcore.api.decode_image`` and ``images_from_files``.
+
+Resizing happens once per image, rather than per batch: user images come in any size and mode, and
+decoding a 4000x3000 JPEG every epoch would dominate training. Images are held in memory as uint8 when
+the caller says they fit; otherwise a FileSet decodes them on demand in the runner's DataLoader workers.
+Imports no torch at module level (``sftcore.api`` stays light)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
+from sftcore._fileio.reader import open_image
+from sftcore._plugins.contracts import FileSet, ImageSet
+from sftcore.errors import SftError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+def decode_image(path: str, shape: tuple[int, int, int], who: str = "dataset") -> torch.Tensor:
+    """One image file -> uint8 [C, H, W]: upright, RGB or L, shorter side scaled to cover H x W, center crop.
+    ``who`` names the dataset in the one-line error a broken file gives."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    channels, height, width = shape
+    img: Image.Image
+    try:
+        with open_image(path, f"image {path} of {who}") as img:
+            # JPEG can decode at 1/2, 1/4, 1/8 scale, never below the requested size: far faster for
+            # photos. The scale covers the target whichever way the EXIF orientation turns the image.
+            w0, h0 = img.size
+            k = max(height, width) / min(w0, h0)
+            img.draft("RGB" if channels == 3 else "L", (round(w0 * k), round(h0 * k)))
+            img = ImageOps.exif_transpose(img)
+            img = _to_mode(img, "RGB" if channels == 3 else "L")
+    except (MemoryError, SftError):
+        raise
+    except Exception as exc:  # PIL raises many types for broken files  # noqa: BLE001
+        raise SftError(f"{who}: cannot read image {path} ({exc}); fix or remove it") from None
+    w0, h0 = img.size
+    scale = max(height / h0, width / w0)
+    w1, h1 = max(width, round(w0 * scale)), max(height, round(h0 * scale))
+    left, top = (w1 - width) // 2, (h1 - height) // 2
+    if (w1, h1) != (w0, h0):
+        img = img.resize((w1, h1), Image.Resampling.BICUBIC)
+    img = img.crop((left, top, left + width, top + height))
+    array = np.asarray(img, dtype=np.uint8)  # read-only view of PIL's buffer: copied once below
+    array = array[None].copy() if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
+    return torch.from_numpy(array)
+
+
+def _to_mode(img, mode: str):
+    """Convert to RGB or L. Transparent images go onto white (PIL's convert would expose whatever lies
+    under alpha 0); 16-bit and float images are scaled to 8 bits (PIL's convert clips them to white)."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode.startswith("I") or img.mode == "F":
+        a = np.asarray(img, dtype=np.float32)
+        if img.mode.startswith("I;16") or (img.mode == "I" and a.size and a.max() > 255):
+            a = a / 257.0
+        elif img.mode == "F" and a.size and a.max() <= 1.0:
+            a = a * 255.0
+        img = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))  # 2-D uint8: mode L
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img if img.mode == mode else img.convert(mode)
+
+
+class ImageLoader:
+    """``load(i)`` for a FileSet; a plain class so DataLoader workers can pickle it."""
+
+    def __init__(self, paths: list[str], shape: tuple[int, int, int], who: str = "dataset"):
+        self.paths, self.shape = paths, cast("tuple[int, int, int]", tuple(shape))
+        self.who = who
+
+    def __call__(self, i: int):
+        return decode_image(self.paths[i], self.shape, self.who)
+
+
+def images_from_files(
+    paths: Sequence[str],
+    labels: Sequence[int],
+    shape: tuple[int, int, int],
+    in_memory: bool,
+    who: str = "dataset",
+) -> ImageSet | FileSet:
+    """Files and their labels as a split: decoded now into one uint8 tensor (``in_memory``, a thread pool:
+    PIL releases the GIL while decoding), or a FileSet that decodes on demand in DataLoader workers."""
+    import torch
+
+    paths = [str(p) for p in paths]
+    if len(paths) != len(labels):
+        raise ValueError(f"images_from_files: {len(paths)} paths but {len(labels)} labels")
+    label_t = torch.tensor([int(y) for y in labels], dtype=torch.int64)
+    shape = cast("tuple[int, int, int]", tuple(shape))
+    if not in_memory:
+        return FileSet(load=ImageLoader(paths, shape, who), labels=label_t, image_shape=shape)
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = torch.empty((len(paths), *shape), dtype=torch.uint8)
+
+    def one(i: int) -> None:
+        images[i] = decode_image(paths[i], shape, who)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(one, range(len(paths))))
+    return ImageSet(images=images, labels=label_t)
+
+
+def fits_in_memory(count: int, shape: Sequence[int], max_memory_bytes: int, in_memory: bool | str = "auto") -> bool:
+    """Whether ``count`` uint8 images of ``shape`` go in memory: ``in_memory`` true/false decides, ``auto``
+    compares their size with the dataset context's ``max_memory_bytes``."""
+    if in_memory != "auto":
+        return bool(in_memory)
+    c, h, w = shape
+    return count * c * h * w <= max_memory_bytes
+
+
+def stratified_split(labels: Sequence[int], test_ratio: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, test) of a hold-out: per class, in label order, a seeded shuffle; round(n * test_ratio)
+    to test and at least one left for training. For datasets that come without a test split."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(int(y), []).append(i)
+    train: list[int] = []
+    test: list[int] = []
+    for c in sorted(by_class):
+        members = by_class[c]
+        order = torch.randperm(len(members), generator=g).tolist()
+        n = len(members)
+        k = min(n - 1, max(1, round(n * test_ratio))) if test_ratio > 0 and n > 1 else 0
+        test.extend(members[i] for i in sorted(order[:k]))
+        train.extend(members[i] for i in sorted(order[k:]))
+    return train, test
