@@ -101,8 +101,8 @@ def test_every_builtin_strategy_is_registered_and_builds_a_linear_head():
     assert set(BUILTIN_HEADS) <= set(registered)
     for name in BUILTIN_HEADS:
         assert registered[name].plugin == "sftcore.heads"
-        if name in ("match_classes", "imprint"):
-            continue  # need a source head / training features, tested below
+        if name in ("match_classes", "imprint", "ncm", "logistic"):
+            continue  # need a source head / training features, tested below (ncm, logistic: test_heads_fast.py)
         strat, ctx, model = build(name)
         assert isinstance(strat, HeadStrategy)
         assert isinstance(model.head, nn.Linear) and model.head.weight.shape == (3, 84)
