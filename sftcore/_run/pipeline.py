@@ -70,6 +70,7 @@ class Pipeline:
         self.seeds = self.config.seed_list
         self.info = RunInfo(config=self.cfg, run_dir=run_dir, seeds=list(self.seeds), resumed=resume)
         self._splits: dict[str, StageData] = {}
+        self._said: set[str] = set()  # say_once's lines
 
     def _check_stop(self) -> None:
         """Between stages: a signal that came outside the training loop stops the run here."""
@@ -85,6 +86,12 @@ class Pipeline:
     def say(self, text: str) -> None:
         if self.echo is not None:
             self.echo(text)
+
+    def say_once(self, text: str) -> None:
+        """A line said once per run, however many seeds' stages have it to say."""
+        if text not in self._said:
+            self._said.add(text)
+            self.say(text)
 
     def build_backbone(self, random_init: bool = False, seed: int | None = None) -> Backbone:
         seed = self.seed if seed is None else seed
@@ -258,7 +265,7 @@ class Pipeline:
             events=self.events if events is None else events,
             info=info,
             registry=self.registry,
-            say=self.say if validate else None,
+            say=self.say_once if validate else None,
         )
         return Stage(parts)
 

@@ -453,7 +453,7 @@ class Stage:
             self._features = self._val_features = None
             if why and not self._said_uncached:
                 self._said_uncached = True
-                self.say(f"{self.name}: the backbone is frozen, but its features are computed every epoch: {why}")
+                self.say(f"{self.ctx.stage}: the backbone is frozen, but its features are computed every epoch: {why}")
             return None
         if self._features is None:
             self._features = self._extract_features()
