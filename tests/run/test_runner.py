@@ -419,7 +419,7 @@ def test_default_config_runs_with_overrides(tmp_path):
     s = sftcore.run(None, out=tmp_path / "r", overrides=[
         "device=cpu", "pretrain.epochs=1", "finetune.epochs=1",
         "pretrain.dataset.train_per_class=20", "pretrain.dataset.test_per_class=5",
-        "finetune.dataset.train_per_class=20", "finetune.dataset.test_per_class=5"])
+        "finetune.dataset.train_per_class=20", "finetune.dataset.test_per_class=5", "baseline.epochs=1"])
     assert s["name"] == "shapes-demo"
     assert s["finetune"]["head"] == "lp_ft" and s["finetune"]["regularizers"] == ["l2_sp"]
     assert s["finetune"]["train_examples"] + s["finetune"]["val_examples"] == 50  # 10 labels x 5 classes

@@ -213,14 +213,14 @@ def test_a_changed_sweep_file_against_its_directory_is_one_line(here):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_running_cell_and_resume_finishes_it(here):
-    # the second cell is quick; the first long enough (200 tiny epochs) to be running when the Ctrl-C arrives on
-    # a fast idle machine, and without the pretrain cache (a cached pretraining would let it finish at once)
-    sweep = write_sweep(here, grid={"pretrain.epochs": [200, 1]}, base_config={**base(), "pretrain_cache": False})
+    # the second cell is quick; the first long enough (40 tiny epochs, a few seconds; the signal goes as soon as its
+    # first checkpoint exists) and without the pretrain cache (a cached pretraining would let it finish at once)
+    sweep = write_sweep(here, grid={"pretrain.epochs": [40, 1]}, base_config={**base(), "pretrain_cache": False})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "sftcore", "sweep", str(sweep), "--out", "sw"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "start" in proc.stdout.readline() + proc.stdout.readline()  # the sweep's line, the first cell's
-    first = here / "sw" / "cells" / "000-epochs=200"
+    first = here / "sw" / "cells" / "000-epochs=40"
     deadline = time.time() + 60
     while not list((first / "checkpoints").glob("*.pt")) and time.time() < deadline:
         time.sleep(0.2)
@@ -229,7 +229,7 @@ def test_ctrl_c_stops_the_running_cell_and_resume_finishes_it(here):
     assert proc.returncode == 130, (out, err)
     assert "sft sweep --resume sw" in err
     cells = cells_of(here / "sw")
-    assert cells["000-epochs=200"]["status"] == "interrupted" and cells["001-epochs=1"]["status"] == "pending"
+    assert cells["000-epochs=40"]["status"] == "interrupted" and cells["001-epochs=1"]["status"] == "pending"
     resumed = tiny.invoke("sweep", "--resume", "sw")
     assert resumed.exit_code == 0, resumed.output
     assert {c["status"] for c in cells_of(here / "sw").values()} == {"finished"}
