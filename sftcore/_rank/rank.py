@@ -19,6 +19,7 @@ from sftcore._fileio import storage
 from sftcore._plugins import components
 from sftcore._plugins.contracts import suggest
 from sftcore._plugins.manager import get_registry
+from sftcore._runtime import held_warnings
 from sftcore.errors import ConfigError, ScoreUnavailable, SftError
 
 from .candidates import Candidate, parse
@@ -61,6 +62,7 @@ def rank(
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= MAX_TOP):
         raise ConfigError(f"--top must be a whole number from 1 to {MAX_TOP}, got {top!r}")
     plan = _plan(config, candidates, overrides, scores, by, out, force, seed, top is not None)
+    held_warnings.release()  # the input is checked: what a library warns about from here on is news
     rows = []
     for i, cand in enumerate(plan.candidates, 1):
         row = measure(plan, cand)

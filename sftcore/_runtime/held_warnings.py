@@ -1,7 +1,8 @@
 """Python warnings raised while a command checks its input are held back, so that a user's mistake is one
 line (``sft: error: ...``), not that line behind a library's UserWarning. Once the checks pass (the pipeline
-calls ``release`` before it trains) or the command ends well, the held warnings are shown as usual; when it
-ends with a user error they are dropped (``sft --debug`` shows them with the traceback)."""
+calls ``release`` before it trains; `sft sweep` and `sft rank` once their input is checked) or the command
+ends, the held warnings are shown as usual; when it ends with a user's mistake (an ``SftError`` other than a
+training failure or an interruption) they are dropped (``sft --debug`` shows them with the traceback)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import contextlib
 import warnings
 from collections.abc import Callable, Iterator
 
-from sftcore.errors import SftError
+from sftcore.errors import Interrupted, SftError, TrainingError
 
 _held: list[tuple] | None = None  # None: warnings go straight through
 
@@ -34,7 +35,9 @@ def held(show_on_error: Callable[[], bool] = lambda: False) -> Iterator[None]:
     keep = True
     try:
         yield
-    except SftError:
+    except (TrainingError, Interrupted):  # not a mistake in the input: a warning may explain it
+        raise
+    except SftError:  # a mistake in the input, found before any work: its one line is what matters
         keep = show_on_error()
         raise
     finally:

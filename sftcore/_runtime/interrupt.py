@@ -74,8 +74,8 @@ def watch_parent(environ: dict | None = None) -> threading.Thread | None:
     """When ``SFT_PARENT_PID`` names this process's parent, a daemon thread sends this process SIGTERM
     once the parent is gone (its parent pid changes), so the run saves its checkpoint and stops."""
     global _watching
-    wanted = (os.environ if environ is None else environ).get(PARENT_ENV, "")
-    if _watching or not wanted.isdigit():
+    wanted = (os.environ if environ is None else environ).pop(PARENT_ENV, "")  # not inherited by what this starts
+    if _watching or not wanted.isdigit() or os.getppid() != int(wanted):  # a stale value names another process
         return None
     parent = int(wanted)
 

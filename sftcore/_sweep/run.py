@@ -23,6 +23,7 @@ from pathlib import Path
 from sftcore._fileio import storage
 from sftcore._run import ownership
 from sftcore._rundir import layout as rundir
+from sftcore._runtime import held_warnings
 from sftcore.errors import ConfigError, Interrupted, SftError, show
 
 from .executors import INTERRUPT_CODES, LOG, Job, Outcome, Signals, check_address, ray_available, run_local, run_ray
@@ -129,6 +130,7 @@ def sweep(path=None, opts: Options | None = None, echo: Callable[[str], None] = 
     given = opts.resume or opts.out
     where = Path(given) if given else _new_sweep_path(spec.name)
     lock = _claim(where, spec)
+    held_warnings.release()  # the sweep's input is checked: what a library warns about now is news
     try:
         return _run(State(where, spec, opts), cells, echo)
     finally:

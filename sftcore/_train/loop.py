@@ -99,11 +99,14 @@ FROZEN_FEATURES_MAX_BYTES = 2 << 30  # a frozen backbone's cached features of a 
 
 
 def _random_in_training(module: torch.nn.Module) -> bool:
-    """Whether the module's output in training mode is random: dropout, or timm's stochastic depth."""
+    """Whether the module's output in training mode is random or depends on the batch: dropout, stochastic depth
+    (timm's ``drop_prob``, torchvision's ``p``), or a batch-norm layer still in training mode."""
     if not module.training:
         return False
-    rate = module.p if isinstance(module, torch.nn.modules.dropout._DropoutNd) else getattr(module, "drop_prob", 0.0)
-    return isinstance(rate, (int, float)) and rate > 0
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        return True
+    rates = [getattr(module, name, 0.0) for name in ("p", "drop_prob")]
+    return any(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in rates)
 
 
 def start_epoch(strategy: HeadStrategy, epoch: int, ctx: TrainContext) -> None:
@@ -265,6 +268,8 @@ class Stage:
         }
 
     def _never_trained(self) -> frozenset:
+        """Parameters no epoch made trainable and none received a gradient (one a callback unfroze mid-epoch did)."""
+        self._trained.update(n for n, p in self.model.named_parameters() if p.requires_grad or p.grad is not None)
         return frozenset(n for n, _ in self.model.named_parameters() if n not in self._trained)
 
     def _model_state(self) -> dict:
@@ -286,6 +291,15 @@ class Stage:
         if best is None or self._frozen_digest is None:
             return best
         return {**best, "state": {k: v for k, v in best["state"].items() if k not in self._frozen_digest[0]}}
+
+    def _whole_best(self, best: dict | None) -> dict | None:
+        """A resumed ``select: best`` copy, its left-out parameters filled from the model just loaded: they had
+        not trained when it was taken, so they still equal the stage's start (later epochs may train them)."""
+        if not isinstance(best, dict) or not isinstance(best.get("state"), dict):
+            return best
+        own = self.model.state_dict()
+        missing = {k: v.detach().clone() for k, v in own.items() if k not in best["state"]}
+        return {**best, "state": {**missing, **best["state"]}}
 
     def _load_model_state(self, state: dict) -> None:
         """The checkpoint's model; the parameters it left out (never trained) are checked to be the ones it
@@ -320,6 +334,7 @@ class Stage:
     def load_state_dict(self, state: dict) -> None:
         """Continue where ``state`` stopped; the strategy re-derives the freeze state from the epoch."""
         self._load_model_state(state)
+        state = {**state, "best": self._whole_best(state.get("best"))}
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

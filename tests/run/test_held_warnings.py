@@ -50,10 +50,15 @@ def test_dropped_on_a_user_error_shown_on_success_debug_or_a_bug(shown):
     with pytest.raises(ZeroDivisionError), held():
         warnings.warn("bug", UserWarning)
         1 / 0  # noqa: B018
-    assert shown == ["kept", "debug", "bug"]
+    from sftcore.errors import TrainingError
+
+    with pytest.raises(TrainingError), held():  # not a mistake in the input: the warning may explain it
+        warnings.warn("diverged", UserWarning)
+        raise TrainingError("the loss became NaN")
+    assert shown == ["kept", "debug", "bug", "diverged"]
     with held(), held():  # nested: the outer one decides
         warnings.warn("inner", UserWarning)
-        assert shown[-1] == "bug"
+        assert shown[-1] == "diverged"
     assert shown[-1] == "inner"
 
 

@@ -126,3 +126,49 @@ def test_a_frozen_stage_checkpoints_what_it_trained_and_resume_checks_the_rest(t
     torch.save(state, progress)
     with pytest.raises(SftError, match="frozen weights this checkpoint was saved against differ"):
         sftcore.run(resume=tmp_path / "cut")
+
+
+class InterruptAt(Callback):
+    """A Ctrl-C at step ``step`` of (1-based) epoch ``epoch`` of finetune, nothing else."""
+
+    def __init__(self, epoch: int, step: int):
+        self.epoch, self.step = epoch, step
+
+    def on_step_end(self, stage, epoch, step, loss):
+        import os
+        import signal
+
+        if stage.stage == "finetune" and (epoch, step) == (self.epoch, self.step):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_resumed_best_copy_gets_back_what_its_checkpoint_left_out():
+    """The best epoch's copy in a progress file lacks the parameters that had not trained yet; a resume fills them
+    from the model it rebuilt (they still equal the stage's start), so later training cannot leak into it."""
+    from types import SimpleNamespace
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    best = {"epoch": 1, "key": [1.0, 0.0], "state": {"1.weight": torch.ones(1, 2), "1.bias": torch.zeros(1)}}
+    whole = training.Stage._whole_best(SimpleNamespace(model=model), best)
+    assert set(whole["state"]) == set(model.state_dict())
+    assert torch.equal(whole["state"]["0.weight"], model[0].weight) and torch.equal(whole["state"]["1.weight"],
+                                                                                    torch.ones(1, 2))
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # later epochs train it: the copy keeps the start
+    assert not torch.equal(whole["state"]["0.weight"], model[0].weight)
+
+
+@pytest.mark.slow
+def test_lp_ft_with_select_best_interrupted_in_its_probe_resumes_exactly(tmp_path):
+    from sftcore.errors import Interrupted
+
+    config = tiny_config(epochs=4, head={"name": "lp_ft", "probe_epochs": 2}, augment=[], select="best")
+    ref = sftcore.run(config, out=tmp_path / "ref")
+    with pytest.raises(Interrupted):
+        sftcore.run(config, out=tmp_path / "cut", callbacks=[InterruptAt(2, 2)])
+    assert torch.load(tmp_path / "cut" / "checkpoints" / "finetune-last.pt", weights_only=True)["frozen"]["names"]
+    resumed = sftcore.run(resume=tmp_path / "cut")
+    for key in ("test_accuracy", "selected_epoch", "test_loss"):
+        assert resumed["finetune"][key] == ref["finetune"][key], key
+    assert tiny.without_seconds(tiny.read_metrics(tmp_path / "cut")) == \
+        tiny.without_seconds(tiny.read_metrics(tmp_path / "ref"))
