@@ -602,3 +602,16 @@ def test_a_channel_count_that_cannot_be_converted_is_a_config_error(tmp_path):
     cfg["backbone"] = {"name": "timm", "model": "resnet10t", "in_chans": 4}
     with pytest.raises(ConfigError, match="3-channel images but the backbone takes 4 channels"):
         sftcore.run(cfg, out=tmp_path / "r")
+
+
+@pytest.mark.slow
+def test_each_stage_says_the_size_of_its_images_and_the_size_the_model_sees(tmp_path):
+    """Issue 27: a folder of small images trained at a backbone's larger fixed input costs far more compute; a run
+    says both sizes once per stage and records them in summary.json (image_shape, input_shape)."""
+    lines: list[str] = []
+    cfg = tiny.config(pretrain=False, baseline=False, backbone={"name": "lenet", "img_size": 24})
+    summary = sftcore.run(cfg, out=tmp_path / "r", echo=lines.append)
+    assert summary["finetune"]["image_shape"] == [3, 16, 16] and summary["finetune"]["input_shape"] == [3, 24, 24]
+    said = [line for line in lines if line.startswith("finetune: images")]
+    assert said == ["finetune: images 3x16x16, the model sees 3x24x24 (resized to the backbone's fixed input "
+                    "size on the fly)"]
