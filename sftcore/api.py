@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._data.images import decode_image, fits_in_memory, images_from_files, stratified_split  # noqa: F401
+from ._data.images import (  # noqa: F401
+    decode_image,
+    fits_in_memory,
+    image_shape_for,
+    images_from_files,
+    stratified_split,
+)
 from ._fileio.reader import open_image  # noqa: F401  (re-exported)
 from ._fileio.reader import read_text as _read_text
 from ._plugins.contracts import (  # noqa: F401  (re-exported)
@@ -69,6 +75,7 @@ __all__ = [
     "open_image",
     "read_text",
     "decode_image",
+    "image_shape_for",
     "images_from_files",
     "fits_in_memory",
     "stratified_split",

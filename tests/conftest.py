@@ -18,6 +18,9 @@ for _folder in [_TESTS, *sorted(p for p in _TESTS.iterdir() if p.is_dir() and an
 # Tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TIMM_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Hugging Face datasets caches what it converts (parquet -> arrow): never in the real ~/.cache/huggingface.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-datasets-tests-")
 # Never the real ~/.cache/sftcore, even for an environment a test module copies when it is imported; the
 # fixtures below give each module and each test a cache of its own.
 os.environ["SFT_CACHE_DIR"] = tempfile.mkdtemp(prefix="sft-cache-tests-")

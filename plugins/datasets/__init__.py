@@ -1,4 +1,5 @@
-"""Built-in datasets: CIFAR-10/100, torchvision's datasets, image folders, manifest tables and the embedded shapes."""
+"""Built-in datasets: CIFAR-10/100, torchvision's datasets, Hugging Face datasets, image folders, manifest tables and
+the embedded shapes."""
 
 from sftcore import hookimpl
 
@@ -29,6 +30,11 @@ def register_datasets(register):
         "manifest",
         "sftcore_plugins.datasets.manifest:manifest",
         "A CSV (or parquet) table of image paths and labels per split, paths relative to the table",
+    )
+    register(
+        "hf",
+        "sftcore_plugins.datasets.hf:hf",
+        "Hugging Face datasets: a hub name, a save_to_disk folder or parquet/arrow files (extra: sftcore[hf])",
     )
     register(
         "shapes",

@@ -1,4 +1,5 @@
-"""Your own images, one sub-folder per class, resized once to the backbone's input size.
+"""Your own images, one sub-folder per class, held at their own size when they share one (else resized once
+to the backbone's input size: ``sftcore.api.image_shape_for``).
 
 Resizing happens once per image, rather than per batch: user images come in any size and mode, and
 decoding a 4000x3000 JPEG every epoch would dominate training. The decoding path is shared with the
@@ -20,11 +21,14 @@ from sftcore.api import (
     DataSplits,
     check_option,
     decode_image,
+    fits_in_memory,
+    image_shape_for,
     images_from_files,
     stratified_split,
 )
 from sftcore.errors import ConfigError, SftError, show
 
+_WHO = "dataset image_folder"
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 _SKIP = {"__MACOSX"}  # archive debris, not a class
 _LAYOUT = (
@@ -69,14 +73,6 @@ def image_folder(
     """Images in class sub-folders; layout root/train|val|test/<class>/ or root/<class>/ split by test_ratio."""
     where = f"config: {ctx.stage}.dataset"
     validate_options(where, root, test_ratio, in_memory, crop_padding, flip, extensions)
-    channels, height, width = ctx.input_size
-    if channels not in (1, 3):
-        raise SftError(
-            f"{where} image_folder makes 1- or 3-channel images, but the backbone takes {channels}; "
-            "choose a backbone with 1 or 3 input channels"
-        )
-    if crop_padding is None:
-        crop_padding = round(height / 8)
     exts = _extensions(extensions, where)
     root_path = Path(os.path.expanduser(str(root)))
     if not root_path.is_dir():
@@ -85,13 +81,11 @@ def image_folder(
             "the folder holding your images, " + _LAYOUT
         )
     classes, splits = _scan(root_path, exts, test_ratio, ctx.seed)
-    shape = (channels, height, width)
-    total = sum(len(items) for items in splits.values() if items) * channels * height * width
-    memory = total <= ctx.max_memory_bytes if in_memory == "auto" else bool(in_memory)
+    shape = image_shape_for([p for items in splits.values() if items for p, _ in items], ctx, _WHO)
+    count = sum(len(items) for items in splits.values() if items)
+    memory = fits_in_memory(count, shape, ctx.max_memory_bytes, in_memory)
     sets = {
-        name: images_from_files([p for p, _ in items], [y for _, y in items], shape, memory, "dataset image_folder")
-        if items
-        else None
+        name: images_from_files([p for p, _ in items], [y for _, y in items], shape, memory, _WHO) if items else None
         for name, items in splits.items()
     }
     train = sets["train"]
@@ -101,7 +95,7 @@ def image_folder(
         train=train,
         val=sets["val"],
         test=sets["test"],
-        augment=Augment(crop_padding=crop_padding, flip=flip),
+        augment=Augment(crop_padding=round(shape[1] / 8) if crop_padding is None else crop_padding, flip=flip),
     )
 
 

@@ -20,6 +20,7 @@ from sftcore.api import (
     DataSplits,
     check_option,
     fits_in_memory,
+    image_shape_for,
     images_from_files,
     read_text,
     stratified_split,
@@ -74,12 +75,6 @@ def manifest(
     without a test table, a stratified share test_ratio of train is held out as test."""
     where = f"config: {ctx.stage}.dataset"
     validate_options(where, train, test, val, image, label, test_ratio, in_memory, crop_padding, flip)
-    channels, height, width = ctx.input_size
-    if channels not in (1, 3):
-        raise SftError(
-            f"{where} manifest makes 1- or 3-channel images, but the backbone takes {channels}; "
-            "choose a backbone with 1 or 3 input channels"
-        )
     tables = {name: t for name, t in (("train", train), ("val", val), ("test", test)) if t is not None}
     rows = {name: _rows(Path(os.path.expanduser(t)), image, label) for name, t in tables.items()}
     classes = _classes(rows["train"], tables["train"])
@@ -91,7 +86,7 @@ def manifest(
         parts["train"] = ([paths[i] for i in tr], [labels[i] for i in tr])
         if te:
             parts["test"] = ([paths[i] for i in te], [labels[i] for i in te])
-    shape = (channels, height, width)
+    shape = image_shape_for([p for paths, _ in parts.values() for p in paths], ctx, _WHO)
     memory = fits_in_memory(sum(len(y) for _, y in parts.values()), shape, ctx.max_memory_bytes, in_memory)
     sets = {name: images_from_files(p, y, shape, memory, _WHO) for name, (p, y) in parts.items()}
     return DataSplits(
@@ -99,7 +94,7 @@ def manifest(
         train=sets["train"],
         val=sets.get("val"),
         test=sets.get("test"),
-        augment=Augment(crop_padding=round(height / 8) if crop_padding is None else crop_padding, flip=flip),
+        augment=Augment(crop_padding=round(shape[1] / 8) if crop_padding is None else crop_padding, flip=flip),
     )
 
 

@@ -21,6 +21,7 @@ from sftcore.api import (
     DataSplits,
     check_option,
     fits_in_memory,
+    image_shape_for,
     images_from_files,
     stratified_split,
 )
@@ -166,10 +167,10 @@ def torchvision(
         sets = {name: _array_set(x, y) for name, (x, y) in parts.items()}
         height = int(sets["train"].images.shape[-2])
     else:
-        shape = _shape(ctx, where)
+        who = f"dataset torchvision {dataset}"
+        shape = image_shape_for([p for paths, _ in parts.values() for p in paths], ctx, who)
         count = sum(len(labels) for _, labels in parts.values())
         memory = fits_in_memory(count, shape, ctx.max_memory_bytes, in_memory)
-        who = f"dataset torchvision {dataset}"
         sets = {name: images_from_files(x, y, shape, memory, who) for name, (x, y) in parts.items()}
         height = shape[1]
     pad = round(height / 8) if crop_padding is None else crop_padding
@@ -197,16 +198,6 @@ def _split_args(spec: _Spec) -> dict[str, dict]:
     if spec.test is not None:
         out["test"] = {**spec.extra, **spec.test}
     return out
-
-
-def _shape(ctx: DatasetContext, where: str) -> tuple[int, int, int]:
-    channels, height, width = ctx.input_size
-    if channels not in (1, 3):
-        raise SftError(
-            f"{where} torchvision makes 1- or 3-channel images, but the backbone takes {channels}; "
-            "choose a backbone with 1 or 3 input channels"
-        )
-    return channels, height, width
 
 
 # --------------------------------------------------------------------------- torchvision's readers

@@ -141,8 +141,11 @@ def _dataset(value: Any, path: str, registry) -> dict:
         _int(runner["labels_per_class"], f"{path}.labels_per_class", 1)
     if runner["fraction"] is not None:
         _float(runner["fraction"], f"{path}.fraction", 0.0, 1.0, low_open=True)
-    if runner["labels_per_class"] is not None and runner["fraction"] is not None:
-        raise ConfigError(f"config: {path} sets both labels_per_class and fraction; keep one")
+    if runner["train_examples"] is not None:
+        _int(runner["train_examples"], f"{path}.train_examples", 1)
+    chosen = [k for k in ("labels_per_class", "fraction", "train_examples") if runner[k] is not None]
+    if len(chosen) > 1:
+        raise ConfigError(f"config: {path} sets both {chosen[0]} and {chosen[1]}; keep one")
     _plain_keys(runner, DatasetConfig, path)  # val_fraction, as declared
     return {"name": value["name"], **runner, **components.options(value, DATASET_RUNNER_KEYS)}
 

@@ -173,13 +173,19 @@ class DatasetConfig:
         None,
         "integer or null",
         "keep N training examples per class (stratified, seeded); null: all",
-        allowed=">= 1; not with fraction",
+        allowed=">= 1; not with fraction or train_examples",
     )
     fraction: float | None = key(
         None,
         "number or null",
         "keep this fraction of each class's training examples; null: all",
-        allowed="> 0 and <= 1; not with labels_per_class",
+        allowed="> 0 and <= 1; not with labels_per_class or train_examples",
+    )
+    train_examples: int | None = key(
+        None,
+        "integer or null",
+        "keep N training examples in all, stratified as the classes' shares (VTAB's 1000); null: all",
+        allowed=">= the number of classes; not with labels_per_class or fraction",
     )
     val_fraction: float = key(
         0.1,

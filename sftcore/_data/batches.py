@@ -28,16 +28,42 @@ def _per_class(labels: torch.Tensor, seed: int):
 
 
 def few_label_index(
-    labels: torch.Tensor, seed: int, labels_per_class: int | None = None, fraction: float | None = None
+    labels: torch.Tensor,
+    seed: int,
+    labels_per_class: int | None = None,
+    fraction: float | None = None,
+    train_examples: int | None = None,
 ) -> torch.Tensor | None:
-    """A stratified, seeded subset: N per class, or a fraction of each class (at least one)."""
-    if labels_per_class is None and fraction is None:
+    """A stratified, seeded subset: N per class, a fraction of each class (at least one), or N in all."""
+    if labels_per_class is None and fraction is None and train_examples is None:
         return None
-    keep = []
-    for idx in _per_class(labels, seed):
-        n = labels_per_class if labels_per_class is not None else max(1, round(len(idx) * (fraction or 0.0)))
-        keep.append(idx[:n])
-    return torch.sort(torch.cat(keep)).values
+    shuffled = list(_per_class(labels, seed))
+    if train_examples is not None:
+        counts = stratified_counts([len(idx) for idx in shuffled], train_examples)
+    else:
+        counts = [
+            labels_per_class if labels_per_class is not None else max(1, round(len(idx) * (fraction or 0.0)))
+            for idx in shuffled
+        ]
+    return torch.sort(torch.cat([idx[:n] for idx, n in zip(shuffled, counts, strict=True)])).values
+
+
+def stratified_counts(sizes: list[int], total: int) -> list[int]:
+    """How many of each class a stratified sample of ``total`` keeps: the classes' shares of ``total``, rounded
+    by largest remainder (ties to the earlier class), then one for any class left at none, taken from the
+    largest. VTAB's fixed 1000 training examples, kept in the dataset's class proportions."""
+    if total >= sum(sizes):
+        return list(sizes)
+    quotas = [total * n / sum(sizes) for n in sizes]
+    counts = [int(q) for q in quotas]
+    order = sorted(range(len(sizes)), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in order[: total - sum(counts)]:
+        counts[i] += 1
+    for i, n in enumerate(sizes):
+        if n and not counts[i]:
+            counts[max(range(len(counts)), key=lambda k: (counts[k], -k))] -= 1
+            counts[i] = 1
+    return counts
 
 
 def holdout_index(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

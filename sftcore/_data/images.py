@@ -10,19 +10,29 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from sftcore._fileio.reader import open_image
-from sftcore._plugins.contracts import FileSet, ImageSet
+from sftcore._fileio.reader import image_size, open_image
+from sftcore._plugins.contracts import DatasetContext, FileSet, ImageSet
 from sftcore.errors import SftError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
-def decode_image(path: str, shape: tuple[int, int, int], who: str = "dataset") -> torch.Tensor:
+class Indexed(Protocol):
+    """What the image functions take as ``paths``: a list, or any lazy sequence (``len`` and ``[i]``)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, i: int, /) -> Any: ...
+
+
+def decode_image(
+    path: str, shape: tuple[int, int, int], who: str = "dataset", data: bytes | None = None
+) -> torch.Tensor:
     """One image file -> uint8 [C, H, W]: upright, RGB or L, shorter side scaled to cover H x W, center crop.
-    ``who`` names the dataset in the one-line error a broken file gives."""
+    ``who`` names the dataset in the one-line error a broken file gives; ``data``: the file's bytes when they are
+    already at hand (an image stored in a table), ``path`` then only names it."""
     import numpy as np
     import torch
     from PIL import Image, ImageOps
@@ -30,7 +40,7 @@ def decode_image(path: str, shape: tuple[int, int, int], who: str = "dataset") -
     channels, height, width = shape
     img: Image.Image
     try:
-        with open_image(path, f"image {path} of {who}") as img:
+        with open_image(path, f"image {path} of {who}", data) as img:
             # JPEG can decode at 1/2, 1/4, 1/8 scale, never below the requested size: far faster for
             # photos. The scale covers the target whichever way the EXIF orientation turns the image.
             w0, h0 = img.size
@@ -74,29 +84,78 @@ def _to_mode(img, mode: str):
     return img if img.mode == mode else img.convert(mode)
 
 
-class ImageLoader:
-    """``load(i)`` for a FileSet; a plain class so DataLoader workers can pickle it."""
+def image_shape_for(paths: Indexed, ctx: DatasetContext, who: str = "dataset") -> tuple[int, int, int]:
+    """The (C, H, W) a file-backed dataset holds its images at, the one rule every dataset follows: the images'
+    own size when they all share one and the backbone takes any size (a folder of 32 px digits trains a
+    ResNet at 32 px, not at its configured 224), else the backbone's input size (a ViT's fixed size, a
+    backbone's ``img_size``, or mixed sizes). C is the backbone's channels: 1 or 3."""
+    channels, height, width = ctx.input_size
+    if channels not in (1, 3):
+        raise SftError(
+            f"{who} makes 1- or 3-channel images, but the backbone takes {channels}; "
+            "choose a backbone with 1 or 3 input channels"
+        )
+    if ctx.fixed_input_size or not paths:
+        return channels, height, width
+    shared = _shared_size(paths, who)
+    return (channels, shared[1], shared[0]) if shared is not None else (channels, height, width)
 
-    def __init__(self, paths: list[str], shape: tuple[int, int, int], who: str = "dataset"):
+
+def _shared_size(paths: Indexed, who: str) -> tuple[int, int] | None:
+    """(width, height) that every file has, read from headers in chunks (stopping at the first other size)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first: tuple[int, int] | None = None
+    chunk = 512
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(paths), chunk):
+            part = [paths[i] for i in range(start, min(start + chunk, len(paths)))]
+            for size in pool.map(lambda item: _size(item, who), part):
+                first = first or size
+                if size != first:
+                    return None
+    return first
+
+
+def _source(item) -> tuple[str, bytes | None]:
+    """A path, or a ``(name, bytes)`` pair (bytes None: read the file ``name``), as (name, bytes or None)."""
+    if isinstance(item, tuple):
+        return str(item[0]), item[1]
+    return str(item), None
+
+
+def _size(item, who: str) -> tuple[int, int]:
+    name, data = _source(item)
+    return image_size(name, f"image {name} of {who}", data)
+
+
+class ImageLoader:
+    """``load(i)`` for a FileSet; a plain class so DataLoader workers can pickle it. ``paths`` is any sequence of
+    image sources (paths, or ``(name, bytes)`` pairs: a lazy sequence reading them from a table works too)."""
+
+    def __init__(self, paths: Indexed, shape: tuple[int, int, int], who: str = "dataset"):
         self.paths, self.shape = paths, cast("tuple[int, int, int]", tuple(shape))
         self.who = who
 
     def __call__(self, i: int):
-        return decode_image(self.paths[i], self.shape, self.who)
+        name, data = _source(self.paths[i])
+        return decode_image(name, self.shape, self.who, data)
 
 
 def images_from_files(
-    paths: Sequence[str],
+    paths: Indexed,
     labels: Sequence[int],
     shape: tuple[int, int, int],
     in_memory: bool,
     who: str = "dataset",
 ) -> ImageSet | FileSet:
     """Files and their labels as a split: decoded now into one uint8 tensor (``in_memory``, a thread pool:
-    PIL releases the GIL while decoding), or a FileSet that decodes on demand in DataLoader workers."""
+    PIL releases the GIL while decoding), or a FileSet that decodes on demand in DataLoader workers. A path may
+    also be a ``(name, bytes)`` pair, an image stored in a table, and ``paths`` a lazy sequence of them."""
     import torch
 
-    paths = [str(p) for p in paths]
+    if isinstance(paths, list):
+        paths = [p if isinstance(p, tuple) else str(p) for p in paths]
     if len(paths) != len(labels):
         raise ValueError(f"images_from_files: {len(paths)} paths but {len(labels)} labels")
     label_t = torch.tensor([int(y) for y in labels], dtype=torch.int64)
@@ -107,8 +166,10 @@ def images_from_files(
 
     images = torch.empty((len(paths), *shape), dtype=torch.uint8)
 
+    load = ImageLoader(paths, shape, who)
+
     def one(i: int) -> None:
-        images[i] = decode_image(paths[i], shape, who)
+        images[i] = load(i)
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(one, range(len(paths))))

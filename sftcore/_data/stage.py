@@ -67,7 +67,9 @@ def load_splits(stage: str, ds_cfg: DatasetConfig | dict, backbone: Backbone, se
     """The dataset's splits, checked, before any subset: loaded once, then subset for every seed."""
     ds_cfg = _typed(ds_cfg)
     comp = registry.get("datasets", ds_cfg.name)
-    context = DatasetContext(seed=seed, input_size=backbone.input_size, stage=stage)
+    context = DatasetContext(
+        seed=seed, input_size=backbone.input_size, stage=stage, fixed_input_size=backbone.fixed_input_size
+    )
     splits = components.build(registry, "datasets", ds_cfg.entry(), f"{stage}.dataset", context)
     if not isinstance(splits, DataSplits):
         raise PluginError(
@@ -98,6 +100,7 @@ def load_splits(stage: str, ds_cfg: DatasetConfig | dict, backbone: Backbone, se
                 f"config: {stage}.dataset.labels_per_class is {want} but class '{short}' has only "
                 f"{have} training examples; set labels_per_class to {have} or less"
             )
+    _check_train_examples(stage, ds_cfg.train_examples, splits)
     return StageData(
         comp.name, list(splits.classes), splits.train, splits.val, splits.test, splits.mean, splits.std, splits.augment
     )
@@ -106,7 +109,7 @@ def load_splits(stage: str, ds_cfg: DatasetConfig | dict, backbone: Backbone, se
 def subset_stage_data(full: StageData, stage: str, ds_cfg: DatasetConfig | dict, seed: int) -> StageData:
     """The few-label subset and validation hold-out drawn with ``seed``; the test split is shared."""
     ds_cfg, train, val = _typed(ds_cfg), full.train, full.val
-    sub = few_label_index(train.labels, seed, ds_cfg.labels_per_class, ds_cfg.fraction)
+    sub = few_label_index(train.labels, seed, ds_cfg.labels_per_class, ds_cfg.fraction, ds_cfg.train_examples)
     if sub is not None:
         train = train.subset(sub)
     if val is None and ds_cfg.val_fraction > 0:
@@ -116,3 +119,16 @@ def subset_stage_data(full: StageData, stage: str, ds_cfg: DatasetConfig | dict,
     if len(train) == 0:
         raise ConfigError(f"config: {stage}.dataset '{full.name}' leaves no training examples")
     return StageData(full.name, full.classes, train, val, full.test, full.mean, full.std, full.augment)
+
+
+def _check_train_examples(stage: str, want: int | None, splits: DataSplits) -> None:
+    """``train_examples`` between the number of classes (one each) and the training split's size."""
+    if want is None:
+        return
+    present = int(torch.unique(splits.train.labels).numel())
+    if not present <= want <= len(splits.train):
+        bound = f"at least {present}, one per class" if want < present else f"at most {len(splits.train)}"
+        raise ConfigError(
+            f"config: {stage}.dataset.train_examples is {want} but must be {bound} (the training split has "
+            f"{len(splits.train)} examples of {present} classes); set train_examples accordingly"
+        )

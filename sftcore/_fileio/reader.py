@@ -51,11 +51,17 @@ def regular(path, what: str, fix: str = "") -> Path:
     return p
 
 
-def read_bytes(path, what: str, limit: int = MAX_FILE_BYTES) -> bytes:
+def _within(path, what: str, limit: int) -> Path:
+    """``path``, a regular file of at most ``limit`` bytes."""
     p = regular(path, what)
     size = p.stat().st_size
     if size > limit:
         raise StorageError(f"{what} '{p}' is {size} bytes, more than the {limit} sftcore reads")
+    return p
+
+
+def read_bytes(path, what: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    p = _within(path, what, limit)
     try:
         return p.read_bytes()
     except OSError as exc:
@@ -117,11 +123,11 @@ def check_image_pixels(data: bytes, what: str) -> None:
     _check_size(width, height, what)
 
 
-def open_image(path, what: str):
+def open_image(path, what: str, data: bytes | None = None):
     """An image file sftcore did not write, opened by PIL (``PIL.Image.Image``, not yet decoded): a regular file
     of at most ``MAX_FILE_BYTES``, whose header claims at most ``max_image_pixels()`` pixels. A file PIL cannot
-    read is one line naming ``what``."""
-    data = read_bytes(path, what)
+    read is one line naming ``what``. ``data``: the file's bytes, already read (an image stored in a table)."""
+    data = read_bytes(path, what) if data is None else _bounded(data, path, what)
     try:
         img = _open_unguarded(data)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for files it cannot read
@@ -133,3 +139,34 @@ def open_image(path, what: str):
         img.close()
         raise
     return img
+
+
+def _bounded(data: bytes, path, what: str) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise StorageError(f"{what} is {type(data).__name__}, not the bytes of an image file")
+    if len(data) > MAX_FILE_BYTES:
+        raise StorageError(f"{what} '{path}' is {len(data)} bytes, more than the {MAX_FILE_BYTES} sftcore reads")
+    return bytes(data)
+
+
+def image_size(path, what: str, data: bytes | None = None) -> tuple[int, int]:
+    """(width, height) of an image file (or its bytes, ``data``) as it will be decoded (upright: an EXIF rotation
+    by 90 degrees swaps them), from its header alone; the same checks and one-line errors as ``open_image``."""
+    source = _within(path, what, MAX_FILE_BYTES) if data is None else io.BytesIO(_bounded(data, path, what))
+    from PIL import Image
+
+    try:
+        with _PIL_GUARD:
+            guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                img = Image.open(source)
+            finally:
+                Image.MAX_IMAGE_PIXELS = guard
+        with img:
+            width, height = img.size
+            # PNG keeps EXIF after the pixels (reading it decodes them): its orientation is left to decoding.
+            turned = img.format != "PNG" and img.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for files it cannot read
+        raise StorageError(f"cannot read {what} ({exc}); fix or remove it") from None
+    _check_size(width, height, what)
+    return (height, width) if turned else (width, height)

@@ -166,6 +166,9 @@ class DatasetContext:
     input_size: tuple[int, int, int]  # (C, H, W) the backbone takes; datasets of any size resize to it
     stage: str  # "pretrain", "finetune" or "baseline"
     max_memory_bytes: int = 4 << 30  # above this, prefer a FileSet to an ImageSet
+    # False: the backbone takes any spatial size, so files that share one size are held at it
+    # (``sftcore.api.image_shape_for``); True: every image is resized once to ``input_size``.
+    fixed_input_size: bool = True
 
 
 # --------------------------------------------------------------------------- backbones

@@ -262,6 +262,8 @@ def _target(config: RunConfig, rows: list[dict]) -> dict:
         "stage": "finetune",
         "dataset": ds.name if ds is not None else None,
         "labels_per_class": ds.labels_per_class if ds is not None else None,
+        "fraction": ds.fraction if ds is not None else None,
+        "train_examples": ds.train_examples if ds is not None else None,
         "examples": examples,
     }
 

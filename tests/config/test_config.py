@@ -322,7 +322,8 @@ def test_defaults_filled_in():
     assert cfg["checkpoints"] is True
     assert cfg["precision"] == "auto" and cfg["channels_last"] == "auto" and cfg["compile"] == "auto"
     f = cfg["finetune"]
-    assert f["dataset"] == {"name": "shapes", "labels_per_class": None, "fraction": None, "val_fraction": 0.1}
+    assert f["dataset"] == {"name": "shapes", "labels_per_class": None, "fraction": None, "train_examples": None,
+                            "val_fraction": 0.1}
     assert f["epochs"] == 10 and f["batch_size"] == 128 and f["eval_batch_size"] == 512
     assert f["optimizer"] == {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False}
     assert f["schedule"] == {"name": "cosine", "warmup_epochs": 0}
@@ -355,7 +356,7 @@ def test_user_values_override_defaults_and_ints_become_floats():
 def test_dataset_options_pass_through():
     d = resolve(ft(dataset={"name": "shapes", "task": "source", "train_per_class": 20, "fraction": 0.5,
                             "val_fraction": 0}))["finetune"]["dataset"]
-    assert d == {"name": "shapes", "labels_per_class": None, "fraction": 0.5, "val_fraction": 0.0,
+    assert d == {"name": "shapes", "labels_per_class": None, "fraction": 0.5, "train_examples": None, "val_fraction": 0.0,
                  "task": "source", "train_per_class": 20}
 
 

@@ -1,6 +1,7 @@
 """manifest: CSV tables of image paths (relative to the table) and labels; splits, classes, hostile rows."""
 
 import pytest
+import torch
 
 from fakedata import write_image
 from sftcore.api import DatasetContext, FileSet, ImageSet
@@ -70,20 +71,39 @@ def test_paths_are_relative_to_the_table_and_numeric_labels_sort_as_numbers(tmp_
     assert table.is_file()
 
 
-def test_parquet_needs_an_optional_reader(tmp_path):
+def test_parquet_needs_an_optional_reader(tmp_path, monkeypatch):
+    import sys
+
     table = tmp_path / "t.parquet"
     table.write_bytes(b"PAR1")
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        try:
-            import pandas  # noqa: F401
-        except ImportError:
-            with pytest.raises(SftError) as exc:
-                manifest(ctx(), train=str(table))
-            assert "\n" not in str(exc.value) and "pip install pyarrow" in str(exc.value)
-            return
-    pytest.skip("pyarrow or pandas installed: the no-reader message does not apply")
+    for module in ("pyarrow", "pyarrow.parquet", "pandas"):
+        monkeypatch.setitem(sys.modules, module, None)  # neither installed
+    with pytest.raises(SftError) as exc:
+        manifest(ctx(), train=str(table))
+    assert "\n" not in str(exc.value) and "pip install pyarrow" in str(exc.value)
+
+
+def test_a_parquet_table_reads_as_its_csv_does(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import csv
+
+    import pyarrow as pa
+
+    t = make(tmp_path / "data")
+    for split in ("train", "test"):
+        with open(t[split], newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        pq.write_table(pa.table({"path": [r["path"] for r in rows], "class": [r["class"] for r in rows]}),
+                       str(tmp_path / "data" / f"{split}.parquet"))
+    from_csv = manifest(ctx(), train=t["train"], test=t["test"], image="path", label="class")
+    from_parquet = manifest(ctx(), train=str(tmp_path / "data" / "train.parquet"),
+                            test=str(tmp_path / "data" / "test.parquet"), image="path", label="class")
+    assert from_parquet.classes == from_csv.classes
+    assert torch.equal(from_parquet.train.images, from_csv.train.images)
+    assert torch.equal(from_parquet.test.labels, from_csv.test.labels)
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(SftError, match=r"cannot read parquet table .*broken.parquet"):
+        manifest(ctx(), train=str(tmp_path / "broken.parquet"))
 
 
 # --------------------------------------------------------------------------- hostile

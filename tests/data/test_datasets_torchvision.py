@@ -266,8 +266,11 @@ def test_each_dataset_loads_maps_splits_names_classes_and_subsets(name, tmp_path
             assert tuple(part.images.shape[1:]) == shape and part.labels.dtype == torch.int64
             assert 0 <= int(part.labels.min()) and int(part.labels.max()) < len(s.classes)
     assert set(s.train.labels.tolist()) == set(range(min(len(s.classes), n_train)))
-    sub = s.train.subset(few_label_index(s.train.labels, seed=0, labels_per_class=1))
-    assert len(sub) == len(set(s.train.labels.tolist()))
+    present = len(set(s.train.labels.tolist()))
+    for protocol, size in (({"labels_per_class": 1}, present), ({"fraction": 1.0}, n_train),
+                           ({"train_examples": present}, present), ({"train_examples": n_train}, n_train)):
+        sub = s.train.subset(few_label_index(s.train.labels, seed=0, **protocol))
+        assert len(sub) == size and len(set(sub.labels.tolist())) == present, protocol  # every class kept
 
 
 def test_labels_and_pixels_follow_the_annotations(tmp_path, no_md5):

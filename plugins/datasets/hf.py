@@ -1,0 +1,255 @@
+"""Hugging Face datasets: a hub name, a local ``save_to_disk`` folder, or parquet/arrow files, read by the
+``datasets`` library (the optional extra ``sftcore[hf]``) and decoded on sftcore's one image path.
+
+The image column's bytes are taken undecoded (``Image(decode=False)``) and decoded by
+``sftcore.api.images_from_files`` (size rule, pixel limit, EXIF, transparency) as every file-backed dataset
+is: in memory when they fit, else on demand in DataLoader workers, straight from the memory-mapped Arrow
+table. ``datasets`` is imported only when the dataset is built.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, cast
+
+from sftcore.api import (
+    Augment,
+    DatasetContext,
+    DataSplits,
+    check_option,
+    fits_in_memory,
+    image_shape_for,
+    images_from_files,
+    stratified_split,
+)
+from sftcore.errors import ConfigError, SftError, show
+
+_WHO = "dataset hf"
+_VAL_NAMES = ("validation", "valid", "val")
+_FILE_KINDS = {".parquet": "parquet", ".arrow": "arrow"}
+
+
+def validate_options(
+    where: str,
+    path: str | None = None,
+    subset: str | None = None,
+    image: str = "image",
+    label: str = "label",
+    train: str = "train",
+    val: str | None = None,
+    test: str | None = None,
+    revision: str | None = None,
+    test_ratio: float = 0.2,
+    in_memory: bool | str = "auto",
+    crop_padding: int | None = None,
+    flip: bool = False,
+) -> None:
+    """Every option's type and range, checked when the config is resolved (before anything is built)."""
+    if path is None:
+        raise ConfigError(
+            f"{where} hf needs path: a Hugging Face hub name (user/name), a save_to_disk folder, or parquet/arrow files"
+        )
+    check_option("path", path, str, where=where)
+    for name, value in (("subset", subset), ("val", val), ("test", test), ("revision", revision)):
+        check_option(name, value, str, none=True, where=where)
+    for name, value in (("image", image), ("label", label), ("train", train)):
+        check_option(name, value, str, where=where)
+    if not (in_memory == "auto" or isinstance(in_memory, bool)):
+        raise ConfigError(f"{where}.in_memory must be auto, true or false, got {show(in_memory)}")
+    check_option("test_ratio", test_ratio, float, low=0, high=0.95, where=where)
+    check_option("crop_padding", crop_padding, int, low=0, high=256, none=True, where=where)
+    check_option("flip", flip, bool, where=where)
+
+
+def hf(
+    ctx: DatasetContext,
+    path: str | None = None,
+    subset: str | None = None,
+    image: str = "image",
+    label: str = "label",
+    train: str = "train",
+    val: str | None = None,
+    test: str | None = None,
+    revision: str | None = None,
+    test_ratio: float = 0.2,
+    in_memory: bool | str = "auto",
+    crop_padding: int | None = None,
+    flip: bool = False,
+) -> DataSplits:
+    """A Hugging Face dataset (path: hub name, save_to_disk folder, or parquet/arrow files); splits train, val
+    (default: validation if present) and test (default: test if present, else test_ratio of train held out);
+    image: the image column; label: the label column (a ClassLabel's names become the classes)."""
+    where = f"config: {ctx.stage}.dataset"
+    validate_options(where, path, subset, image, label, train, val, test, revision, test_ratio, in_memory,
+                     crop_padding, flip)  # fmt: skip
+    assert path is not None  # validate_options
+    splits = _load(path, subset, revision)
+    chosen = _choose_splits(splits, train, val, test, path)
+    tables = {role: _columns(splits[name], name, image, label, path) for role, name in chosen.items()}
+    classes = _classes(tables["train"], label)
+    parts = {role: _labelled(table, role, chosen[role], image, label, classes) for role, table in tables.items()}
+    if "test" not in parts and test_ratio > 0:
+        sources, labels = parts["train"]
+        tr, te = stratified_split(labels, test_ratio, ctx.seed)
+        parts["train"] = (_Rows.subset(sources, tr), [labels[i] for i in tr])
+        if te:
+            parts["test"] = (_Rows.subset(sources, te), [labels[i] for i in te])
+    shape = image_shape_for(_Chain([s for s, _ in parts.values()]), ctx, _WHO)
+    memory = fits_in_memory(sum(len(y) for _, y in parts.values()), shape, ctx.max_memory_bytes, in_memory)
+    sets = {role: images_from_files(s, y, shape, memory, _WHO) for role, (s, y) in parts.items()}
+    return DataSplits(
+        classes=classes,
+        train=sets["train"],
+        val=sets.get("val"),
+        test=sets.get("test"),
+        augment=Augment(crop_padding=round(shape[1] / 8) if crop_padding is None else crop_padding, flip=flip),
+    )
+
+
+cast(Any, hf).validate_options = validate_options  # a function attribute sftcore reads
+
+
+# --------------------------------------------------------------------------- loading
+def _datasets_module():
+    try:
+        import datasets
+    except ImportError:
+        raise SftError(
+            f"{_WHO} needs the datasets library: pip install 'sftcore[hf]' (or pip install datasets)"
+        ) from None
+    datasets.disable_progress_bars()  # its bars would interleave with the run's own lines
+    return datasets
+
+
+def _load(path: str, subset: str | None, revision: str | None) -> dict:
+    """{split name: datasets.Dataset}: a save_to_disk folder, a local folder or file of data files, or a hub
+    name; whatever ``datasets`` raises becomes one line."""
+    datasets = _datasets_module()
+    local = Path(os.path.expanduser(path))
+    try:
+        if local.is_dir() and any((local / f).is_file() for f in ("dataset_dict.json", "state.json")):
+            loaded = datasets.load_from_disk(str(local))
+        elif local.is_file() and local.suffix in _FILE_KINDS:
+            loaded = datasets.load_dataset(_FILE_KINDS[local.suffix], data_files={"train": str(local)})
+        elif local.exists() or path.startswith((".", "/", "~")) or path.endswith(tuple(_FILE_KINDS)):
+            if not local.exists():
+                raise SftError(f"{_WHO}: {local.resolve()} not found; set path to a save_to_disk folder, a "
+                               "folder of parquet/arrow files, or a hub name (user/name)")  # fmt: skip
+            loaded = datasets.load_dataset(str(local), subset)
+        else:
+            loaded = datasets.load_dataset(path, subset, revision=revision)
+    except (SftError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - datasets and the hub raise many types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SftError(
+            f"{_WHO}: cannot load {show(path)} ({first}); without network access, run "
+            "datasets.load_dataset(...).save_to_disk(FOLDER) where there is access and set path to FOLDER"
+        ) from None
+    return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+
+
+def _choose_splits(splits: dict, train: str, val: str | None, test: str | None, path: str) -> dict[str, str]:
+    """{role: split name}: train as named; val and test as named, or their usual names when present."""
+    have = ", ".join(sorted(splits))
+    chosen: dict[str, str] = {}
+    for role, name, usual in (("train", train, ()), ("val", val, _VAL_NAMES), ("test", test, ("test",))):
+        if name is not None and name not in splits:
+            raise SftError(f"{_WHO}: {show(path)} has no split {show(name)} (it has: {have}); set {role}: to one")
+        taken = set(chosen.values())
+        found = name if name is not None else next((u for u in usual if u in splits and u not in taken), None)
+        if found in taken:
+            raise SftError(f"{_WHO}: train, val and test must be different splits; {role} is {show(found)} too")
+        if found is not None:
+            chosen[role] = found
+    return chosen
+
+
+def _columns(split, name: str, image: str, label: str, path: str):
+    """The split with just its image column (undecoded) and label column; a missing column is one line."""
+    datasets = _datasets_module()
+    lacking = [c for c in (image, label) if c not in split.column_names]
+    if lacking:
+        raise SftError(
+            f"{_WHO}: split {show(name)} of {show(path)} has no column(s) {', '.join(lacking)} (it has: "
+            f"{', '.join(split.column_names)}); set image: and label: to its column names"
+        )
+    split = split.select_columns([image, label])
+    if not isinstance(split.features[image], datasets.Image):
+        raise SftError(
+            f"{_WHO}: column {show(image)} of split {show(name)} holds {type(split.features[image]).__name__}, "
+            "not images; set image: to the column of type Image"
+        )
+    return split.cast_column(image, datasets.Image(decode=False))
+
+
+# --------------------------------------------------------------------------- labels
+def _classes(split, label: str) -> list[str]:
+    """A ClassLabel's names; otherwise the training labels, sorted (numerically when they are whole numbers)."""
+    feature = split.features[label]
+    names = getattr(feature, "names", None)
+    if names:
+        return [str(n) for n in names]
+    values = {v for v in split[label] if v is not None}
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return [str(v) for v in sorted(values)]
+    return sorted(str(v) for v in values)
+
+
+def _labelled(split, role: str, name: str, image: str, label: str, classes: list[str]):
+    """(image sources, label indices) of a split; a missing, unknown or out-of-range label is one line."""
+    index = {c: i for i, c in enumerate(classes)}
+    named = bool(getattr(split.features[label], "names", None))
+    labels = []
+    for row, value in enumerate(split[label]):
+        key = classes[value] if named and isinstance(value, int) and 0 <= value < len(classes) else str(value)
+        if value is None or isinstance(value, bool) or key not in index:
+            raise SftError(
+                f"{_WHO}: row {row} of split {show(name)} has label {show(value)}, not one of the "
+                f"{len(classes)} training classes; fix the row or the label column"
+            )
+        labels.append(index[key])
+    if not labels:
+        raise SftError(f"{_WHO}: split {show(name)} has no rows")
+    return _Rows(split, image, name, list(range(len(labels)))), labels
+
+
+class _Rows:
+    """A lazy sequence of ``(name, bytes)`` image sources read from an Arrow table (pickles for DataLoader
+    workers: the table is memory-mapped, not copied)."""
+
+    def __init__(self, table, column: str, split: str, rows: list[int]):
+        self.table, self.column, self.split, self.rows = table, column, split, rows
+
+    @classmethod
+    def subset(cls, rows: _Rows, keep: list[int]) -> _Rows:
+        return cls(rows.table, rows.column, rows.split, [rows.rows[i] for i in keep])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[str, bytes | None]:
+        row = self.rows[i]
+        cell = self.table[row][self.column] or {}
+        data, file = cell.get("bytes"), cell.get("path")
+        if data is None and not file:
+            raise SftError(f"{_WHO}: row {row} of split {show(self.split)} has no image; fix or remove the row")
+        return (f"{file or 'row'} (split {self.split}, row {row})" if data is not None else str(file)), data
+
+
+class _Chain:
+    """Several sequences read as one (every split's images, for the one size rule)."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __getitem__(self, i: int):
+        for part in self.parts:
+            if i < len(part):
+                return part[i]
+            i -= len(part)
+        raise IndexError(i)
