@@ -20,6 +20,7 @@ from .schema import (  # noqa: F401  (the names callers and tests know this modu
     DEFAULT_SCHEDULE,
     DEVICES,
     MAX_BATCH,
+    MAX_CANDIDATES,
     MAX_CHUNK,
     MAX_EPOCHS,
     MAX_SEED,
@@ -309,6 +310,27 @@ def _baseline(value: Any, finetune: dict | None, registry) -> dict | None:
     return {"name": "scratch", **_stage(options, "baseline", registry, base=base)}
 
 
+def _rank(value: Any) -> list:
+    """``rank:``'s candidates, their form only: each is checked when `sft rank` builds it, so that one bad
+    candidate is its own error line and never stops the others."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_CANDIDATES:
+        raise ConfigError(
+            f"config: rank must be a list of at most {MAX_CANDIDATES} candidates (run directories, weights files, "
+            f"backbone names or {{name: ..., options}}), got {_type_name(value)}"
+            + (f" of {len(value)}" if isinstance(value, list) else "")
+        )
+    for i, item in enumerate(value):
+        named = isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"].strip()
+        if not (isinstance(item, str) and item.strip()) and not named:
+            raise ConfigError(
+                f"config: rank[{i}] must be a run directory, a weights file, a backbone name or "
+                f"{{name: ..., options}}, got {show(item)}"
+            )
+    return value
+
+
 def _callbacks(value: Any, registry) -> list[dict]:
     if value is None:
         return []
@@ -343,6 +365,7 @@ def resolve(raw: dict, registry=None) -> dict:
     _plain_keys(cfg, RunConfig, "", first="pretrain_per_seed")
     cfg["backbone"] = components.check(cfg["backbone"], "backbones", "backbone", registry)
     cfg["callbacks"] = _callbacks(cfg["callbacks"], registry)
+    cfg["rank"] = _rank(cfg["rank"])
     for stage in ("pretrain", "finetune"):
         if cfg[stage] is not None:
             cfg[stage] = _stage(cfg[stage], stage, registry)

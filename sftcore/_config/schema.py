@@ -34,6 +34,9 @@ def type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+MAX_CANDIDATES = 1000  # sft rank's candidates: each is one feature extraction
+
+
 @dataclass(frozen=True)
 class Int:
     """An integer from ``low`` to ``high``; with ``auto``, the string auto too."""
@@ -420,6 +423,13 @@ class RunConfig:
         "told of training events, in list order: loggers (csv, tensorboard, mlflow), "
         "early_stopping (sft list callbacks)",
         allowed="callback names or {name: ..., its options}",
+    )
+
+    rank: list = key(
+        [],
+        "list",
+        "the candidate backbones `sft rank` scores when no --candidate is given (`sft run` ignores it)",
+        allowed=f"at most {MAX_CANDIDATES} run directories, weights files, backbone names or {{name: ..., options}}",
     )
 
     raw: dict = field(default_factory=dict, repr=False, compare=False)  # the resolved mapping (config.yaml)

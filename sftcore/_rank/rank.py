@@ -92,7 +92,7 @@ def sweep_spec(plan: Plan, result: dict, top: int) -> dict:
     chosen = [r for r in result["rows"] if r["error"] is None and r.get(plan.by) is not None][:top]
     if not chosen:
         raise SftError(f"no candidate has a {plan.by} score, so there is nothing to finetune; see {plan.out}")
-    base = {k: v for k, v in plan.raw.items() if k != "pretrain"}
+    base = {k: v for k, v in plan.raw.items() if k not in ("pretrain", "rank")}
     return {
         "name": f"{plan.config.name}-rank-top{len(chosen)}",
         "base": {**base, "pretrain": None},
@@ -119,9 +119,11 @@ def _plan(config, candidates, overrides, scores, by, out, force: bool, seed: int
         raise ConfigError(
             "config: sft rank needs a finetune stage: its dataset is the target the candidates are scored on"
         )
+    candidates = list(candidates) or list(cfg.rank)  # --candidate, else the config's rank: list
     if not candidates:
         raise ConfigError(
-            "no candidates: pass --candidate RUN_DIR | WEIGHTS_FILE | '{name: ..., options}' (repeatable)"
+            "no candidates: pass --candidate RUN_DIR | WEIGHTS_FILE | '{name: ..., options}' (repeatable), "
+            "or list them under rank: in the config"
         )
     chosen = score_names(scores, registry)
     if by not in chosen:

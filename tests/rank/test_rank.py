@@ -4,6 +4,7 @@ training images before any training; bad candidates are one line each and never 
 from __future__ import annotations
 
 import csv
+import re
 import json
 
 import pytest
@@ -178,3 +179,30 @@ def test_top_k_sweep_finetunes_the_best_candidates_over_the_seeds(tmp_path):
     cells = json.loads((out / "sweep" / "sweep.json").read_text())["cells"]
     assert [c["status"] for c in cells] == ["finished"]
     assert (out / "sweep" / cells[0]["run_dir"] / "summary.json").is_file()
+
+
+def test_the_configs_rank_list_is_the_default_candidates(tmp_path):
+    """Issue 25: candidates listed under ``rank:`` in the config; --candidate replaces them; `sft run` ignores it."""
+    cfg = {**target_config(), "rank": ["{name: lenet, img_size: 16}", {"name": "lenet", "img_size": 20}, BAD]}
+    config = tiny.write_yaml(tmp_path / "c.yaml", cfg)
+    tiny.ok(tiny.invoke("rank", config, "--out", tmp_path / "a"))
+    rows = json.loads((tmp_path / "a" / "rank.json").read_text())["rows"]
+    assert sorted(r["candidate"] for r in rows) == sorted(["{name: lenet, img_size: 16}", FLOW, BAD])
+    tiny.ok(tiny.invoke("rank", config, "--candidate", "lenet", "--out", tmp_path / "b"))
+    assert [r["candidate"] for r in json.loads((tmp_path / "b" / "rank.json").read_text())["rows"]] == ["lenet"]
+
+
+@pytest.mark.parametrize("value,message", [
+    ("lenet", "rank must be a list"),
+    ([3], "rank[0] must be a run directory"),
+    (["lenet", {"img_size": 3}], "rank[1] must be a run directory"),
+    ([" "], "rank[0] must be"),
+    (["lenet"] * 1001, "rank must be a list of at most 1000 candidates"),
+])
+def test_a_bad_rank_list_is_a_config_error(value, message):
+    from sftcore._config.resolve import resolve
+    from sftcore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve({**target_config(), "rank": value})
+    assert resolve({**target_config(), "rank": None})["rank"] == []
