@@ -145,3 +145,15 @@ def test_a_run_finetunes_on_a_hugging_face_dataset(saved, tmp_path):
     summary = sftcore.run(cfg, out=tmp_path / "r")
     assert summary["finetune"]["image_shape"] == [3, 16, 16]  # lenet img_size 16: a fixed input size
     assert 0.0 <= summary["finetune"]["test_accuracy"] <= 1.0
+
+
+def test_the_cli_says_a_broken_dataset_in_one_line_with_exit_2(tmp_path):
+    corrupt = datasets.Dataset.from_dict({"img": [{"bytes": b"junk" * 10, "path": None}] * 4, "y": [0, 1, 0, 1]},
+                                         features=datasets.Features({"img": datasets.Image(),
+                                                                     "y": datasets.Value("int64")}))
+    corrupt.save_to_disk(str(tmp_path / "corrupt"))
+    for path, message in ((tmp_path / "corrupt", "cannot read image"), (tmp_path / "absent", "not found")):
+        cfg = tiny.config(pretrain=False, baseline=False,
+                          finetune={"dataset": {"name": "hf", "path": str(path), "image": "img", "label": "y"}})
+        config = tiny.write_yaml(tmp_path / "c.yaml", cfg)
+        assert message in tiny.one_error_line(tiny.invoke("run", config, "--out", tmp_path / f"r-{path.name}"))
