@@ -33,8 +33,6 @@ def decode_image(
     """One image file -> uint8 [C, H, W]: upright, RGB or L, shorter side scaled to cover H x W, center crop.
     ``who`` names the dataset in the one-line error a broken file gives; ``data``: the file's bytes when they are
     already at hand (an image stored in a table), ``path`` then only names it."""
-    import numpy as np
-    import torch
     from PIL import Image, ImageOps
 
     channels, height, width = shape
@@ -52,6 +50,24 @@ def decode_image(
         raise
     except Exception as exc:  # PIL raises many types for broken files  # noqa: BLE001
         raise SftError(f"{who}: cannot read image {path} ({exc}); fix or remove it") from None
+    return _fitted(img, height, width)
+
+
+def fit_image(img, shape: tuple[int, int, int]) -> torch.Tensor:
+    """An opened PIL image (one a caller already has, as ``sftcore.load``'s ``predict`` is given) -> uint8
+    ``[C, H, W]`` exactly as ``decode_image`` makes a file's: upright, RGB or L, cover and centre-crop."""
+    from PIL import ImageOps
+
+    img = _to_mode(ImageOps.exif_transpose(img), "RGB" if shape[0] == 3 else "L")
+    return _fitted(img, shape[1], shape[2])
+
+
+def _fitted(img, height: int, width: int) -> torch.Tensor:
+    """An upright RGB or L image, its shorter side scaled (bicubic) to cover H x W and centre-cropped."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
     w0, h0 = img.size
     scale = max(height / h0, width / w0)
     w1, h1 = max(width, round(w0 * scale)), max(height, round(h0 * scale))

@@ -19,7 +19,7 @@ from sftcore.errors import SftError
 
 from .load import Prediction
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")  # what read_image decodes
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")  # files a folder gives
 WILDCARDS = "*?["
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,77 +43,38 @@ def to_uint8(image, shape) -> torch.Tensor:
                 f"cannot read {type(image).__name__} as an image; pass file paths, PIL images or "
                 "uint8 tensors [C, H, W]"
             )
-        import numpy as np
+        from sftcore._data.images import fit_image
 
-        array = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB"))
-        image = torch.from_numpy(array.copy()).permute(2, 0, 1)
+        return fit_image(image, tuple(shape))  # as a file of that image is decoded
     if image.dtype != torch.uint8 or image.ndim not in (2, 3):
         raise SftError(f"an image tensor must be uint8 [C, H, W] or [H, W], got {image.dtype} {tuple(image.shape)}")
     if image.ndim == 3 and image.shape[0] not in (1, 2, 3, 4):
         hint = "; it looks like [H, W, C]: pass image.permute(2, 0, 1)" if image.shape[-1] in (1, 3, 4) else ""
         raise SftError(f"an image tensor must be [C, H, W] with 1 to 4 channels, got {tuple(image.shape)}{hint}")
-    return _prepared(image[None] if image.ndim == 2 else image, shape)
+    image = image[None] if image.ndim == 2 else image
+    from PIL import Image
+
+    from sftcore._data.images import fit_image
+
+    array = image.permute(1, 2, 0).contiguous().numpy()  # PIL reads H x W x 2 as LA, x 3 as RGB, x 4 as RGBA
+    # through PIL, as a file of that image would be: the same resize, to the last bit
+    return fit_image(Image.fromarray(array[..., 0] if array.shape[2] == 1 else array), tuple(shape))
 
 
 def read_image(path, shape) -> torch.Tensor:
-    """uint8 ``[C, H, W]`` of ``shape`` from a JPEG, PNG, WebP or GIF file.
-
-    As image_folder reads files: EXIF orientation applied, transparency onto white, 16 bits scaled to 8,
-    grey from colour with PIL's weights, resized (bicubic) to cover H x W and centre-cropped.
-    """
-    import torch
-    from torchvision.io import ImageReadMode, decode_image
-
-    from sftcore._fileio import reader
+    """uint8 ``[C, H, W]`` of ``shape`` from an image file, decoded as the run's datasets decoded theirs (the one
+    path, ``sftcore.api.decode_image``): EXIF orientation applied, transparency onto white, 16 bits scaled to 8,
+    grey from colour with PIL's weights, resized (bicubic) to cover H x W and centre-cropped."""
+    from sftcore._data.images import decode_image
 
     p = Path(path)
     if not p.exists():
         raise SftError(f"image '{p}' not found; check the path")
     if p.is_dir():
         raise SftError(f"image '{p}' is a folder; pass image files (a shell glob such as '{p}/*.jpg' works)")
-    data = reader.read_bytes(p, "image")  # a regular file only: a FIFO or /dev/zero is one line, not a hang
-    if not data:
+    if p.is_file() and p.stat().st_size == 0:
         raise SftError(f"image '{p}' is an empty file")
-    reader.check_image_pixels(data, f"image '{p}'")  # before decoding: a small file can claim 30000 x 30000
-    mode = ImageReadMode.RGB if data[:3] == b"\xff\xd8\xff" else ImageReadMode.RGB_ALPHA  # JPEG has no alpha
-    try:
-        img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode, apply_exif_orientation=True)
-    except (RuntimeError, ValueError):
-        raise SftError(
-            f"cannot decode image '{p}': damaged, or not a JPEG, PNG, WebP or GIF file (what torchvision "
-            "decodes); convert it to PNG or JPEG"
-        ) from None
-    if img.ndim == 4:  # an animated GIF: its first frame
-        img = img[0]
-    return _prepared(img, shape)
-
-
-def _prepared(img, shape) -> torch.Tensor:
-    """A decoded image (uint8 or 16-bit, grey, RGB or RGBA) at ``shape``: alpha onto white, grey with
-    PIL's weights, resized (bicubic) to cover H x W and centre-cropped."""
-    import torch
-    import torch.nn.functional as F
-
-    x = img.float()
-    if img.dtype != torch.uint8:  # 16-bit PNG
-        x = x / 257.0
-    if x.shape[0] in (2, 4):
-        alpha = x[-1:] / 255.0
-        x = x[:-1] * alpha + 255.0 * (1.0 - alpha)
-    x = x.round()
-    if shape[0] == 1 and x.shape[0] == 3:
-        x = torch.floor((x[0] * 19595 + x[1] * 38470 + x[2] * 7471 + 0x8000) / 65536)[None]  # PIL's "L"
-    elif shape[0] == 3 and x.shape[0] == 1:
-        x = x.expand(3, -1, -1)
-    height, width = shape[1:]
-    h0, w0 = x.shape[1:]
-    if (h0, w0) != (height, width):
-        scale = max(height / h0, width / w0)
-        h1, w1 = max(height, round(h0 * scale)), max(width, round(w0 * scale))
-        x = F.interpolate(x[None], size=(h1, w1), mode="bicubic", align_corners=False, antialias=True)[0]
-        top, left = (h1 - height) // 2, (w1 - width) // 2
-        x = x[:, top : top + height, left : left + width].round()
-    return x.clamp(0, 255).to(torch.uint8).contiguous()
+    return decode_image(str(p), tuple(shape), "sft predict")
 
 
 def expand_images(args) -> list[Path]:
