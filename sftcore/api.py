@@ -14,6 +14,7 @@ from ._data.images import (  # noqa: F401
     fits_in_memory,
     image_shape_for,
     images_from_files,
+    splits_from_files,
     stratified_split,
 )
 from ._fileio.reader import open_image  # noqa: F401  (re-exported)
@@ -77,6 +78,7 @@ __all__ = [
     "decode_image",
     "image_shape_for",
     "images_from_files",
+    "splits_from_files",
     "fits_in_memory",
     "stratified_split",
     "suggest",

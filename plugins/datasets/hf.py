@@ -13,16 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, cast
 
-from sftcore.api import (
-    Augment,
-    DatasetContext,
-    DataSplits,
-    check_option,
-    fits_in_memory,
-    image_shape_for,
-    images_from_files,
-    stratified_split,
-)
+from sftcore.api import DatasetContext, DataSplits, check_option, splits_from_files
 from sftcore.errors import ConfigError, SftError, show
 
 _WHO = "dataset hf"
@@ -89,22 +80,8 @@ def hf(
     tables = {role: _columns(splits[name], name, image, label, path) for role, name in chosen.items()}
     classes = _classes(tables["train"], label)
     parts = {role: _labelled(table, role, chosen[role], image, label, classes) for role, table in tables.items()}
-    if "test" not in parts and test_ratio > 0:
-        sources, labels = parts["train"]
-        tr, te = stratified_split(labels, test_ratio, ctx.seed)
-        parts["train"] = (_Rows.subset(sources, tr), [labels[i] for i in tr])
-        if te:
-            parts["test"] = (_Rows.subset(sources, te), [labels[i] for i in te])
-    shape = image_shape_for(_Chain([s for s, _ in parts.values()]), ctx, _WHO)
-    memory = fits_in_memory(sum(len(y) for _, y in parts.values()), shape, ctx.max_memory_bytes, in_memory)
-    sets = {role: images_from_files(s, y, shape, memory, _WHO) for role, (s, y) in parts.items()}
-    return DataSplits(
-        classes=classes,
-        train=sets["train"],
-        val=sets.get("val"),
-        test=sets.get("test"),
-        augment=Augment(crop_padding=round(shape[1] / 8) if crop_padding is None else crop_padding, flip=flip),
-    )
+    return splits_from_files(classes, parts, ctx, _WHO, in_memory=in_memory, test_ratio=test_ratio,
+                             crop_padding=crop_padding, flip=flip)  # fmt: skip
 
 
 cast(Any, hf).validate_options = validate_options  # a function attribute sftcore reads
@@ -222,10 +199,6 @@ class _Rows:
     def __init__(self, table, column: str, split: str, rows: list[int]):
         self.table, self.column, self.split, self.rows = table, column, split, rows
 
-    @classmethod
-    def subset(cls, rows: _Rows, keep: list[int]) -> _Rows:
-        return cls(rows.table, rows.column, rows.split, [rows.rows[i] for i in keep])
-
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -236,20 +209,3 @@ class _Rows:
         if data is None and not file:
             raise SftError(f"{_WHO}: row {row} of split {show(self.split)} has no image; fix or remove the row")
         return (f"{file or 'row'} (split {self.split}, row {row})" if data is not None else str(file)), data
-
-
-class _Chain:
-    """Several sequences read as one (every split's images, for the one size rule)."""
-
-    def __init__(self, parts: list):
-        self.parts = parts
-
-    def __len__(self) -> int:
-        return sum(len(p) for p in self.parts)
-
-    def __getitem__(self, i: int):
-        for part in self.parts:
-            if i < len(part):
-                return part[i]
-            i -= len(part)
-        raise IndexError(i)

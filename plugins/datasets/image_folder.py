@@ -15,17 +15,7 @@ import stat
 from pathlib import Path
 from typing import Any, cast
 
-from sftcore.api import (
-    Augment,
-    DatasetContext,
-    DataSplits,
-    check_option,
-    decode_image,
-    fits_in_memory,
-    image_shape_for,
-    images_from_files,
-    stratified_split,
-)
+from sftcore.api import DatasetContext, DataSplits, check_option, decode_image, splits_from_files
 from sftcore.errors import ConfigError, SftError, show
 
 _WHO = "dataset image_folder"
@@ -80,23 +70,10 @@ def image_folder(
             f"dataset image_folder: root {root_path.resolve()} is not a folder; point root at "
             "the folder holding your images, " + _LAYOUT
         )
-    classes, splits = _scan(root_path, exts, test_ratio, ctx.seed)
-    shape = image_shape_for([p for items in splits.values() if items for p, _ in items], ctx, _WHO)
-    count = sum(len(items) for items in splits.values() if items)
-    memory = fits_in_memory(count, shape, ctx.max_memory_bytes, in_memory)
-    sets = {
-        name: images_from_files([p for p, _ in items], [y for _, y in items], shape, memory, _WHO) if items else None
-        for name, items in splits.items()
-    }
-    train = sets["train"]
-    assert train is not None  # _scan gives every class at least one training image
-    return DataSplits(
-        classes=classes,
-        train=train,
-        val=sets["val"],
-        test=sets["test"],
-        augment=Augment(crop_padding=round(shape[1] / 8) if crop_padding is None else crop_padding, flip=flip),
-    )
+    classes, splits, test_ratio = _scan(root_path, exts, test_ratio)
+    parts = {name: ([p for p, _ in items], [y for _, y in items]) if items else None for name, items in splits.items()}
+    return splits_from_files(classes, parts, ctx, _WHO, in_memory=in_memory, test_ratio=test_ratio,
+                             crop_padding=crop_padding, flip=flip)  # fmt: skip
 
 
 cast(Any, image_folder).validate_options = validate_options  # a function attribute sftcore reads
@@ -178,8 +155,10 @@ def _class_files(folder: Path, exts, root: Path) -> dict[str, list[str]]:
     return found
 
 
-def _scan(root: Path, exts, test_ratio: float, seed: int):
-    """Class names and, per split, a list of (path, label); layout A when root/train holds class folders."""
+def _scan(root: Path, exts, test_ratio: float):
+    """Class names, per split a list of (path, label), and the share of train to hold out as test (layout B's
+    test_ratio; none in layout A, whose test/ folder is the test split); layout A when root/train holds class
+    folders."""
     real = root.resolve()
     train_dir = root / "train"
     layout_a = _real_dir(train_dir, real) and bool(_visible_dirs(train_dir, real))
@@ -195,8 +174,11 @@ def _scan(root: Path, exts, test_ratio: float, seed: int):
     classes = sorted(found)
     index = {c: i for i, c in enumerate(classes)}
     if not layout_a:
-        train, test = _stratified_split(found, index, test_ratio, seed)
-        return classes, {"train": train, "val": None, "test": test}
+        return (
+            classes,
+            {"train": [(p, index[c]) for c in classes for p in found[c]], "val": None, "test": None},
+            test_ratio,
+        )
     splits = {"train": [(p, index[c]) for c in classes for p in found[c]], "val": None, "test": None}
     for name in ("val", "test"):
         folder = root / name
@@ -211,14 +193,7 @@ def _scan(root: Path, exts, test_ratio: float, seed: int):
                 "add them to train or remove those folders"
             )
         splits[name] = [(p, index[c]) for c in sorted(other) for p in other[c]] or None
-    return classes, splits
-
-
-def _stratified_split(found: dict[str, list[str]], index: dict[str, int], test_ratio: float, seed: int):
-    """Per class, a seeded shuffle; round(n * test_ratio) to test, at least one left for training."""
-    items = [(p, index[c]) for c in sorted(found) for p in found[c]]
-    train, test = stratified_split([y for _, y in items], test_ratio, seed)
-    return [items[i] for i in train], [items[i] for i in test] or None
+    return classes, splits, 0.0
 
 
 # --------------------------------------------------------------------------- decoding

@@ -14,17 +14,7 @@ import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, cast
 
-from sftcore.api import (
-    Augment,
-    DatasetContext,
-    DataSplits,
-    check_option,
-    fits_in_memory,
-    image_shape_for,
-    images_from_files,
-    read_text,
-    stratified_split,
-)
+from sftcore.api import DatasetContext, DataSplits, check_option, read_text, splits_from_files
 from sftcore.errors import ConfigError, SftError, show
 
 _WHO = "dataset manifest"
@@ -80,22 +70,8 @@ def manifest(
     classes = _classes(rows["train"], tables["train"])
     index = {c: i for i, c in enumerate(classes)}
     parts = {name: _labelled(name, tables[name], r, index) for name, r in rows.items()}
-    if test is None and test_ratio > 0:
-        paths, labels = parts["train"]
-        tr, te = stratified_split(labels, test_ratio, ctx.seed)
-        parts["train"] = ([paths[i] for i in tr], [labels[i] for i in tr])
-        if te:
-            parts["test"] = ([paths[i] for i in te], [labels[i] for i in te])
-    shape = image_shape_for([p for paths, _ in parts.values() for p in paths], ctx, _WHO)
-    memory = fits_in_memory(sum(len(y) for _, y in parts.values()), shape, ctx.max_memory_bytes, in_memory)
-    sets = {name: images_from_files(p, y, shape, memory, _WHO) for name, (p, y) in parts.items()}
-    return DataSplits(
-        classes=classes,
-        train=sets["train"],
-        val=sets.get("val"),
-        test=sets.get("test"),
-        augment=Augment(crop_padding=round(shape[1] / 8) if crop_padding is None else crop_padding, flip=flip),
-    )
+    return splits_from_files(classes, parts, ctx, _WHO, in_memory=in_memory, test_ratio=test_ratio,
+                             crop_padding=crop_padding, flip=flip)  # fmt: skip
 
 
 cast(Any, manifest).validate_options = validate_options  # a function attribute sftcore reads

@@ -15,16 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from sftcore.api import (
-    Augment,
-    DatasetContext,
-    DataSplits,
-    check_option,
-    fits_in_memory,
-    image_shape_for,
-    images_from_files,
-    stratified_split,
-)
+from sftcore.api import Augment, DatasetContext, DataSplits, check_option, splits_from_files
 from sftcore.errors import ConfigError, SftError, show
 
 
@@ -161,25 +152,29 @@ def torchvision(
     parts = {name: _remap(dataset, name, part, raw[name], classes) for name, part in parts.items()}
     for name, part in parts.items():
         _check(dataset, name, part, classes, spec)
-    if spec.test is None:
-        parts = _hold_out(parts["train"], test_ratio, ctx.seed)
-    if spec.arrays:
-        sets = {name: _array_set(x, y) for name, (x, y) in parts.items()}
-        height = int(sets["train"].images.shape[-2])
-    else:
-        who = f"dataset torchvision {dataset}"
-        shape = image_shape_for([p for paths, _ in parts.values() for p in paths], ctx, who)
-        count = sum(len(labels) for _, labels in parts.values())
-        memory = fits_in_memory(count, shape, ctx.max_memory_bytes, in_memory)
-        sets = {name: images_from_files(x, y, shape, memory, who) for name, (x, y) in parts.items()}
-        height = shape[1]
-    pad = round(height / 8) if crop_padding is None else crop_padding
+    flip = spec.flip if flip is None else flip
+    if not spec.arrays:
+        if spec.test is None:  # SUN397 lists its files in the file system's order: sorted, the hold-out is seeded
+            pairs = sorted(zip(*parts["train"], strict=True))
+            parts = {"train": ([path for path, _ in pairs], [label for _, label in pairs])}
+        return splits_from_files(
+            classes,
+            parts,
+            ctx,
+            f"dataset torchvision {dataset}",
+            in_memory=in_memory,
+            test_ratio=test_ratio if spec.test is None else 0.0,
+            crop_padding=crop_padding,
+            flip=flip,
+        )
+    sets = {name: _array_set(x, y) for name, (x, y) in parts.items()}
+    height = int(sets["train"].images.shape[-2])
     return DataSplits(
         classes=classes,
         train=sets["train"],
         val=sets.get("val"),
         test=sets.get("test"),
-        augment=Augment(crop_padding=pad, flip=spec.flip if flip is None else flip),
+        augment=Augment(crop_padding=round(height / 8) if crop_padding is None else crop_padding, flip=flip),
     )
 
 
@@ -315,17 +310,6 @@ def _check(dataset: str, split: str, part: tuple[Any, list[int]], classes: list[
                 f"{where}: {len(missing)} image file(s) of the {split} split are missing, the first "
                 f"{missing[0]}; the files are incomplete: download them again"
             )
-
-
-def _hold_out(part: tuple[list[str], list[int]], test_ratio: float, seed: int) -> dict:
-    """A seeded stratified test split for a dataset that comes without an official one."""
-    pairs = sorted(zip(*part))  # SUN397 lists its files in the file system's order: sorted, the split is seeded
-    paths, labels = [p for p, _ in pairs], [y for _, y in pairs]
-    train, test = stratified_split(labels, test_ratio, seed)
-    out = {"train": ([paths[i] for i in train], [labels[i] for i in train])}
-    if test:
-        out["test"] = ([paths[i] for i in test], [labels[i] for i in test])
-    return out
 
 
 def _array_set(data, labels: list[int]):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sftcore._fileio.reader import image_size, open_image
-from sftcore._plugins.contracts import DatasetContext, FileSet, ImageSet
+from sftcore._plugins.contracts import Augment, DatasetContext, DataSplits, FileSet, ImageSet
 from sftcore.errors import SftError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -190,6 +190,74 @@ def images_from_files(
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(one, range(len(paths))))
     return ImageSet(images=images, labels=label_t)
+
+
+def splits_from_files(
+    classes: list[str],
+    parts: dict,
+    ctx: DatasetContext,
+    who: str = "dataset",
+    *,
+    in_memory: bool | str = "auto",
+    test_ratio: float = 0.0,
+    crop_padding: int | None = None,
+    flip: bool = False,
+) -> DataSplits:
+    """A file-backed dataset's DataSplits from ``parts`` (``{"train"|"val"|"test": (paths, labels)}``, labels
+    indexing ``classes``): without a test part, a stratified share ``test_ratio`` of train held out with the run
+    seed; every split decoded at the one size (``image_shape_for``), in memory when they fit; the random-crop
+    padding an eighth of that size unless given. What image_folder, torchvision, manifest and hf share."""
+    parts = {name: part for name, part in parts.items() if part is not None and len(part[1])}
+    if "test" not in parts and test_ratio > 0:
+        sources, labels = parts["train"]
+        train, test = stratified_split(labels, test_ratio, ctx.seed)
+        parts["train"] = (_picked(sources, train), [labels[i] for i in train])
+        if test:
+            parts["test"] = (_picked(sources, test), [labels[i] for i in test])
+    shape = image_shape_for(_Chained([sources for sources, _ in parts.values()]), ctx, who)
+    memory = fits_in_memory(sum(len(labels) for _, labels in parts.values()), shape, ctx.max_memory_bytes, in_memory)
+    sets = {name: images_from_files(sources, labels, shape, memory, who) for name, (sources, labels) in parts.items()}
+    return DataSplits(
+        classes=classes,
+        train=sets["train"],
+        val=sets.get("val"),
+        test=sets.get("test"),
+        augment=Augment(crop_padding=round(shape[1] / 8) if crop_padding is None else crop_padding, flip=flip),
+    )
+
+
+def _picked(items, keep: list[int]):
+    return [items[i] for i in keep] if isinstance(items, list) else _Picked(items, keep)
+
+
+class _Picked:
+    """Some items of a sequence, by index, read lazily (a lazy table stays a table); pickles."""
+
+    def __init__(self, items: Indexed, keep: list[int]):
+        self.items, self.keep = items, keep
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, i: int):
+        return self.items[self.keep[i]]
+
+
+class _Chained:
+    """Several sequences read as one (every split's images, for the one size rule)."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __getitem__(self, i: int):
+        for part in self.parts:
+            if i < len(part):
+                return part[i]
+            i -= len(part)
+        raise IndexError(i)
 
 
 def fits_in_memory(count: int, shape: Sequence[int], max_memory_bytes: int, in_memory: bool | str = "auto") -> bool:
