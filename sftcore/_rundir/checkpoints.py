@@ -77,6 +77,38 @@ def digest(named) -> str:
     return h.hexdigest()
 
 
+# --------------------------------------------------------------------------- parameters left out
+# Two kinds of tensors are left out of checkpoint files, both owned here: parameters a stage has never trained
+# (progress files: ``frozen`` names them with their digest; a linear probe's progress is its head) and an
+# adapter's pinned base (progress and model files: ``frozen_base`` holds its hash). Both are rebuilt by the run
+# that reads the file, and checked to be the very tensors the file was saved against.
+def left_out(params: dict, names: frozenset, record: dict | None = None) -> dict:
+    """The record a progress file keeps of the never-trained parameters ``names`` of ``params`` (name ->
+    tensor): their sorted names and digest; ``record``, when it names the same parameters, is reused (the
+    digest of weights nothing has stepped does not change)."""
+    if record is not None and frozenset(record["names"]) == names:
+        return record
+    return {"names": sorted(names), "digest": digest([(n, params[n]) for n in sorted(names)])}
+
+
+def without(state: dict, names) -> dict:
+    """A state dict without the tensors ``names``."""
+    drop = set(names)
+    return {k: v for k, v in state.items() if k not in drop}
+
+
+def matches_left_out(params: dict, record: dict) -> bool:
+    """Whether the parameters a progress file left out (``record``: its ``frozen``) are, bit for bit, the ones
+    in ``params``: a resume rebuilt the same start of the stage."""
+    names = [n for n in record["names"] if n in params]
+    return len(names) == len(record["names"]) and digest([(n, params[n]) for n in names]) == record["digest"]
+
+
+def refilled(state: dict, own: dict) -> dict:
+    """A state dict made whole from ``own`` (the model's state dict): the tensors it left out, copied."""
+    return {**{k: v.detach().clone() for k, v in own.items() if k not in state}, **state}
+
+
 def save_progress(state: dict, path: Path, model=None) -> None:
     """A stage's progress; with ``model``, its frozen base (and the start snapshot's copy of it) left out."""
     if model is not None:
@@ -120,12 +152,11 @@ def compact(state: dict, model) -> dict:
     keys, digest = frozen_base(model)
     if not keys:
         return state
-    drop = set(keys)
-    out = {**state, "model": {k: v for k, v in state["model"].items() if k not in drop}}
+    out = {**state, "model": without(state["model"], keys)}
     if out.get("start_state") is not None:
-        out["start_state"] = {k: v for k, v in out["start_state"].items() if k not in drop}
+        out["start_state"] = without(out["start_state"], keys)
     if isinstance(out.get("best"), dict) and isinstance(out["best"].get("state"), dict):  # select: best's copy
-        out["best"] = {**out["best"], "state": {k: v for k, v in out["best"]["state"].items() if k not in drop}}
+        out["best"] = {**out["best"], "state": without(out["best"]["state"], keys)}
     out[FROZEN_BASE] = {"sha256": digest, "tensors": len(keys), **state.get(FROZEN_BASE, {})}
     return out
 
@@ -150,11 +181,12 @@ def _filled(model, state: dict, path: Path, fix: str) -> dict:
             f"{str(base.get('sha256'))[:12]}; the model built here has {got}; {fix}"
         )
     own = model.state_dict()
-    out = {**state, "model": {**{k: own[k] for k in keys}, **state["model"]}}
+    base_own = {k: own[k] for k in keys}
+    out = {**state, "model": {**base_own, **state["model"]}}
     if out.get("start_state") is not None:
-        out["start_state"] = {**{k: own[k].detach().clone() for k in keys}, **out["start_state"]}
+        out["start_state"] = refilled(out["start_state"], base_own)
     if isinstance(out.get("best"), dict) and isinstance(out["best"].get("state"), dict):
-        out["best"] = {**out["best"], "state": {**{k: own[k].detach().clone() for k in keys}, **out["best"]["state"]}}
+        out["best"] = {**out["best"], "state": refilled(out["best"]["state"], base_own)}
     return out
 
 

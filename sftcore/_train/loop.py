@@ -222,7 +222,7 @@ class Stage:
         self._val_features: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # and the validation split's
         self._said_uncached = False
         self._trained: set[str] = set()  # parameters trainable at some epoch of this stage so far
-        self._frozen_digest: tuple[frozenset, str] | None = None  # (never-trained names, their digest)
+        self._left_out: dict | None = None  # the never-trained parameters' record (checkpoints.left_out)
         self.info.has_validation = val is not None and len(val.data) > 0
 
     def probe(self) -> None:
@@ -277,45 +277,34 @@ class Stage:
         adapter's base): they still equal the stage's start, which a resume rebuilds; their names and a digest
         go into the checkpoint so that the resume can check it (a linear probe's checkpoint is the head)."""
         frozen = self._never_trained()
-        if self._frozen_digest is None or self._frozen_digest[0] != frozen:
-            params = dict(self.model.named_parameters())
-            self._frozen_digest = (frozen, checkpoints.digest([(n, params[n]) for n in sorted(frozen)]))
-        model = {k: v for k, v in self.model.state_dict().items() if k not in frozen}
+        self._left_out = checkpoints.left_out(dict(self.model.named_parameters()), frozen, self._left_out)
         return {
-            "model": model,
-            "frozen": {"names": sorted(frozen), "digest": self._frozen_digest[1]},
+            "model": checkpoints.without(self.model.state_dict(), frozen),
+            "frozen": self._left_out,
             "trained": sorted(self._trained),
         }
 
     def _without_frozen(self, best: dict | None) -> dict | None:
-        if best is None or self._frozen_digest is None:
+        if best is None or self._left_out is None:
             return best
-        return {**best, "state": {k: v for k, v in best["state"].items() if k not in self._frozen_digest[0]}}
+        return {**best, "state": checkpoints.without(best["state"], self._left_out["names"])}
 
     def _whole_best(self, best: dict | None) -> dict | None:
         """A resumed ``select: best`` copy, its left-out parameters filled from the model just loaded: they had
         not trained when it was taken, so they still equal the stage's start (later epochs may train them)."""
         if not isinstance(best, dict) or not isinstance(best.get("state"), dict):
             return best
-        own = self.model.state_dict()
-        missing = {k: v.detach().clone() for k, v in own.items() if k not in best["state"]}
-        return {**best, "state": {**missing, **best["state"]}}
+        return {**best, "state": checkpoints.refilled(best["state"], self.model.state_dict())}
 
     def _load_model_state(self, state: dict) -> None:
         """The checkpoint's model; the parameters it left out (never trained) are checked to be the ones it
         was saved against: the rebuilt start of the stage, bit for bit."""
         frozen = state.get("frozen") or {"names": [], "digest": None}
-        if frozen["names"]:
-            params = dict(self.model.named_parameters())
-            names = [n for n in frozen["names"] if n in params]
-            if (
-                len(names) != len(frozen["names"])
-                or checkpoints.digest([(n, params[n]) for n in names]) != frozen["digest"]
-            ):
-                raise TrainingError(
-                    f"{self.name}: the frozen weights this checkpoint was saved against differ from the ones the "
-                    "run rebuilt (the pretrained weights changed?); delete the checkpoint to redo the stage"
-                )
+        if frozen["names"] and not checkpoints.matches_left_out(dict(self.model.named_parameters()), frozen):
+            raise TrainingError(
+                f"{self.name}: the frozen weights this checkpoint was saved against differ from the ones the "
+                "run rebuilt (the pretrained weights changed?); delete the checkpoint to redo the stage"
+            )
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         if unexpected or not set(missing) <= set(frozen["names"]):  # an adapter's base may be filled in already
             raise TrainingError(f"{self.name}: the checkpoint's model does not match the stage's: {missing[:3]}")
