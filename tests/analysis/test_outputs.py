@@ -216,8 +216,8 @@ def test_predict_checkpoint_without_recorded_shapes_uses_the_backbone_input(run_
 @pytest.mark.slow
 @pytest.mark.parametrize("case,expect", [
     ("missing image", "not found"),
-    ("text file", "cannot decode image"),
-    ("truncated png", "cannot decode image"),
+    ("text file", "cannot read image"),
+    ("truncated png", "cannot read image"),
     ("folder", "holds no image files"),  # a folder is read (recursively); one without images is refused
     ("not a run", "not a run directory"),
     ("no checkpoint", "no finished finetune stage"),
