@@ -3,6 +3,7 @@ read by torchvision's readers through sftcore; splits, class names, subsets, hos
 
 import json
 import os
+from pathlib import Path
 import struct
 
 import numpy as np
@@ -413,6 +414,36 @@ def test_download_offline_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(SftError) as exc:
         torchvision(ctx(), dataset="DTD", root=str(tmp_path), download=True)
     one_line(exc, "could not download", "needs internet", "dtd/dtd/{images")
+
+
+def test_download_true_fetches_and_extracts_through_torchvisions_downloader(tmp_path, monkeypatch):
+    """`download: true` goes through torchvision's own downloader (download_and_extract_archive): here its one
+    network call serves a local archive of the fake DTD, so the extraction and the reading after it are real."""
+    import tarfile
+
+    from torchvision.datasets import utils
+
+    fake = write_dtd(tmp_path / "fake")
+    archive = tmp_path / "dtd-r1.0.1.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(fake / "dtd" / "dtd", arcname="dtd")  # the archive's layout: dtd/{images,labels}
+    fetched = []
+
+    def serve(url, path, *args, **kwargs):
+        fetched.append(url)
+        Path(path).write_bytes(archive.read_bytes())
+
+    monkeypatch.setattr(utils, "_get_redirect_url", lambda url, max_hops=3: url)
+    monkeypatch.setattr(utils, "_urlretrieve", serve)
+    monkeypatch.setattr(utils, "check_integrity", lambda path, md5=None: os.path.isfile(path))  # a fake's md5
+    root = tmp_path / "data"
+    s = torchvision(ctx(), dataset="DTD", root=str(root), download=True)
+    assert fetched and fetched[0].endswith("dtd-r1.0.1.tar.gz")
+    assert s.classes == ["banded", "dotted", "zigzagged"] and (len(s.train), len(s.val), len(s.test)) == (6, 6, 6)
+    assert (root / "dtd" / "dtd" / "labels" / "train1.txt").is_file()
+    fetched.clear()
+    torchvision(ctx(), dataset="DTD", root=str(root), download=True)
+    assert not fetched  # present: torchvision does not fetch it again
 
 
 @pytest.mark.slow
