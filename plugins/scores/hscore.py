@@ -1,12 +1,15 @@
 """H-score (Bao et al., "An Information-theoretic Approach to Transferability in Task Transfer Learning",
 ICIP 2019), as TLlib's ``tllib.ranking.h_score`` computes it: sample covariances and a pseudo-inverse with
-the same cutoff, so that rank-deficient features give the reference's numbers."""
+the same cutoff, so that rank-deficient features give the reference's numbers. With fewer examples than
+feature dimensions (N - 1 <= D) the reference gives classes - 1 whatever the features are: the score is then
+unavailable (null in `sft rank`, with its reason) rather than a tie that looks like a ranking."""
 
 from __future__ import annotations
 
 import torch
 
 from sftcore.api import Score
+from sftcore.errors import ScoreUnavailable
 
 from ._inputs import prepare
 
@@ -19,6 +22,12 @@ class HScore(Score):
 
     def __call__(self, features, labels, source_probs=None) -> float:
         x = prepare("hscore", features, labels)
+        n, d = x.features.shape
+        if d >= n - 1:  # the centred examples span at most N - 1 directions, all of them in the features then
+            raise ScoreUnavailable(
+                f"score 'hscore' is classes - 1 for any features when they have at least N - 1 dimensions "
+                f"({d} >= {n} - 1), so it cannot rank them; score at least {d + 2} examples, or use another score"
+            )
         return hscore(x.features, x.labels, x.classes)
 
 

@@ -132,3 +132,18 @@ def _check_train_examples(stage: str, want: int | None, splits: DataSplits) -> N
             f"config: {stage}.dataset.train_examples is {want} but must be {bound} (the training split has "
             f"{len(splits.train)} examples of {present} classes); set train_examples accordingly"
         )
+
+
+def image_shapes(data: StageData, transform) -> dict:
+    """``image_shape`` (``[C, H, W]`` the split's images are held at) and ``input_shape`` (what the model sees)."""
+    return {
+        "image_shape": [int(v) for v in data.train.image_shape],
+        "input_shape": [int(transform.out_channels), *(int(v) for v in transform.out_hw)],
+    }
+
+
+def shapes_text(shapes: dict) -> str:
+    """``images 3x32x32, the model sees 3x224x224 (resized ...)``: the line each stage and `sft rank` say."""
+    image, model_input = shapes["image_shape"], shapes["input_shape"]
+    why = "" if image[1:] == model_input[1:] else " (resized to the backbone's fixed input size on the fly)"
+    return f"images {'x'.join(map(str, image))}, the model sees {'x'.join(map(str, model_input))}{why}"

@@ -58,7 +58,8 @@ def _flow(value: Any) -> str:
 def with_weights(entry: Any, weights: Path) -> dict:
     """``entry`` loading ``weights`` instead of whatever it loaded (hub weights: ``pretrained`` is dropped)."""
     out = {k: v for k, v in components.entry(entry, "backbone").items() if k != "pretrained"}
-    return {**out, "weights": str(weights)}
+    # absolute: the entry goes into rank.json and `--sweep`'s sweep.yaml, read from wherever they are run
+    return {**out, "weights": str(Path(weights).resolve())}
 
 
 def _from_run(path: Path) -> dict:

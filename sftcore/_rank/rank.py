@@ -20,7 +20,7 @@ from sftcore._plugins import components
 from sftcore._plugins.contracts import suggest
 from sftcore._plugins.manager import get_registry
 from sftcore._runtime import held_warnings
-from sftcore.errors import ConfigError, ScoreUnavailable, SftError
+from sftcore.errors import ConfigError, SftError
 
 from .candidates import Candidate, parse
 
@@ -106,7 +106,10 @@ def _say(echo, text: str) -> None:
 
 
 def _row_text(row: dict) -> str:
-    return f"{row['examples']} examples, {row['feature_dim']} features"
+    from sftcore._data.stage import shapes_text
+
+    shapes = shapes_text(row) if row.get("image_shape") else ""
+    return f"{row['examples']} examples, {row['feature_dim']} features" + (f"; {shapes}" if shapes else "")
 
 
 def _plan(config, candidates, overrides, scores, by, out, force: bool, seed: int | None, sweep: bool = False) -> Plan:
@@ -170,6 +173,8 @@ def _blank(cand: Candidate) -> dict:
         "examples": None,
         "feature_dim": None,
         "source_head": False,
+        "image_shape": None,
+        "input_shape": None,
         **{key: None for key in SCORE_KEYS},
         "error": cand.error,
         "score_errors": {},
@@ -182,14 +187,15 @@ def measure(plan: Plan, cand: Candidate) -> dict:
     if cand.error is not None:
         return row
     try:
-        features, labels, probs = _features(plan, cand)
+        features, labels, probs, shapes = _features(plan, cand)
     except SftError as exc:
         row["error"] = str(exc)
         return row
     except Exception as exc:  # a plugin backbone that fails in its own way is still one candidate
         row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         return row
-    row.update(examples=int(features.shape[0]), feature_dim=int(features.shape[1]), source_head=probs is not None)
+    row.update(examples=int(features.shape[0]), feature_dim=int(features.shape[1]), source_head=probs is not None,
+               **shapes)  # fmt: skip
     for name, score in plan.scores.items():
         row[name] = _score(name, score, features, labels, probs, row["score_errors"])
     return row
@@ -205,13 +211,13 @@ def _features(plan: Plan, cand: Candidate):
     backbone = pipe.build_backbone()
     seed = pipe.config.seed_list[0]
     data = pipe.stage_data("finetune", backbone, seed)
-    features, labels = pipe.stage_features("finetune", backbone, data, seed)
+    features, labels, shapes = pipe.stage_features("finetune", backbone, data, seed)
     if features.ndim != 2:
         raise SftError(
             f"the backbone's features are {features.ndim}-D {list(features.shape)}, not [examples, features]; "
             "a score needs one vector per image (pool the features in the backbone)"
         )
-    return features.cpu(), labels.cpu(), _source_probs(backbone.head, features)
+    return features.cpu(), labels.cpu(), _source_probs(backbone.head, features), shapes
 
 
 def _source_probs(head, features):
@@ -229,14 +235,13 @@ def _source_probs(head, features):
 
 
 def _score(name: str, score, features, labels, probs, errors: dict) -> float | None:
-    """One score, or None: unavailable (no source head) or failed (its line kept in ``errors``)."""
+    """One score, or None: unavailable (no source head; or the score says why, its line kept in ``errors``) or
+    failed (its line kept too)."""
     if getattr(score, "needs_source", False) and probs is None:
         return None
     try:
         value = float(score(features, labels, probs if score.needs_source else None))
-    except ScoreUnavailable:
-        return None
-    except SftError as exc:
+    except SftError as exc:  # ScoreUnavailable among them: hscore on fewer examples than dimensions
         errors[name] = str(exc)
         return None
     return value if math.isfinite(value) else None

@@ -16,7 +16,7 @@ import torch
 from sftcore._analysis import report
 from sftcore._config.schema import RunConfig, StageConfig
 from sftcore._data.batches import Batches, BatchTransform
-from sftcore._data.stage import StageData, load_splits, subset_stage_data
+from sftcore._data.stage import StageData, image_shapes, load_splits, shapes_text, subset_stage_data
 from sftcore._plugins import components
 from sftcore._plugins.contracts import Augment, Backbone, ImageSet, RunInfo, StageInfo, TrainContext, pin_frozen
 from sftcore._plugins.manager import get_registry
@@ -316,13 +316,9 @@ class Pipeline:
     def _say_shapes(self, name: str, data: StageData, train_tf: BatchTransform) -> dict:
         """The size the images are held at and the size the model sees them at, said once per stage (a folder of
         32 px images trained at a backbone's 224 px costs 50 times the compute): ``image_shape``, ``input_shape``."""
-        image = [int(v) for v in data.train.image_shape]
-        model_input = [int(train_tf.out_channels), *(int(v) for v in train_tf.out_hw)]
-        why = "" if image[1:] == model_input[1:] else " (resized to the backbone's fixed input size on the fly)"
-        self.say_once(
-            f"{name}: images {'x'.join(map(str, image))}, the model sees {'x'.join(map(str, model_input))}{why}"
-        )
-        return {"image_shape": image, "input_shape": model_input}
+        shapes = image_shapes(data, train_tf)
+        self.say_once(f"{name}: {shapes_text(shapes)}")
+        return shapes
 
     def _backbone_plugin(self) -> dict:
         """Which plugin (and distribution) provides the backbone: named when sftcore.load lacks it."""
@@ -434,11 +430,12 @@ class Pipeline:
 
     def stage_features(self, name: str, backbone: Backbone, data: StageData, seed: int):
         """Features ``[N, D]`` and labels of the stage's training examples exactly as its head strategies see
-        them (``ctx.extract_features``: eval mode, no gradient, the stage's evaluation transform): what `sft rank`
-        scores a candidate backbone on."""
+        them (``ctx.extract_features``: eval mode, no gradient, the stage's evaluation transform), and the sizes
+        (``image_shapes``) they were computed at: what `sft rank` scores a candidate backbone on."""
         scfg = self.config.stage(name)
         _, eval_tf = self.transforms(data, backbone, scfg, name)
-        return self._context(name, scfg, backbone, data, seed, eval_tf)[0].extract_features()
+        features, labels = self._context(name, scfg, backbone, data, seed, eval_tf)[0].extract_features()
+        return features, labels, image_shapes(data, eval_tf)
 
     def _context(self, name, scfg, backbone, data, seed, eval_tf, source_head=None, source_classes=None):
         """``(TrainContext, the training split on the device)``: what a stage's head strategy and regularizers

@@ -206,3 +206,21 @@ def test_a_bad_rank_list_is_a_config_error(value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         resolve({**target_config(), "rank": value})
     assert resolve({**target_config(), "rank": None})["rank"] == []
+
+
+def test_a_relative_run_directory_or_weights_file_becomes_an_absolute_weights_path(tmp_path, monkeypatch):
+    """rank.json and --sweep's sweep.yaml are read from anywhere: a candidate's weights path must not depend on
+    the directory `sft rank` ran in."""
+    from sftcore._rank.candidates import parse
+
+    run = tmp_path / "runs" / "r1"
+    (run / "checkpoints").mkdir(parents=True)
+    tiny.write_yaml(run / "config.yaml", {"name": "r1", "backbone": {"name": "lenet", "img_size": 16}})
+    (run / "checkpoints" / "pretrain.pt").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    from_run = parse("runs/r1", {"name": "lenet"})
+    from_file = parse("runs/r1/checkpoints/pretrain.pt", {"name": "lenet"})
+    assert from_run.error is None and from_file.error is None
+    expected = str((run / "checkpoints" / "pretrain.pt").resolve())
+    assert from_run.entry == {"name": "lenet", "img_size": 16, "weights": expected}
+    assert from_file.entry["weights"] == expected and from_run.given == "runs/r1"

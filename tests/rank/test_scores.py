@@ -128,11 +128,17 @@ def test_nce_is_tllibs_on_the_argmax_of_the_source_probabilities(n, d, c, cs, se
 
 @pytest.mark.parametrize("n,d,c,cs,seed", CASES, ids=IDS)
 def test_hscore_is_tllibs(n, d, c, cs, seed):
+    from sftcore_plugins.scores.hscore import hscore
+
     f, y, _ = case(n, d, c, cs, seed)
-    got = ours("hscore", f, y)
+    got = hscore(torch.from_numpy(f), torch.from_numpy(y), c)
     assert relative(got, ref.h_score(f, y)) < RTOL
-    if d >= n:  # every centred direction is in the features' span: H-score is then classes - 1
+    if d >= n - 1:  # every centred direction is in the features' span: H-score is then classes - 1, for any features
         assert got == pytest.approx(c - 1)
+        with pytest.raises(ScoreUnavailable, match=rf"classes - 1 for any features .*\({d} >= {n} - 1\)"):
+            ours("hscore", f, y)  # the score says it cannot rank, instead of a tie
+    else:
+        assert relative(ours("hscore", f, y), ref.h_score(f, y)) < RTOL
 
 
 def test_rank_deficient_features_keep_to_the_references():
