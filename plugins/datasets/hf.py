@@ -28,8 +28,8 @@ def validate_options(
     image: str = "image",
     label: str = "label",
     train: str = "train",
-    val: str | None = None,
-    test: str | None = None,
+    val: str | bool | None = None,
+    test: str | bool | None = None,
     revision: str | None = None,
     test_ratio: float = 0.2,
     in_memory: bool | str = "auto",
@@ -42,8 +42,14 @@ def validate_options(
             f"{where} hf needs path: a Hugging Face hub name (user/name), a save_to_disk folder, or parquet/arrow files"
         )
     check_option("path", path, str, where=where)
-    for name, value in (("subset", subset), ("val", val), ("test", test), ("revision", revision)):
+    for name, value in (("subset", subset), ("revision", revision)):
         check_option(name, value, str, none=True, where=where)
+    for role, split in (("val", val), ("test", test)):
+        if not (split is None or split is False or (isinstance(split, str) and split.strip())):
+            raise ConfigError(
+                f"{where}.{role} must be a split name, null (its usual name when present) or false (none), "
+                f"got {show(split)}"
+            )
     for name, value in (("image", image), ("label", label), ("train", train)):
         check_option(name, value, str, where=where)
     if not (in_memory == "auto" or isinstance(in_memory, bool)):
@@ -60,8 +66,8 @@ def hf(
     image: str = "image",
     label: str = "label",
     train: str = "train",
-    val: str | None = None,
-    test: str | None = None,
+    val: str | bool | None = None,
+    test: str | bool | None = None,
     revision: str | None = None,
     test_ratio: float = 0.2,
     in_memory: bool | str = "auto",
@@ -69,14 +75,15 @@ def hf(
     flip: bool = False,
 ) -> DataSplits:
     """A Hugging Face dataset (path: hub name, save_to_disk folder, or parquet/arrow files); splits train, val
-    (default: validation if present) and test (default: test if present, else test_ratio of train held out);
+    (default: validation if present; false: none) and test (default: a labelled test if present; false: none;
+    without one, test_ratio of train held out);
     image: the image column; label: the label column (a ClassLabel's names become the classes)."""
     where = f"config: {ctx.stage}.dataset"
     validate_options(where, path, subset, image, label, train, val, test, revision, test_ratio, in_memory,
                      crop_padding, flip)  # fmt: skip
     assert path is not None  # validate_options
     splits = _load(path, subset, revision)
-    chosen = _choose_splits(splits, train, val, test, path)
+    chosen = _choose_splits(splits, train, val, test, path, label)
     tables = {role: _columns(splits[name], name, image, label, path) for role, name in chosen.items()}
     classes = _classes(tables["train"], label)
     parts = {role: _labelled(table, role, chosen[role], image, label, classes) for role, table in tables.items()}
@@ -127,20 +134,33 @@ def _load(path: str, subset: str | None, revision: str | None) -> dict:
     return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
 
 
-def _choose_splits(splits: dict, train: str, val: str | None, test: str | None, path: str) -> dict[str, str]:
-    """{role: split name}: train as named; val and test as named, or their usual names when present."""
+def _choose_splits(splits: dict, train: str, val, test, path: str, label: str) -> dict[str, str]:
+    """{role: split name}: the named splits first (train, then val and test when named), then val and test by
+    their usual names among the splits left, skipping one without labels (a hub test split of -1s); ``false``
+    for val or test means none."""
     have = ", ".join(sorted(splits))
     chosen: dict[str, str] = {}
-    for role, name, usual in (("train", train, ()), ("val", val, _VAL_NAMES), ("test", test, ("test",))):
-        if name is not None and name not in splits:
-            raise SftError(f"{_WHO}: {show(path)} has no split {show(name)} (it has: {have}); set {role}: to one")
-        taken = set(chosen.values())
-        found = name if name is not None else next((u for u in usual if u in splits and u not in taken), None)
-        if found in taken:
-            raise SftError(f"{_WHO}: train, val and test must be different splits; {role} is {show(found)} too")
-        if found is not None:
-            chosen[role] = found
-    return chosen
+    for role, name in (("train", train), ("val", val), ("test", test)):
+        if isinstance(name, str):
+            if name not in splits:
+                raise SftError(f"{_WHO}: {show(path)} has no split {show(name)} (it has: {have}); set {role}: to one")
+            if name in chosen.values():
+                raise SftError(f"{_WHO}: train, val and test must be different splits; {role} is {show(name)} too")
+            chosen[role] = name
+    for role, name, usual in (("val", val, _VAL_NAMES), ("test", test, ("test",))):
+        if name is None:
+            found = next((u for u in usual if u in splits and u not in chosen.values() and _labelled_split(
+                splits[u], label)), None)  # fmt: skip
+            if found is not None:
+                chosen[role] = found
+    return {role: chosen[role] for role in ("train", "val", "test") if role in chosen}
+
+
+def _labelled_split(split, label: str) -> bool:
+    """Whether a split has a label in any row (a hub's unlabelled test split holds -1 or nothing)."""
+    if label not in split.column_names:
+        return True  # its own check says what is missing
+    return any(v is not None and v != -1 for v in split[label])
 
 
 def _columns(split, name: str, image: str, label: str, path: str):
@@ -177,10 +197,10 @@ def _classes(split, label: str) -> list[str]:
 def _labelled(split, role: str, name: str, image: str, label: str, classes: list[str]):
     """(image sources, label indices) of a split; a missing, unknown or out-of-range label is one line."""
     index = {c: i for i, c in enumerate(classes)}
-    named = bool(getattr(split.features[label], "names", None))
+    names = getattr(split.features[label], "names", None)  # this split's own: it may order them otherwise
     labels = []
     for row, value in enumerate(split[label]):
-        key = classes[value] if named and isinstance(value, int) and 0 <= value < len(classes) else str(value)
+        key = str(names[value]) if names and isinstance(value, int) and 0 <= value < len(names) else str(value)
         if value is None or isinstance(value, bool) or key not in index:
             raise SftError(
                 f"{_WHO}: row {row} of split {show(name)} has label {show(value)}, not one of the "

@@ -51,7 +51,8 @@ def few_label_index(
 def stratified_counts(sizes: list[int], total: int) -> list[int]:
     """How many of each class a stratified sample of ``total`` keeps: the classes' shares of ``total``, rounded
     by largest remainder (ties to the earlier class), then one for any class left at none, taken from the
-    largest. VTAB's fixed 1000 training examples, kept in the dataset's class proportions."""
+    largest. VTAB's fixed 1000 training examples, kept in the dataset's class proportions. ``total`` must be at
+    least the number of non-empty classes (the stage's data check says so first)."""
     if total >= sum(sizes):
         return list(sizes)
     quotas = [total * n / sum(sizes) for n in sizes]

@@ -102,19 +102,22 @@ def _to_mode(img, mode: str):
 
 def image_shape_for(paths: Indexed, ctx: DatasetContext, who: str = "dataset") -> tuple[int, int, int]:
     """The (C, H, W) a file-backed dataset holds its images at, the one rule every dataset follows: the images'
-    own size when they all share one and the backbone takes any size (a folder of 32 px digits trains a
-    ResNet at 32 px, not at its configured 224), else the backbone's input size (a ViT's fixed size, a
-    backbone's ``img_size``, or mixed sizes). C is the backbone's channels: 1 or 3."""
+    own size when they all share one, no larger than the backbone's input size, and the backbone takes any size
+    (a folder of 32 px digits trains a ResNet at 32 px, not at its configured 224), else the backbone's input
+    size (a ViT's fixed size, a backbone's ``img_size``, mixed sizes, or photos larger than it: a folder of
+    4032x3024 phone photos trains at 224). C is the backbone's channels: 1 or 3."""
     channels, height, width = ctx.input_size
     if channels not in (1, 3):
         raise SftError(
             f"{who} makes 1- or 3-channel images, but the backbone takes {channels}; "
             "choose a backbone with 1 or 3 input channels"
         )
-    if ctx.fixed_input_size or not paths:
+    if ctx.fixed_input_size or len(paths) == 0:
         return channels, height, width
     shared = _shared_size(paths, who)
-    return (channels, shared[1], shared[0]) if shared is not None else (channels, height, width)
+    if shared is None or shared[1] > height or shared[0] > width:  # larger than the backbone's: its size
+        return channels, height, width
+    return channels, shared[1], shared[0]
 
 
 def _shared_size(paths: Indexed, who: str) -> tuple[int, int] | None:

@@ -164,9 +164,17 @@ def image_size(path, what: str, data: bytes | None = None) -> tuple[int, int]:
                 Image.MAX_IMAGE_PIXELS = guard
         with img:
             width, height = img.size
-            # PNG keeps EXIF after the pixels (reading it decodes them): its orientation is left to decoding.
-            turned = img.format != "PNG" and img.getexif().get(0x0112) in (5, 6, 7, 8)
+            turned = _turned(img)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for files it cannot read
         raise StorageError(f"cannot read {what} ({exc}); fix or remove it") from None
     _check_size(width, height, what)
     return (height, width) if turned else (width, height)
+
+
+def _turned(img) -> bool:
+    """Whether decoding turns the image by 90 degrees (EXIF orientation 5 to 8, as ``ImageOps.exif_transpose``
+    applies it), read without decoding: Pillow gives a TIFF's size already turned; a PNG's EXIF counts when it
+    comes before the pixels (where Pillow writes it: later, reading it would decode them)."""
+    if img.format == "TIFF" or (img.format == "PNG" and "exif" not in img.info):
+        return False
+    return img.getexif().get(0x0112) in (5, 6, 7, 8)

@@ -56,7 +56,9 @@ def to_uint8(image, shape) -> torch.Tensor:
 
     from sftcore._data.images import fit_image
 
-    array = image.permute(1, 2, 0).contiguous().numpy()  # PIL reads H x W x 2 as LA, x 3 as RGB, x 4 as RGBA
+    array = (
+        image.detach().cpu().permute(1, 2, 0).contiguous().numpy()
+    )  # PIL reads H x W x 2 as LA, x 3 as RGB, x 4 as RGBA
     # through PIL, as a file of that image would be: the same resize, to the last bit
     return fit_image(Image.fromarray(array[..., 0] if array.shape[2] == 1 else array), tuple(shape))
 

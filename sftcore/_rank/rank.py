@@ -122,7 +122,7 @@ def _plan(config, candidates, overrides, scores, by, out, force: bool, seed: int
         raise ConfigError(
             "config: sft rank needs a finetune stage: its dataset is the target the candidates are scored on"
         )
-    candidates = list(candidates) or list(cfg.rank)  # --candidate, else the config's rank: list
+    candidates = list(candidates or ()) or list(cfg.rank)  # --candidate, else the config's rank: list
     if not candidates:
         raise ConfigError(
             "no candidates: pass --candidate RUN_DIR | WEIGHTS_FILE | '{name: ..., options}' (repeatable), "

@@ -278,7 +278,8 @@ def _check_config(run_dir: Path, cfg: dict, allow_change: bool) -> None:
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         storage.write_json(run_dir / MARKER, {"sftcore": __version__, "created": created, "config": now})
         return
-    changed = changed_keys(_current_form(marker["config"]), now)
+    # `rank:` lists candidates for `sft rank`; the run never reads it, so an edit of it changes nothing here
+    changed = [k for k in changed_keys(_current_form(marker["config"]), now) if k.split(".")[0] != "rank"]
     if not changed:
         return
     if not allow_change:

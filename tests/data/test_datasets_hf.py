@@ -157,3 +157,35 @@ def test_the_cli_says_a_broken_dataset_in_one_line_with_exit_2(tmp_path):
                           finetune={"dataset": {"name": "hf", "path": str(path), "image": "img", "label": "y"}})
         config = tiny.write_yaml(tmp_path / "c.yaml", cfg)
         assert message in tiny.one_error_line(tiny.invoke("run", config, "--out", tmp_path / f"r-{path.name}"))
+
+
+def test_each_splits_own_class_names_map_its_labels(tmp_path):
+    """A split whose ClassLabel lists the names in another order (splits built apart) keeps its images' classes."""
+    flipped = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["emu", "dog", "cat"])})
+    test = datasets.Dataset.from_dict({"img": [{"bytes": png(COLOURS[c]), "path": None} for c in (0, 1, 2)],
+                                       "y": [2, 1, 0]}, features=flipped)  # cat, dog, emu in its own numbering
+    datasets.DatasetDict({"train": table(2).select_columns(["img", "y"]), "test": test}).save_to_disk(
+        str(tmp_path / "d"))
+    s = hf(ctx(), path=str(tmp_path / "d"), image="img", label="y")
+    assert s.classes == NAMES and s.test.labels.tolist() == [0, 1, 2]  # by name: cat, dog, emu
+    red = s.test.images[0].float().mean((1, 2))
+    assert red[0] > 200  # the cat image (red) is labelled cat
+
+
+def test_an_unlabelled_test_split_is_skipped_and_named_splits_come_first(tmp_path):
+    """The hub's train / validation / test layout with a test split of -1s (ImageNet-1k): the automatic test is
+    skipped; `test: validation` then takes validation as the test split, and val goes to the runner's hold-out."""
+    unlabelled = datasets.Dataset.from_dict({"img": [{"bytes": png(COLOURS[0]), "path": None}] * 3, "y": [-1] * 3},
+                                            features=table(1).select_columns(["img", "y"]).features)
+    datasets.DatasetDict({"train": table(3), "validation": table(2), "test": unlabelled}).save_to_disk(
+        str(tmp_path / "d"))
+    auto = hf(ctx(), path=str(tmp_path / "d"), image="img", label="y", test_ratio=0.0)
+    assert len(auto.val) == 6 and auto.test is None  # no labelled test split, no hold-out asked for
+    named = hf(ctx(), path=str(tmp_path / "d"), image="img", label="y", test="validation")
+    assert named.val is None and len(named.test) == 6 and len(named.train) == 9
+    off = hf(ctx(), path=str(tmp_path / "d"), image="img", label="y", val=False, test=False, test_ratio=0.34)
+    assert off.val is None and len(off.test) == 3 and len(off.train) == 6  # held out of train instead
+    with pytest.raises(SftError, match=r"row 0 of split 'test' has label -1"):
+        hf(ctx(), path=str(tmp_path / "d"), image="img", label="y", test="test")
+    with pytest.raises(ConfigError, match="test must be a split name, null .* or false"):
+        hf(ctx(), path=str(tmp_path / "d"), test=True)

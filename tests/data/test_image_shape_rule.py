@@ -37,13 +37,22 @@ def test_a_fixed_input_size_or_mixed_sizes_take_the_backbones_size(tmp_path):
     assert image_shape_for([], ctx(fixed=False)) == (3, 24, 24)
 
 
+def test_images_larger_than_the_backbones_input_take_its_size(tmp_path):
+    """A folder of same-size phone photos must not train a CNN at 4032x3024: larger than the input, its size."""
+    photos = [str(write_image(tmp_path / f"p{i}.jpg", (40, 30))) for i in range(3)]
+    assert image_shape_for(photos, ctx(fixed=False, size=24)) == (3, 24, 24)
+    wide = [str(write_image(tmp_path / f"w{i}.png", (30, 10))) for i in range(2)]  # one side larger
+    assert image_shape_for(wide, ctx(fixed=False, size=24)) == (3, 24, 24)
+    assert image_shape_for(photos, ctx(fixed=False, size=40)) == (3, 30, 40)  # both sides within: kept
+
+
 def test_an_exif_rotation_by_90_degrees_swaps_the_size(tmp_path):
     path = tmp_path / "turned.jpg"
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
     Image.new("RGB", (40, 10), (10, 200, 10)).save(path, exif=exif)
     plain = write_image(tmp_path / "plain.png", (10, 40))
-    assert image_shape_for([str(path), str(plain)], ctx(fixed=False)) == (3, 40, 10)
+    assert image_shape_for([str(path), str(plain)], ctx(fixed=False, size=48)) == (3, 40, 10)
 
 
 def test_the_header_scan_fails_in_one_line_on_a_broken_file_or_a_bad_channel_count(tmp_path):
@@ -80,3 +89,29 @@ def test_a_folder_of_small_images_trains_a_cnn_at_their_own_size(tmp_path):
     assert summary["finetune"]["image_shape"] == [3, 20, 20] and summary["finetune"]["input_shape"] == [3, 20, 20]
     assert [line for line in lines if line.startswith("finetune: images")] == [
         "finetune: images 3x20x20, the model sees 3x20x20"]
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png", "tif", "webp"])
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_the_header_scan_gives_the_size_decoding_gives(tmp_path, suffix, orientation):
+    """The size scan reads headers only; it must agree with what decode_image makes of the file, whatever the
+    format does with its EXIF orientation (a TIFF's size comes turned already; a PNG's eXIf sits before IDAT)."""
+    import numpy as np
+
+    from sftcore.api import decode_image
+
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = 255  # 40 wide, 20 high: left half white
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"turned.{suffix}"
+    Image.fromarray(pixels).save(path, exif=exif)
+    shape = image_shape_for([str(path)], ctx(fixed=False, size=48))
+    decoded = decode_image(str(path), shape)
+    assert tuple(decoded.shape) == shape
+    with Image.open(path) as img:
+        from PIL import ImageOps
+
+        upright = ImageOps.exif_transpose(img)
+        assert shape[1:] == (upright.size[1], upright.size[0])
+    assert decoded.float().std() > 50  # the halves survive: not a 2x crop of one of them

@@ -219,6 +219,19 @@ def test_resume_with_allow_config_change_continues_and_records_it(tmp_path, caps
 
 
 @pytest.mark.slow
+def test_an_edited_rank_list_is_no_change_to_the_run(tmp_path):
+    """`rank:` is for `sft rank`; the run never reads it, so editing it neither blocks --resume nor retrains."""
+    run = cut_run(tmp_path)
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "rank": ["lenet", "runs/other"]}, sort_keys=False))
+    sftcore.run(resume=run)
+    assert json.loads((run / "summary.json").read_text())["finetune"]["epochs"] == 2
+    assert not (run / ownership.CHANGES).exists()  # resumed as unchanged: not refused, no stage invalidated
+
+
+@pytest.mark.slow
 def test_resume_of_an_unchanged_config_and_of_a_legacy_run(tmp_path):
     run = cut_run(tmp_path)
     (run / ownership.MARKER).unlink()  # made before the marker existed: trusted, then recorded
