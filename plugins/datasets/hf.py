@@ -209,6 +209,12 @@ def _labelled(split, role: str, name: str, image: str, label: str, classes: list
         labels.append(index[key])
     if not labels:
         raise SftError(f"{_WHO}: split {show(name)} has no rows")
+    empty = sorted(set(range(len(classes))) - set(labels)) if role == "train" else []
+    if empty:  # a class the model would have an output for and never see
+        raise SftError(
+            f"{_WHO}: class(es) {', '.join(classes[i] for i in empty[:5])} of the label column have no rows in "
+            f"split {show(name)}; add training rows for them, or drop them from the ClassLabel"
+        )
     return _Rows(split, image, name, list(range(len(labels)))), labels
 
 

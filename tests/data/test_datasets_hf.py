@@ -189,3 +189,12 @@ def test_an_unlabelled_test_split_is_skipped_and_named_splits_come_first(tmp_pat
         hf(ctx(), path=str(tmp_path / "d"), image="img", label="y", test="test")
     with pytest.raises(ConfigError, match="test must be a split name, null .* or false"):
         hf(ctx(), path=str(tmp_path / "d"), test=True)
+
+
+def test_a_class_without_training_rows_is_one_line(tmp_path):
+    features = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["cat", "dog", "emu"])})
+    train = datasets.Dataset.from_dict({"img": [{"bytes": png(COLOURS[c]), "path": None} for c in (0, 1, 0, 1)],
+                                        "y": [0, 1, 0, 1]}, features=features)
+    train.save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(SftError, match=r"class\(es\) emu of the label column have no rows in split 'train'"):
+        hf(ctx(), path=str(tmp_path / "d"), image="img", label="y")
