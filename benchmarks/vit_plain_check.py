@@ -8,6 +8,8 @@ weight decay 0.05, batch 64, one thread; prints the training accuracy of each ep
     python benchmarks/vit_plain_check.py
 """
 
+from __future__ import annotations
+
 import time
 
 import timm
@@ -17,30 +19,30 @@ import torch.nn.functional as F
 from sftcore.api import DatasetContext
 from sftcore_plugins.datasets.shapes import shapes
 
-torch.manual_seed(0)
-torch.set_num_threads(1)
-s = shapes(DatasetContext(seed=0, input_size=(3, 32, 32), stage="pretrain"), task="source")
-x = s.train.images
-y = s.train.labels
-print(x.shape, x.dtype, s.mean, s.std)
-mean = torch.tensor(s.mean).view(1, 3, 1, 1)
-std = torch.tensor(s.std).view(1, 3, 1, 1)
-net = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10)
-opt = torch.optim.AdamW(net.parameters(), lr=3e-4, weight_decay=0.05)
-for epoch in range(3):
-    t = time.time()
-    perm = torch.randperm(len(x))
-    correct = 0
+
+def main(epochs: int = 3, batch: int = 64) -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    data = shapes(DatasetContext(seed=0, input_size=(3, 32, 32), stage="pretrain"), task="source")
+    images, labels = data.train.images, data.train.labels
+    mean = torch.tensor(data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(data.std).view(1, 3, 1, 1)
+    net = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-4, weight_decay=0.05)
     net.train()
-    for i in range(0, len(x), 64):
-        idx = perm[i : i + 64]
-        xb = (x[idx].float() / 255 - mean) / std
-        out = net(xb)
-        loss = F.cross_entropy(out, y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        correct += (out.argmax(1) == y[idx]).sum().item()
-    print(
-        f"epoch {epoch + 1} train acc {correct / len(x):.3f} loss {loss.item():.3f} {time.time() - t:.0f}s", flush=True
-    )
+    for epoch in range(epochs):
+        t0, order, correct = time.perf_counter(), torch.randperm(len(images)), 0
+        for start in range(0, len(images), batch):
+            idx = order[start : start + batch]
+            out = net((images[idx].float() / 255 - mean) / std)
+            loss = F.cross_entropy(out, labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            correct += int((out.argmax(1) == labels[idx]).sum())
+        seconds = time.perf_counter() - t0
+        print(f"epoch {epoch + 1}: train accuracy {correct / len(images):.3f}, {seconds:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
