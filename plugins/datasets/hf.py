@@ -215,21 +215,20 @@ def _labelled(split, role: str, name: str, image: str, label: str, classes: list
             f"{_WHO}: class(es) {', '.join(classes[i] for i in empty[:5])} of the label column have no rows in "
             f"split {show(name)}; add training rows for them, or drop them from the ClassLabel"
         )
-    return _Rows(split, image, name, list(range(len(labels)))), labels
+    return _Rows(split, image, name), labels
 
 
 class _Rows:
     """A lazy sequence of ``(name, bytes)`` image sources read from an Arrow table (pickles for DataLoader
     workers: the table is memory-mapped, not copied)."""
 
-    def __init__(self, table, column: str, split: str, rows: list[int]):
-        self.table, self.column, self.split, self.rows = table, column, split, rows
+    def __init__(self, table, column: str, split: str):
+        self.table, self.column, self.split = table, column, split
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.table)
 
-    def __getitem__(self, i: int) -> tuple[str, bytes | None]:
-        row = self.rows[i]
+    def __getitem__(self, row: int) -> tuple[str, bytes | None]:
         cell = self.table[row][self.column] or {}
         data, file = cell.get("bytes"), cell.get("path")
         if data is None and not file:
