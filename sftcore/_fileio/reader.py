@@ -113,16 +113,6 @@ def _check_size(width: int, height: int, what: str) -> None:
         )
 
 
-def check_image_pixels(data: bytes, what: str) -> None:
-    """Refuse an image whose header claims more than ``max_image_pixels()`` pixels, before any decoding."""
-    try:
-        with _open_unguarded(data) as img:
-            width, height = img.size
-    except Exception:  # noqa: BLE001 - not an image PIL knows: the decoder says so in its own words
-        return
-    _check_size(width, height, what)
-
-
 def open_image(path, what: str, data: bytes | None = None):
     """An image file sftcore did not write, opened by PIL (``PIL.Image.Image``, not yet decoded): a regular file
     of at most ``MAX_FILE_BYTES``, whose header claims at most ``max_image_pixels()`` pixels. A file PIL cannot
