@@ -7,7 +7,7 @@ cosine decay, one seed. Prints each epoch's training accuracy and, at the end, t
 test images: the reference for ``benchmarks/configs/adapters-vit-tiny-base.yaml``'s pretraining (the defaults
 are that config's recipe).
 
-    OMP_NUM_THREADS=1 python benchmarks/vit_plain_check.py [--per-class 10000] [--epochs 12] [--stop-after 3]
+    OMP_NUM_THREADS=2 python benchmarks/vit_plain_check.py [--per-class 10000] [--epochs 12] [--stop-after 3]
 """
 
 from __future__ import annotations
